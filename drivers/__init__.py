@@ -1,0 +1,1 @@
+"""Adapters to the outside world (miners via pyasic, hash price, tariff). No decisions here."""

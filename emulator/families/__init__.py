@@ -1,0 +1,1 @@
+"""Firmware families: each turns protocol requests into calls on the physical model."""

@@ -1,0 +1,56 @@
+"""The contract between the socket layer (emulator.server) and a firmware family.
+
+The socket layer owns listening, connection handling and fault injection (hang, refuse,
+garbage, slow). A family is pure protocol: it parses a request, reads or changes the
+physical model (``EmulatedMiner``) and returns the reply bytes. Families never touch sockets,
+so the same fault semantics hold for every firmware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from emulator.physics import EmulatedMiner
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    method: str  # "GET", "POST", ...
+    path: str  # path without query string, e.g. "/cgi-bin/get_system_info.cgi"
+    query: str  # raw query string ("" if none)
+    headers: dict[str, str]  # header names lower-cased
+    body: bytes
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)  # Content-Type etc.; the server adds Content-Length
+
+    @classmethod
+    def json(cls, payload: object, status: int = 200) -> HttpResponse:
+        import json as _json
+
+        return cls(status, _json.dumps(payload).encode(), {"Content-Type": "application/json"})
+
+    @classmethod
+    def text(cls, text: str, status: int = 200, content_type: str = "text/plain") -> HttpResponse:
+        return cls(status, text.encode(), {"Content-Type": content_type})
+
+
+class Family(Protocol):
+    """One firmware family. Instances are shared by all miners of that family."""
+
+    name: str  # one of emulator.models.FAMILIES
+    rpc_port: int | None  # 4028 for cgminer-style RPC, None if the family has none
+    http_port: int | None  # 80 for the web UI / REST API, None if none
+
+    def handle_rpc(self, miner: EmulatedMiner, request: bytes) -> bytes:
+        """One whole RPC request (one per connection); the reply, after which the server closes."""
+        ...
+
+    def handle_http(self, miner: EmulatedMiner, request: HttpRequest) -> HttpResponse:
+        """One HTTP request on the family's web port."""
+        ...

@@ -1,0 +1,253 @@
+"""Physical model of one emulated machine: the truth the firmware reports (with noise).
+
+Time is evaluated lazily on every read, so thousands of idle miners cost nothing between
+requests. Durations (boot, thermal lag) are multiplied by ``time_scale`` so tests can run a
+90 s boot in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+from emulator.models import ModelSpec
+
+STATES = ("mining", "sleeping", "booting", "off")
+FAULT_KINDS = ("none", "hang", "refuse", "garbage", "slow", "ignore_sleep")
+
+#: Exponent of the hashrate/ASIC-power curve: hashrate ~ power**ALPHA, ALPHA < 1, so J/TH
+#: improves when underclocked (lower voltage), as measured on real power-tuned firmware.
+ALPHA = 0.75
+#: Power factor of the stock firmware "miner-mode"/"power mode" presets.
+MODE_FACTORS = {"normal": 1.0, "low": 0.75, "high": 1.1}
+THERMAL_TAU_S = 120.0
+
+
+@dataclass(slots=True)
+class Fault:
+    kind: str = "none"
+    delay_s: float = 5.0  # for "slow": real seconds added before each reply
+
+
+@dataclass(slots=True)
+class Reading:
+    """A consistent instant of physical truth."""
+
+    state: str
+    hashrate_ths: float
+    power_w: float
+    chain_hashrate_ths: list[float]
+    chip_temp_c: list[float]  # per chain
+    board_temp_c: list[float]  # per chain
+    inlet_temp_c: float
+    outlet_temp_c: float
+    fan_rpm: list[int]
+    uptime_s: float  # since last boot (power on / reboot), emulated seconds
+    hashing_s: float  # since hashing (re)started, emulated seconds
+
+    @property
+    def temp_c(self) -> float:
+        return max(self.chip_temp_c) if self.chip_temp_c else self.inlet_temp_c
+
+
+@dataclass
+class EmulatedMiner:
+    """One machine. All mutations are methods so every family applies the same physics."""
+
+    ip: str
+    spec: ModelSpec
+    time_scale: float = 1.0
+    ambient_c: float = 25.0
+    serial: str = ""
+    mac: str = ""
+    hostname: str = ""
+    clock: callable = time.monotonic  # type: ignore[valid-type]
+    state: str = "mining"
+    mode: str = "normal"
+    power_limit_w: float | None = None  # None: nameplate
+    fault: Fault = field(default_factory=Fault)
+    led_on: bool = False
+    pools: list[dict] = field(default_factory=list)
+    commands_received: int = 0
+    _boot_done_at: float = 0.0
+    _next_state: str = "mining"
+    _booted_at: float = 0.0
+    _hashing_since: float = 0.0
+    _temp_c: float = 0.0
+    _temp_at: float = 0.0
+    _rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        octets = [int(x) for x in self.ip.split(".")]
+        seed = (octets[1] << 16) | (octets[2] << 8) | octets[3]
+        self._rng = random.Random(seed)
+        if not self.serial:
+            self.serial = f"EMU{seed:08X}"
+        if not self.mac:
+            self.mac = "02:EC:{:02X}:{:02X}:{:02X}:{:02X}".format(*octets)
+        if not self.hostname:
+            self.hostname = f"miner-{octets[1]}-{octets[2]}-{octets[3]}"
+        if not self.pools:
+            self.pools = [
+                {"url": "stratum+tcp://pool.example:3333", "user": f"site.{seed}", "pass": "x"}
+            ]
+        now = self.clock()
+        # Pretend the machine has been up (and mining) for a while already.
+        self._booted_at = now - 3600.0 * self.time_scale
+        self._hashing_since = self._booted_at
+        self._temp_c = self._target_temp(self.state)
+        self._temp_at = now
+
+    # ----------------------------------------------------------------- state changes
+    def _settle(self) -> None:
+        now = self.clock()
+        self._update_temp(now)
+        if self.state == "booting" and now >= self._boot_done_at:
+            self.state = self._next_state
+            if self.state == "mining":
+                self._hashing_since = self._boot_done_at
+
+    def _begin_boot(self, then: str = "mining") -> None:
+        now = self.clock()
+        self._update_temp(now)
+        self.state = "booting"
+        self._next_state = then
+        self._boot_done_at = now + self.spec.boot_s * self.time_scale
+
+    def sleep(self) -> bool:
+        """Stop hashing, keep the control board up. Accepted even under ignore_sleep."""
+        self._settle()
+        if self.fault.kind == "ignore_sleep":
+            return True
+        if self.state in ("mining", "booting"):
+            self._update_temp(self.clock())
+            self.state = "sleeping"
+        return True
+
+    def wake(self) -> bool:
+        """Resume hashing: the hash boards take boot_s (scaled) to come back."""
+        self._settle()
+        if self.state in ("sleeping", "off"):
+            self._begin_boot("mining")
+        return True
+
+    def reboot(self) -> bool:
+        self._settle()
+        if self.state == "off":
+            return False
+        resume = "sleeping" if self.state == "sleeping" else "mining"
+        self._booted_at = self.clock() + self.spec.boot_s * self.time_scale
+        self._begin_boot(resume)
+        return True
+
+    def power_off(self) -> bool:
+        """Whatsminer-style power_off: hash boards off, control board still answers."""
+        return self.sleep()
+
+    def power_on(self) -> bool:
+        return self.wake()
+
+    def set_power_limit(self, power_w: float) -> bool:
+        """Clamp to the model's accepted range, like firmware does; False if unsupported."""
+        if self.spec.min_power_w >= self.spec.max_power_w:
+            return False
+        self._settle()
+        self._update_temp(self.clock())
+        self.power_limit_w = max(self.spec.min_power_w, min(self.spec.max_power_w, float(power_w)))
+        return True
+
+    def set_mode(self, mode: str) -> bool:
+        if mode not in MODE_FACTORS:
+            return False
+        self._settle()
+        self._update_temp(self.clock())
+        self.mode = mode
+        return True
+
+    # ---------------------------------------------------------------------- physics
+    def target_power_w(self) -> float:
+        """Wall power the machine draws when hashing, under its limit and mode.
+
+        In normal mode a power limit is the target (power-tuning firmware may also run above
+        nameplate); the low/high presets scale nameplate and a limit still caps them.
+        """
+        if self.mode == "normal":
+            return self.power_limit_w if self.power_limit_w is not None else self.spec.power_w
+        preset = self.spec.power_w * MODE_FACTORS[self.mode]
+        return min(preset, self.power_limit_w) if self.power_limit_w is not None else preset
+
+    def _load_fraction(self, state: str) -> float:
+        if state != "mining":
+            return 0.0
+        spec = self.spec
+        return max(0.0, (self.target_power_w() - spec.idle_power_w) / (spec.power_w - spec.idle_power_w))
+
+    def _target_temp(self, state: str) -> float:
+        if state == "off":
+            return self.ambient_c
+        if state in ("sleeping", "booting"):
+            return self.ambient_c + 4.0
+        return self.ambient_c + 40.0 * self._load_fraction(state)
+
+    def _update_temp(self, now: float) -> None:
+        dt = max(0.0, now - self._temp_at)
+        tau = THERMAL_TAU_S * max(self.time_scale, 1e-6)
+        target = self._target_temp(self.state)
+        self._temp_c = target + (self._temp_c - target) * math.exp(-dt / tau)
+        self._temp_at = now
+
+    def read(self) -> Reading:
+        """Physical truth now, with small measurement noise."""
+        self._settle()
+        spec, rng, now = self.spec, self._rng, self.clock()
+        load = self._load_fraction(self.state)
+        if self.state == "mining":
+            hashrate = spec.hashrate_ths * load**ALPHA * (1.0 + rng.gauss(0.0, 0.01))
+            power = self.target_power_w() * (1.0 + rng.gauss(0.0, 0.005))
+        elif self.state in ("sleeping", "booting"):
+            hashrate = 0.0
+            power = spec.idle_power_w * (1.0 + rng.gauss(0.0, 0.02))
+        else:
+            hashrate, power = 0.0, 0.0
+        per_chain = [hashrate / spec.chains * (1.0 + rng.gauss(0.0, 0.005)) for _ in range(spec.chains)]
+        scale = hashrate / sum(per_chain) if sum(per_chain) > 0 else 0.0
+        per_chain = [round(h * scale, 4) for h in per_chain]
+        chip = [round(self._temp_c + 8.0 * load + rng.uniform(-1.0, 1.0), 1) for _ in range(spec.chains)]
+        board = [round(self._temp_c + rng.uniform(-1.0, 1.0), 1) for _ in range(spec.chains)]
+        fan_base = 0 if self.state == "off" else int(1500 + 4500 * min(1.0, (self._temp_c - self.ambient_c) / 45.0))
+        fans = [max(0, fan_base + rng.randint(-60, 60)) if fan_base else 0 for _ in range(spec.fans)]
+        ts = max(self.time_scale, 1e-9)
+        return Reading(
+            state=self.state,
+            hashrate_ths=round(max(0.0, hashrate), 4),
+            power_w=round(max(0.0, power), 1),
+            chain_hashrate_ths=per_chain,
+            chip_temp_c=chip,
+            board_temp_c=board,
+            inlet_temp_c=round(self.ambient_c + rng.uniform(-0.5, 0.5), 1),
+            outlet_temp_c=round(self.ambient_c + 15.0 * load + rng.uniform(-0.5, 0.5), 1),
+            fan_rpm=fans,
+            uptime_s=max(0.0, (now - self._booted_at) / ts),
+            hashing_s=max(0.0, (now - self._hashing_since) / ts) if self.state == "mining" else 0.0,
+        )
+
+    def truth(self) -> dict:
+        """The control API's view: physical state, independent of any client's belief."""
+        r = self.read()
+        return {
+            "ip": self.ip,
+            "make": self.spec.make,
+            "model": self.spec.model,
+            "firmware": self.spec.firmware,
+            "state": r.state,
+            "hashrate_ths": r.hashrate_ths,
+            "power_w": r.power_w,
+            "power_limit_w": self.power_limit_w,
+            "temp_c": r.temp_c,
+            "mode": self.mode,
+            "fault": self.fault.kind,
+            "serial": self.serial,
+            "mac": self.mac,
+        }

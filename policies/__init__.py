@@ -1,0 +1,1 @@
+"""Curtailment policies: pure decision code that operators read and edit."""
