@@ -1,0 +1,104 @@
+"""Immutable snapshots that flow through one tick: observe -> decide -> guard -> act -> export.
+
+Everything downstream of observation (policies, guards, metrics, MQTT) reads these frozen
+values and nothing else, so a decision can be replayed and a scrape never touches a miner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+#: What the controller believes a machine is doing, from the last observation.
+ObservedState = Literal["mining", "sleeping", "unreachable"]
+#: What a policy wants: hash at full power, hash under a power limit, or sleep.
+Action = Literal["run", "limit", "sleep"]
+#: Where a power figure came from; stock Antminers report none, so a fallback chain exists.
+PowerSource = Literal["firmware", "override", "model_table", "nameplate", "idle_estimate", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class MinerReading:
+    """One observation of one machine, with its age and errors."""
+
+    key: str  # stable identity: MAC, else serial, else ip (never changes with DHCP in practice)
+    ip: str
+    make: str
+    model: str
+    firmware: str  # pyasic backend family, e.g. "antminer", "whatsminer", "luxos", "bitaxe"
+    state: ObservedState
+    hashrate_ths: float  # 0.0 when unknown or unreachable
+    power_w: float  # best estimate, see power_source
+    power_source: PowerSource
+    power_limit_w: float | None  # firmware-reported limit, if any
+    temp_c: float | None  # hottest chip/board temperature
+    fan_rpm: tuple[int, ...] = ()
+    nameplate_hashrate_ths: float | None = None
+    nameplate_power_w: float | None = None
+    supports_sleep: bool = True
+    supports_power_limit: bool = False
+    min_power_limit_w: float | None = None
+    max_power_limit_w: float | None = None
+    observed_at: float = 0.0  # unix seconds
+    error: str | None = None
+    mac: str | None = None
+    serial: str | None = None
+
+    @property
+    def efficiency_j_per_th(self) -> float | None:
+        """J/TH now, or at nameplate when not hashing (what a restore would cost)."""
+        if self.hashrate_ths > 0 and self.power_w > 0 and self.state == "mining":
+            return self.power_w / self.hashrate_ths
+        if self.nameplate_hashrate_ths and self.nameplate_power_w:
+            return self.nameplate_power_w / self.nameplate_hashrate_ths
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    miners: tuple[MinerReading, ...]
+    taken_at: float  # unix seconds
+
+    def by_key(self) -> dict[str, MinerReading]:
+        return {m.key: m for m in self.miners}
+
+
+@dataclass(frozen=True, slots=True)
+class MarketSnapshot:
+    """The prices behind a decision, each with its source and age."""
+
+    hashprice_usd_per_th_day: float
+    hashprice_source: str
+    hashprice_age_s: float
+    tariff_usd_per_kwh: float
+    tariff_source: str
+    tariff_age_s: float
+    pool_fee: float = 0.0
+    #: tariff for the coming hours (start unix s, usd/kWh), for scheduled policies
+    tariff_forecast: tuple[tuple[float, float], ...] = ()
+    #: a site power cap in force now (demand response), if any
+    power_cap_w: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """A policy's wish for one machine, with the numbers and words behind it."""
+
+    action: Action
+    reason: str
+    power_limit_w: float | None = None  # for "limit"
+    margin_usd_per_day: float | None = None  # margin of the chosen action
+    run_margin_usd_per_day: float | None = None  # margin if it ran at full power
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """What the act stage sends: one idempotent command to one machine."""
+
+    key: str
+    ip: str
+    action: Action  # "sleep" -> stop_mining, "run" -> resume_mining (+ restore limit), "limit"
+    power_limit_w: float | None
+    reason: str
+    delta_power_w: float  # expected change in site power, negative when shedding
