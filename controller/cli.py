@@ -1,9 +1,14 @@
-"""The ``curtaild`` command line: one entry point for the daemon, its checks and the emulator."""
+"""The ``curtaild`` command line: the daemon, its checks, a plan preview and the emulator."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
 import sys
+import time
+from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -11,20 +16,128 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="curtaild", description=__doc__)
     parser.add_argument("--config", default="config.toml", help="path to the TOML configuration")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
-
+    sub.add_parser("check", help="validate the configuration (exit 2 with one line per problem)")
+    plan = sub.add_parser("plan", help="observe once and show the decisions; sends nothing")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("run", help="run the controller daemon until SIGTERM")
+    status = sub.add_parser("status", help="what the running daemon is doing now")
+    status.add_argument("--json", action="store_true")
     emulate = sub.add_parser("emulate", help="run an emulated mining fleet on loopback")
     emulator_cli.add_arguments(emulate)
     return parser
 
 
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pyasic logs every unreachable miner at WARNING; the loop reports those itself.
+    logging.getLogger("pyasic").setLevel(logging.ERROR)
+
+
+def cmd_check(config_path: str) -> int:
+    from controller.config import ConfigError, load_config
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+    print(f"{config_path}: OK ({len(config.fleet.addresses())} addresses, policy "
+          f"{config.policy['name']}, hashprice {config.hashprice.source}, tariff "
+          f"{config.tariff.kind}, dry_run={config.controller.dry_run})")
+    return 0
+
+
+async def _plan(config_path: str, as_json: bool) -> int:
+    from controller.config import ConfigError, load_config
+    from controller.daemon import build_reconciler
+    from controller.journal import Journal
+    from controller.report import plan_table, tick_summary
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+    # Read the daemon's journal if there is one (ownership matters to the guards); never
+    # create one: plan changes nothing.
+    state = Path(config.controller.state_dir)
+    journal = Journal(state if (state / "journal.sqlite").exists() else None)
+    try:
+        result = await build_reconciler(config, journal).tick(send=False)
+    finally:
+        journal.close()
+    if as_json:
+        print(json.dumps(tick_summary(result), indent=2, default=str))
+    else:
+        print(plan_table(result))
+    return 0
+
+
+def cmd_status(config_path: str, as_json: bool) -> int:
+    from controller.config import ConfigError, load_config
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+    path = Path(config.controller.state_dir) / "status.json"
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        print(f"no status at {path}: is `curtaild run` running with this config?",
+              file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return 0
+    age = time.time() - status["at"]
+    fleet, market = status["fleet"], status["market"] or {}
+    print(f"last tick {age:.0f}s ago, took {status['duration_s']:.2f}s"
+          f"{' (dry run)' if status['dry_run'] else ''}")
+    print(f"fleet: {fleet['miners']} miners, {fleet['power_w'] / 1000:.1f} kW, "
+          f"{fleet['hashrate_ths']:.1f} TH/s; " +
+          ", ".join(f"{k} {v}" for k, v in sorted(fleet["states"].items())))
+    if market:
+        print(f"hash price {market['hashprice_usd_per_th_day']:.4f} USD/TH/day "
+              f"({market['hashprice_source']}, {market['hashprice_age_s']:.0f}s old); tariff "
+              f"{market['tariff_usd_per_kwh']:.4f} USD/kWh ({market['tariff_source']}, "
+              f"{market['tariff_age_s']:.0f}s old)")
+    print(f"curtailed by curtaild: {len(status.get('curtailed', []))}")
+    for e in status.get("recent_events", [])[:10]:
+        print(f"  {time.strftime('%H:%M:%S', time.localtime(e['ts']))} {e['kind']:<9} "
+              f"{e['action'] or '':<6} {e['ip'] or e['miner']:<15} {e['result'] or ''} "
+              f"{e['reason'] or ''}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
     if args.command == "emulate":
         from emulator import cli as emulator_cli
 
         return emulator_cli.main(args)
+    if args.command == "check":
+        return cmd_check(args.config)
+    if args.command == "plan":
+        return asyncio.run(_plan(args.config, args.json))
+    if args.command == "status":
+        return cmd_status(args.config, args.json)
+    if args.command == "run":
+        from controller.daemon import run
+
+        return run(args.config)
     parser.error(f"unknown command {args.command!r}")
     return 2
 

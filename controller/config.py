@@ -1,0 +1,211 @@
+"""Configuration: TOML parsed by tomllib into strict pydantic models.
+
+Strict (``extra="forbid"``) so that a typo is an error naming the key, never a silently
+ignored setting; every problem is reported as ``key.path: reason`` so ``curtaild check`` can
+print one line per problem. Policy parameters are validated by the policy's own model.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from controller.guards import GuardConfig
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``problems`` holds one ``key: reason`` per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _parse_range(text: str) -> list[str]:
+    """Expand "A-B" (inclusive IPv4 range, B may be a full address or a last octet)."""
+    if "-" not in text:
+        raise ValueError(f"{text!r} is not a range: expected 'A-B', e.g. '10.0.0.1-10.0.0.254'")
+    first_s, last_s = (p.strip() for p in text.split("-", 1))
+    first = ipaddress.IPv4Address(first_s)
+    if "." not in last_s:
+        last = ipaddress.IPv4Address(first_s.rsplit(".", 1)[0] + "." + last_s)
+    else:
+        last = ipaddress.IPv4Address(last_s)
+    if last < first:
+        raise ValueError(f"range {text!r} ends before it starts")
+    count = int(last) - int(first) + 1
+    if count > 65536:
+        raise ValueError(f"range {text!r} has {count} addresses; at most 65536 per range")
+    return [str(ipaddress.IPv4Address(i)) for i in range(int(first), int(last) + 1)]
+
+
+class PowerConfig(_Strict):
+    """Where a machine's power figure comes from when its firmware reports none."""
+
+    overrides_w: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="per-miner watts, by MAC, serial or IP"
+    )
+    models_w: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="per-model watts at full power, e.g. 'S19j Pro' = 3050"
+    )
+    idle_w: float = Field(40.0, ge=0, description="draw of a sleeping machine (control board, fans)")
+
+
+class FleetConfig(_Strict):
+    hosts: list[str] = Field(default_factory=list)
+    ranges: list[str] = Field(default_factory=list)
+    discovery_concurrency: int = Field(100, ge=1, le=5000)
+    poll_concurrency: int = Field(400, ge=1, le=20000)
+    discovery_timeout_s: float = Field(15.0, gt=0)
+    poll_timeout_s: float = Field(10.0, gt=0)
+    rediscover_after_failures: int = Field(3, ge=1)
+    power: PowerConfig = Field(default_factory=PowerConfig)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts_are_ips(cls, hosts: list[str]) -> list[str]:
+        for h in hosts:
+            try:
+                ipaddress.IPv4Address(h)
+            except ValueError:
+                raise ValueError(f"{h!r} is not an IPv4 address") from None
+        return hosts
+
+    @field_validator("ranges")
+    @classmethod
+    def _ranges_parse(cls, ranges: list[str]) -> list[str]:
+        for r in ranges:
+            try:
+                _parse_range(r)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        return ranges
+
+    def addresses(self) -> list[str]:
+        """Every configured address once, in a stable order."""
+        seen: dict[str, None] = dict.fromkeys(self.hosts)
+        for r in self.ranges:
+            seen.update(dict.fromkeys(_parse_range(r)))
+        return list(seen)
+
+
+class FixedHashprice(_Strict):
+    """A hash price the operator sets by hand (overrides, tests, demos)."""
+
+    source: Literal["fixed"] = "fixed"
+    usd_per_th_day: float = Field(gt=0, lt=100)
+
+
+HashpriceConfig = Annotated[FixedHashprice, Field(discriminator="source")]
+
+
+class FlatTariff(_Strict):
+    """One energy price around the clock."""
+
+    kind: Literal["flat"] = "flat"
+    usd_per_kwh: float = Field(ge=-10, lt=100)
+
+
+TariffConfig = Annotated[FlatTariff, Field(discriminator="kind")]
+
+
+class ControllerConfig(_Strict):
+    dry_run: bool = False
+    state_dir: str = Field(
+        default_factory=lambda: os.environ.get("STATE_DIRECTORY", "state"),
+        description="journal directory; systemd's StateDirectory= sets $STATE_DIRECTORY",
+    )
+    poll_interval_s: float = Field(30.0, ge=1, le=3600)
+    command_timeout_s: float = Field(20.0, gt=0, description="overall deadline per command")
+    command_attempts: int = Field(3, ge=1, le=10, description="tries per command (tenacity)")
+    command_concurrency: int = Field(50, ge=1)
+    verify_grace_s: float = Field(
+        240.0, ge=0, description="time a machine gets to reach a commanded state (boot)"
+    )
+    flag_after_failures: int = Field(3, ge=1, description="re-commands before a miner is flagged")
+
+
+class Config(_Strict):
+    fleet: FleetConfig
+    hashprice: HashpriceConfig
+    tariff: TariffConfig
+    policy: dict[str, Any]
+    guards: GuardConfig = Field(default_factory=GuardConfig)
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    source_path: str | None = None
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+#: sections that are tagged unions: pydantic puts the tag in the error location; drop it.
+_TAGS = {"hashprice": "source", "tariff": "kind"}
+
+
+def _problems(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        section = data.get(loc[0]) if loc and isinstance(loc[0], str) else None
+        if loc and loc[0] in _TAGS and len(loc) > 1 and isinstance(section, dict):
+            if loc[1] == section.get(_TAGS[loc[0]]):
+                loc = (loc[0], *loc[2:])
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{_loc(loc)}: {msg}")
+    return lines
+
+
+def parse_config(data: dict[str, Any], source_path: str | None = None) -> Config:
+    """Validate a parsed TOML document; raises ConfigError listing every problem."""
+    from policies.base import PolicyError, load_policy
+
+    problems: list[str] = []
+    config: Config | None = None
+    try:
+        config = Config.model_validate({**data, "source_path": source_path})
+    except ValidationError as exc:
+        problems.extend(_problems(exc, data))
+    policy = data.get("policy")
+    if isinstance(policy, dict):
+        params = {k: v for k, v in policy.items() if k != "name"}
+        name = policy.get("name")
+        if not isinstance(name, str):
+            problems.append("policy.name: required, the policy to run (e.g. 'margin')")
+        else:
+            try:
+                load_policy(name, params)
+            except PolicyError as exc:
+                problems.extend(str(exc).splitlines())
+    if problems or config is None:
+        raise ConfigError(problems or ["config: invalid"])
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{p}: not valid TOML: {exc}"]) from None
+    return parse_config(data, str(p))

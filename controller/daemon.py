@@ -1,0 +1,169 @@
+"""``curtaild run``: the daemon around the reconcile loop.
+
+Signals: SIGTERM/SIGINT stop cleanly (the in-flight tick finishes its commands and journal
+writes; the fleet is left exactly as it is, and the journal lets the next start resume);
+SIGHUP reloads config and policy atomically (an invalid file keeps the running ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+
+from controller.config import Config, ConfigError, load_config
+from controller.journal import Journal
+from controller.loop import Reconciler, TickResult
+from controller.market import MarketInputs
+from controller.report import tick_summary
+from drivers.hashprice import build_hashprice_source
+from drivers.miners import MinerDriver
+from drivers.tariff import build_tariff_source
+from policies.base import load_policy
+
+log = logging.getLogger("curtaild")
+
+
+def build_policy(config: Config):  # noqa: ANN201 - any Policy
+    params = {k: v for k, v in config.policy.items() if k != "name"}
+    return load_policy(config.policy["name"], params)
+
+
+def build_reconciler(config: Config, journal: Journal) -> Reconciler:
+    policy = build_policy(config)
+    market = MarketInputs(build_hashprice_source(config.hashprice),
+                          build_tariff_source(config.tariff),
+                          pool_fee=policy.config.pool_fee)
+    driver = MinerDriver(config.fleet, poll_interval_s=config.controller.poll_interval_s)
+    return Reconciler(config, journal, driver, market, policy)
+
+
+class Daemon:
+    def __init__(self, config_path: str, config: Config):
+        self.config_path = config_path
+        self.config = config
+        self.journal = Journal(config.controller.state_dir)
+        self.reconciler = build_reconciler(config, self.journal)
+        self.stop = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.reload_requested = False
+        self.reloads = {"ok": 0, "failed": 0}
+        from controller.sdnotify import Notifier
+
+        self.notifier = Notifier()
+
+    def request_reload(self) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+    def _reload(self) -> None:
+        """Validate the new file completely before swapping anything."""
+        self.reload_requested = False
+        self.notifier.reloading()
+        try:
+            config = load_config(self.config_path)
+            policy = build_policy(config)
+            market = MarketInputs(build_hashprice_source(config.hashprice),
+                                  build_tariff_source(config.tariff),
+                                  pool_fee=policy.config.pool_fee)
+        except ConfigError as exc:
+            self.reloads["failed"] += 1
+            for line in exc.problems:
+                log.error("reload rejected, keeping the running config: %s", line)
+            self.notifier.ready("reload rejected: " + "; ".join(exc.problems)[:200])
+            return
+        if config.controller.state_dir != self.config.controller.state_dir:
+            log.warning("reload: controller.state_dir change needs a restart; keeping %s",
+                        self.config.controller.state_dir)
+            config = config.model_copy(update={"controller": config.controller.model_copy(
+                update={"state_dir": self.config.controller.state_dir})})
+        self.config = config
+        self.reconciler.swap(config, policy)
+        self.reconciler.market = market
+        self.reloads["ok"] += 1
+        log.info("reloaded %s (policy %s)", self.config_path, config.policy["name"])
+        self.notifier.ready("reloaded")
+
+    def _write_status(self, result: TickResult) -> None:
+        """A small JSON file for `curtaild status` (no socket, no daemon round-trip)."""
+        path = Path(self.config.controller.state_dir) / "status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(tick_summary(result, self.journal), default=str))
+        tmp.replace(path)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        log.info("curtaild starting: %d addresses, policy %s, dry_run=%s, journal %s",
+                 len(self.config.fleet.addresses()), self.config.policy["name"],
+                 self.config.controller.dry_run, self.journal.path)
+        ready = False
+        try:
+            while not self.stop.is_set():
+                if self.reload_requested:
+                    self._reload()
+                started = time.monotonic()
+                try:
+                    result = await self.reconciler.tick()
+                except Exception:  # noqa: BLE001 - one bad tick must not kill the daemon
+                    log.exception("tick failed; retrying next interval")
+                else:
+                    self._log_tick(result)
+                    self._write_status(result)
+                    if not ready:
+                        self.notifier.ready(f"{len(result.fleet.miners)} miners")
+                        ready = True
+                self.notifier.watchdog()
+                interval = self.config.controller.poll_interval_s
+                delay = max(0.0, interval - (time.monotonic() - started))
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wait_any(), timeout=delay)
+        finally:
+            self.notifier.stopping()
+            self.journal.close()
+            log.info("curtaild stopped; fleet left as it is (journal keeps ownership)")
+        return 0
+
+    async def _wait_any(self) -> None:
+        stop = asyncio.ensure_future(self.stop.wait())
+        wake = asyncio.ensure_future(self.wake.wait())
+        try:
+            await asyncio.wait({stop, wake}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            wake.cancel()
+
+    def _log_tick(self, r: TickResult) -> None:
+        states: dict[str, int] = {}
+        power = 0.0
+        for m in r.fleet.miners:
+            states[m.state] = states.get(m.state, 0) + 1
+            power += m.power_w
+        m = r.market
+        log.info(
+            "tick %.2fs: %s | %.1f kW | hashprice %s tariff %s | %d commands%s",
+            r.duration_s,
+            " ".join(f"{k}={v}" for k, v in sorted(states.items())),
+            power / 1000.0,
+            f"{m.hashprice_usd_per_th_day:.4f}" if m else "-",
+            f"{m.tariff_usd_per_kwh:.4f}" if m else "-",
+            len(r.commands),
+            " (dry run)" if r.dry_run else "",
+        )
+
+
+def run(config_path: str) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            log.error("%s", line)
+        return 2
+    return asyncio.run(Daemon(config_path, config).run())

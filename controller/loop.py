@@ -1,0 +1,207 @@
+"""The reconcile loop: observe -> decide -> guard -> act -> (next tick) verify.
+
+Level-triggered like a Kubernetes controller: each tick compares what the policy wants with
+what was observed and sends only what differs, so a missed tick, a lost reply or a restart
+heals itself on the next one. The journal is written before every command and after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from controller.config import Config
+from controller.guards import GuardResult, RampBucket, apply_guards
+from controller.journal import Journal
+from controller.market import MarketInputs
+from controller.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
+from drivers.miners import CommandFailed, MinerDriver
+
+log = logging.getLogger("curtaild.loop")
+
+LIMIT_TOLERANCE_W = 25.0
+
+
+@dataclass(frozen=True)
+class TickResult:
+    """Everything one tick saw and did: the immutable snapshot metrics and MQTT export."""
+
+    started_at: float
+    duration_s: float
+    fleet: FleetSnapshot
+    market: MarketSnapshot | None
+    desired: dict[str, Desired]
+    effective: dict[str, Desired]
+    held: dict[str, str]
+    commands: tuple[Command, ...]
+    outcomes: dict[str, str]  # key -> "ok: ..." | "failed: ..." | "dry-run"
+    dry_run: bool
+    verification: dict[str, str] = field(default_factory=dict)  # key -> verified|mismatch|flagged
+
+
+def _matches(expect_action: str, expect_limit: float | None, r: MinerReading) -> bool:
+    if expect_action == "sleep":
+        return r.state == "sleeping"
+    if r.state != "mining":
+        return False
+    if expect_limit is not None and r.power_limit_w is not None:
+        tol = max(LIMIT_TOLERANCE_W, 0.02 * expect_limit)
+        return abs(r.power_limit_w - expect_limit) <= tol
+    return True
+
+
+class Reconciler:
+    """One site's controller state: config, policy, journal, drivers and the ramp bucket."""
+
+    def __init__(self, config: Config, journal: Journal, driver: MinerDriver,
+                 market: MarketInputs, policy):  # noqa: ANN001 - any Policy
+        self.config = config
+        self.journal = journal
+        self.driver = driver
+        self.market = market
+        self.policy = policy
+        saved = journal.get_meta("ramp_bucket")
+        self.bucket = RampBucket(budget_w=0.0, updated_at=time.time())
+        if isinstance(saved, dict):
+            # Never start with more than was left: a restart must not reset the ramp.
+            self.bucket = RampBucket(budget_w=float(saved.get("budget_w", 0.0)),
+                                     updated_at=float(saved.get("updated_at", time.time())))
+        self.last: TickResult | None = None
+
+    def swap(self, config: Config, policy) -> None:  # noqa: ANN001
+        """Atomically replace config and policy (SIGHUP); called between ticks."""
+        self.config = config
+        self.policy = policy
+        self.driver.reconfigure(config.fleet)
+
+    # ------------------------------------------------------------------- tick
+    async def tick(self, *, send: bool = True) -> TickResult:
+        started = time.time()
+        fleet = await self.driver.observe()
+        market = await self.market.snapshot(started)
+        now = time.time()
+        verification = self._verify(fleet, now) if send else {}
+        if market is None:
+            desired: dict[str, Desired] = {}
+            guarded = GuardResult(commands=[], held={m.key: "no market inputs yet"
+                                                     for m in fleet.miners},
+                                  bucket=self.bucket, effective={})
+        else:
+            desired = self.policy.decide(fleet, market, now)
+            guarded = apply_guards(fleet, market, desired, self.journal.memory(), self.bucket,
+                                   self.config.guards, now)
+        commands = self._with_recommands(guarded.commands, fleet, verification)
+        commands = commands[: self.config.guards.max_commands_per_tick]
+        dry_run = self.config.controller.dry_run or not send
+        outcomes: dict[str, str] = {}
+        if send:
+            self.bucket = guarded.bucket
+            self.journal.set_meta("ramp_bucket", {"budget_w": self.bucket.budget_w,
+                                                  "updated_at": self.bucket.updated_at})
+            outcomes = await self._act(commands, fleet, dry_run=dry_run)
+        result = TickResult(
+            started_at=started,
+            duration_s=time.time() - started,
+            fleet=fleet,
+            market=market,
+            desired=desired,
+            effective=guarded.effective,
+            held=guarded.held,
+            commands=tuple(commands),
+            outcomes=outcomes,
+            dry_run=dry_run,
+            verification=verification,
+        )
+        if send:
+            self.last = result
+        return result
+
+    # ----------------------------------------------------------------- verify
+    def _verify(self, fleet: FleetSnapshot, now: float) -> dict[str, str]:
+        """Compare each outstanding expectation with what was just observed."""
+        by_key = fleet.by_key()
+        cfg = self.config.controller
+        out: dict[str, str] = {}
+        curtailed = self.journal.curtailed()
+        for key, exp in self.journal.expectations().items():
+            r = by_key.get(key)
+            if r is None or r.state == "unreachable":
+                continue
+            if _matches(exp.action, exp.power_limit_w, r):
+                row = curtailed.get(key)
+                if exp.failures or exp.flagged or (
+                    exp.action == "run" and (row is None or row.releasing)
+                ):
+                    self.journal.mark_verified(key, r.ip, exp.action, now)
+                    out[key] = "verified"
+            elif not exp.flagged and now - exp.since >= cfg.verify_grace_s:
+                n = self.journal.mark_mismatch(key, r.ip, exp.action, r.state,
+                                               flag_after=cfg.flag_after_failures, now=now)
+                out[key] = "flagged" if n >= cfg.flag_after_failures else "mismatch"
+                log.warning("%s (%s) did not reach %s (observed %s): failure %d of %d",
+                            key, r.ip, exp.action, r.state, n, cfg.flag_after_failures)
+        # A released machine seen running with no expectation left (crash in between).
+        for key, row in curtailed.items():
+            r = by_key.get(key)
+            if row.releasing and r is not None and r.state == "mining" and key not in out:
+                if key not in self.journal.expectations():
+                    self.journal.release_ownership(key, "observed running after release", now)
+        return out
+
+    def _with_recommands(self, commands: list[Command], fleet: FleetSnapshot,
+                         verification: dict[str, str]) -> list[Command]:
+        """Re-send the expected state to machines that did not obey (dwell does not apply:
+        this is the same decision, not a new one)."""
+        planned = {c.key for c in commands}
+        expect = self.journal.expectations()
+        by_key = fleet.by_key()
+        extra = []
+        for key, verdict in verification.items():
+            if verdict != "mismatch" or key in planned:
+                continue
+            exp, r = expect.get(key), by_key.get(key)
+            if exp is None or r is None:
+                continue
+            extra.append(Command(key=key, ip=r.ip, action=exp.action,  # type: ignore[arg-type]
+                                 power_limit_w=exp.power_limit_w,
+                                 reason=f"re-command: not in {exp.action} after grace",
+                                 delta_power_w=0.0))
+        return list(commands) + extra
+
+    # -------------------------------------------------------------------- act
+    async def _act(self, commands: list[Command], fleet: FleetSnapshot, *,
+                   dry_run: bool) -> dict[str, str]:
+        by_key = fleet.by_key()
+        cfg = self.config.controller
+        sem = asyncio.Semaphore(cfg.command_concurrency)
+        outcomes: dict[str, str] = {}
+
+        async def one(cmd: Command) -> None:
+            r = by_key.get(cmd.key)
+            self.journal.record_intent(cmd, observed_limit_w=r.power_limit_w if r else None,
+                                       dry_run=dry_run)
+            if dry_run:
+                outcomes[cmd.key] = "dry-run"
+                self.journal.record_outcome(cmd, "dry-run", dry_run=True)
+                log.info("dry-run %s %s (%s): %s", cmd.action, cmd.ip, cmd.key, cmd.reason)
+                return
+            async with sem:
+                try:
+                    detail = await self.driver.execute(
+                        cmd, observed_state=r.state if r else "unknown",
+                        timeout_s=cfg.command_timeout_s, attempts=cfg.command_attempts)
+                except CommandFailed as exc:
+                    outcomes[cmd.key] = f"failed: {exc}"
+                    self.journal.record_outcome(cmd, "failed", str(exc))
+                    log.warning("command %s %s (%s) failed: %s", cmd.action, cmd.ip, cmd.key,
+                                exc)
+                    return
+            outcomes[cmd.key] = f"ok: {detail}"
+            self.journal.record_outcome(cmd, "ok", detail)
+            log.info("%s %s (%s)%s: %s", cmd.action, cmd.ip, cmd.key,
+                     f" to {cmd.power_limit_w:.0f} W" if cmd.power_limit_w else "", cmd.reason)
+
+        await asyncio.gather(*(one(c) for c in commands))
+        return outcomes

@@ -1,0 +1,69 @@
+"""Market inputs for one tick: the latest hash price and tariff quotes, with their ages.
+
+A source that fails keeps its last good quote (and that quote keeps ageing), so staleness is
+visible to the guards instead of the loop crashing or inventing a number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from controller.snapshot import MarketSnapshot
+from drivers.hashprice import HashpriceQuote, HashpriceSource
+from drivers.tariff import TariffQuote, TariffSource
+
+log = logging.getLogger("curtaild.market")
+
+
+class MarketInputs:
+    def __init__(self, hashprice: HashpriceSource, tariff: TariffSource, *, pool_fee: float,
+                 fetch_timeout_s: float = 30.0):
+        self.hashprice = hashprice
+        self.tariff = tariff
+        self.pool_fee = pool_fee
+        self.fetch_timeout_s = fetch_timeout_s
+        self.last_hashprice: HashpriceQuote | None = None
+        self.last_tariff: TariffQuote | None = None
+        self.errors: dict[str, str] = {}
+
+    async def snapshot(self, now: float | None = None) -> MarketSnapshot | None:
+        """Refresh both inputs; None only if one of them has never been obtained."""
+        now = time.time() if now is None else now
+        hp, tr = await asyncio.gather(self._hashprice(), self._tariff(now))
+        if hp is None or tr is None:
+            return None
+        return MarketSnapshot(
+            hashprice_usd_per_th_day=hp.usd_per_th_day,
+            hashprice_source=hp.source,
+            hashprice_age_s=max(0.0, now - hp.obtained_at),
+            tariff_usd_per_kwh=tr.usd_per_kwh,
+            tariff_source=tr.source,
+            tariff_age_s=max(0.0, now - tr.obtained_at),
+            pool_fee=self.pool_fee,
+            tariff_forecast=tr.forecast,
+            extra={"network": dict(hp.network)},
+        )
+
+    async def _hashprice(self) -> HashpriceQuote | None:
+        try:
+            quote = await asyncio.wait_for(self.hashprice.fetch(), self.fetch_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a failing source is reported, not fatal
+            self.errors["hashprice"] = f"{type(exc).__name__}: {exc}"
+            log.warning("hash price source %s failed: %s", self.hashprice.name, exc)
+            return self.last_hashprice
+        self.errors.pop("hashprice", None)
+        self.last_hashprice = quote
+        return quote
+
+    async def _tariff(self, now: float) -> TariffQuote | None:
+        try:
+            quote = await asyncio.wait_for(self.tariff.fetch(now), self.fetch_timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            self.errors["tariff"] = f"{type(exc).__name__}: {exc}"
+            log.warning("tariff source %s failed: %s", self.tariff.name, exc)
+            return self.last_tariff
+        self.errors.pop("tariff", None)
+        self.last_tariff = quote
+        return quote

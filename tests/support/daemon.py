@@ -1,0 +1,114 @@
+"""Run `curtaild` as a separate process against a config written by the test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_config(path: Path, *, ranges: list[str], hashprice: float, tariff: float,
+                 state_dir: Path, poll_interval_s: float = 1.0, guards: dict | None = None,
+                 policy: dict | None = None, controller: dict | None = None,
+                 extra: str = "") -> Path:
+    """A config.toml for a test fleet; values as TOML literals."""
+
+    def table(name: str, values: dict[str, Any]) -> str:
+        lines = [f"[{name}]"]
+        for k, v in values.items():
+            if isinstance(v, bool):
+                lit = "true" if v else "false"
+            elif isinstance(v, str):
+                lit = f'"{v}"'
+            elif isinstance(v, list):
+                lit = "[" + ", ".join(f'"{x}"' if isinstance(x, str) else str(x) for x in v) + "]"
+            else:
+                lit = repr(v)
+            lines.append(f"{k} = {lit}")
+        return "\n".join(lines) + "\n"
+
+    text = table("fleet", {"ranges": ranges, "poll_timeout_s": 5.0, "discovery_timeout_s": 8.0})
+    text += table("hashprice", {"source": "fixed", "usd_per_th_day": hashprice})
+    text += table("tariff", {"kind": "flat", "usd_per_kwh": tariff})
+    text += table("policy", {"name": "margin", "pool_fee": 0.02, **(policy or {})})
+    text += table("guards", {"min_dwell_s": 0.0, "hysteresis_usd_per_day": 0.05,
+                             **(guards or {})})
+    text += table("controller", {"state_dir": str(state_dir), "poll_interval_s": poll_interval_s,
+                                 "verify_grace_s": 5.0, "command_timeout_s": 10.0,
+                                 **(controller or {})})
+    path.write_text(text + extra)
+    return path
+
+
+class DaemonProcess:
+    """`curtaild --config PATH run` in its own process; logs go to a file the test can read."""
+
+    def __init__(self, config: Path, log_path: Path):
+        self.config = config
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> DaemonProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "controller.cli", "--config", str(self.config), "run"],
+            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=timeout)
+        self._log.close()
+        return rc
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self._log.close()
+
+
+def journal_rows(state_dir: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    db = sqlite3.connect(state_dir / "journal.sqlite")
+    try:
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):  # noqa: ANN001, ANN201
+    """Poll until predicate() is truthy; return its value or fail with what it last saw."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
