@@ -71,6 +71,9 @@ class EmulatedMiner:
     led_on: bool = False
     pools: list[dict] = field(default_factory=list)
     commands_received: int = 0
+    #: Settings a firmware family keeps for itself (e.g. the Antminer "miner-mode" it was
+    #: told), so that what the firmware *says* can differ from the physics (ignore_sleep).
+    firmware_state: dict = field(default_factory=dict)
     _boot_done_at: float = 0.0
     _next_state: str = "mining"
     _booted_at: float = 0.0
@@ -149,6 +152,22 @@ class EmulatedMiner:
     def power_on(self) -> bool:
         return self.wake()
 
+    def cut_power(self) -> bool:
+        """The operator switches the outlet off: nothing runs and nothing answers."""
+        self._settle()
+        self._update_temp(self.clock())
+        self.state = "off"
+        return True
+
+    def restore_power(self) -> bool:
+        """Power comes back: the machine boots (uptime restarts) and resumes hashing."""
+        self._settle()
+        if self.state != "off":
+            return False
+        self._booted_at = self.clock() + self.spec.boot_s * self.time_scale
+        self._begin_boot("mining")
+        return True
+
     def set_power_limit(self, power_w: float) -> bool:
         """Clamp to the model's accepted range, like firmware does; False if unsupported."""
         if self.spec.min_power_w >= self.spec.max_power_w:
@@ -182,7 +201,8 @@ class EmulatedMiner:
         if state != "mining":
             return 0.0
         spec = self.spec
-        return max(0.0, (self.target_power_w() - spec.idle_power_w) / (spec.power_w - spec.idle_power_w))
+        span = spec.power_w - spec.idle_power_w
+        return max(0.0, (self.target_power_w() - spec.idle_power_w) / span)
 
     def _target_temp(self, state: str) -> float:
         if state == "off":
@@ -211,13 +231,17 @@ class EmulatedMiner:
             power = spec.idle_power_w * (1.0 + rng.gauss(0.0, 0.02))
         else:
             hashrate, power = 0.0, 0.0
-        per_chain = [hashrate / spec.chains * (1.0 + rng.gauss(0.0, 0.005)) for _ in range(spec.chains)]
+        per_chain = [hashrate / spec.chains * (1.0 + rng.gauss(0.0, 0.005))
+                     for _ in range(spec.chains)]
         scale = hashrate / sum(per_chain) if sum(per_chain) > 0 else 0.0
         per_chain = [round(h * scale, 4) for h in per_chain]
-        chip = [round(self._temp_c + 8.0 * load + rng.uniform(-1.0, 1.0), 1) for _ in range(spec.chains)]
+        chip = [round(self._temp_c + 8.0 * load + rng.uniform(-1.0, 1.0), 1)
+                for _ in range(spec.chains)]
         board = [round(self._temp_c + rng.uniform(-1.0, 1.0), 1) for _ in range(spec.chains)]
-        fan_base = 0 if self.state == "off" else int(1500 + 4500 * min(1.0, (self._temp_c - self.ambient_c) / 45.0))
-        fans = [max(0, fan_base + rng.randint(-60, 60)) if fan_base else 0 for _ in range(spec.fans)]
+        heat = min(1.0, (self._temp_c - self.ambient_c) / 45.0)
+        fan_base = 0 if self.state == "off" else int(1500 + 4500 * heat)
+        fans = [max(0, fan_base + rng.randint(-60, 60)) if fan_base else 0
+                for _ in range(spec.fans)]
         ts = max(self.time_scale, 1e-9)
         return Reading(
             state=self.state,

@@ -27,7 +27,8 @@ class HttpRequest:
 class HttpResponse:
     status: int = 200
     body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)  # Content-Type etc.; the server adds Content-Length
+    # Content-Type etc.; the server adds Content-Length
+    headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def json(cls, payload: object, status: int = 200) -> HttpResponse:

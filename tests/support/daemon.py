@@ -56,7 +56,7 @@ class DaemonProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> DaemonProcess:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controller.cli", "--config", str(self.config), "run"],
@@ -102,7 +102,7 @@ def journal_rows(state_dir: Path, sql: str, params: tuple = ()) -> list[tuple]:
         db.close()
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):  # noqa: ANN001, ANN201
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
     """Poll until predicate() is truthy; return its value or fail with what it last saw."""
     deadline = time.monotonic() + timeout
     last = None

@@ -1,0 +1,193 @@
+"""Control API: JSON over HTTP on a loopback address, for tests, demos and operators.
+
+It exposes *physical truth* (``EmulatedMiner.truth()``), never what a firmware claims, so a
+controller can be judged against reality. It also lets a test do what an operator does at
+the machine (sleep, wake, reboot, pull the plug) and switch faults at run time.
+
+Endpoints::
+
+    GET  /health                      {"status": "ok", "miners": N, ...}
+    GET  /miners                      [{ip, make, model, firmware, state, hashrate_ths,
+                                        power_w, power_limit_w, temp_c, ...}, ...]
+    GET  /miners/{ip}                 one of those
+    POST /miners/{ip}/fault           {"kind": "hang"|"refuse"|"garbage"|"slow"|
+                                        "ignore_sleep"|"none", "delay_s": 5.0}
+    POST /miners/{ip}/action          {"action": "sleep"|"wake"|"reboot"|"off"|"on"}
+
+Errors are JSON ``{"error": "..."}`` with 400 (bad body), 404 (unknown miner or path),
+405 (wrong method) or 409 (action impossible in the current state).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections import Counter
+
+from emulator.families.base import HttpRequest, HttpResponse
+from emulator.physics import FAULT_KINDS, Fault
+from emulator.server import BindError, FleetServer, HttpProtocol, MinerEndpoint, bind_listener
+
+ACTIONS = ("sleep", "wake", "reboot", "off", "on")
+
+
+class ControlAddressError(ValueError):
+    """--control is malformed or not a loopback address."""
+
+
+def parse_control(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) on loopback only: the API is unauthenticated."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ControlAddressError(f"--control: expected HOST:PORT, got {text!r}")
+    host = host.strip("[]")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ControlAddressError(
+            f"--control: host {host!r} is not an IP address; use 127.0.0.1") from None
+    if not addr.is_loopback:
+        raise ControlAddressError(
+            f"--control: {host} is not a loopback address; the control API has no "
+            "authentication, so it only binds to 127.0.0.0/8 or ::1")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ControlAddressError(f"--control: port {port_text!r} is not a number") from None
+    if not 1 <= port <= 65535:
+        raise ControlAddressError(f"--control: port {port} out of range 1-65535")
+    return host, port
+
+
+def miner_view(endpoint: MinerEndpoint) -> dict:
+    """Truth plus the emulator's own bookkeeping (fault, listening, LED, requests seen)."""
+    miner = endpoint.miner
+    view = miner.truth()
+    view.update({
+        "fault_delay_s": miner.fault.delay_s,
+        "listening": endpoint.listening,
+        "led_on": miner.led_on,
+        "pools": [p["url"] for p in miner.pools],
+        "commands_received": miner.commands_received,
+        "nameplate_hashrate_ths": miner.spec.hashrate_ths,
+        "nameplate_power_w": miner.spec.power_w,
+    })
+    return view
+
+
+def _error(status: int, message: str) -> HttpResponse:
+    return HttpResponse.json({"error": message}, status)
+
+
+class ControlApi:
+    """The request handler; a ``Site`` for ``emulator.server.HttpProtocol``."""
+
+    def __init__(self, fleet: FleetServer) -> None:
+        self.fleet = fleet
+        self.started = time.monotonic()
+
+    def fault(self) -> Fault | None:
+        return None  # the control API itself is never faulty
+
+    def handle_http(self, req: HttpRequest) -> HttpResponse:
+        parts = [p for p in req.path.split("/") if p]
+        if parts == ["health"]:
+            return self._only(req, "GET") or self.health()
+        if parts == ["miners"]:
+            return self._only(req, "GET") or HttpResponse.json(
+                [miner_view(e) for e in self.fleet.endpoints.values()])
+        if len(parts) >= 2 and parts[0] == "miners":
+            endpoint = self.fleet.endpoints.get(parts[1])
+            if endpoint is None:
+                return _error(404, f"no emulated miner at {parts[1]}")
+            if len(parts) == 2:
+                return self._only(req, "GET") or HttpResponse.json(miner_view(endpoint))
+            if parts[2:] == ["fault"]:
+                return self._only(req, "POST") or self.set_fault(endpoint, req.body)
+            if parts[2:] == ["action"]:
+                return self._only(req, "POST") or self.action(endpoint, req.body)
+        return _error(404, f"no such endpoint {req.method} {req.path}")
+
+    @staticmethod
+    def _only(req: HttpRequest, method: str) -> HttpResponse | None:
+        if req.method == method or (method == "GET" and req.method == "HEAD"):
+            return None
+        resp = _error(405, f"{req.path} accepts {method} only")
+        resp.headers["Allow"] = method
+        return resp
+
+    def health(self) -> HttpResponse:
+        endpoints = self.fleet.endpoints.values()
+        return HttpResponse.json({
+            "status": "ok",
+            "miners": len(self.fleet.endpoints),
+            "listeners": self.fleet.listener_count,
+            "families": dict(Counter(e.family.name for e in endpoints)),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+        })
+
+    @staticmethod
+    def _body(body: bytes) -> dict | HttpResponse:
+        try:
+            data = json.loads(body or b"")
+        except ValueError:
+            return _error(400, "body must be a JSON object")
+        if not isinstance(data, dict):
+            return _error(400, "body must be a JSON object")
+        return data
+
+    def set_fault(self, endpoint: MinerEndpoint, body: bytes) -> HttpResponse:
+        data = self._body(body)
+        if isinstance(data, HttpResponse):
+            return data
+        kind = data.get("kind")
+        if kind not in FAULT_KINDS:
+            return _error(400, f"'kind' must be one of {', '.join(FAULT_KINDS)}; got {kind!r}")
+        delay = data.get("delay_s")
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)
+                                  or not 0 <= delay <= 3600):
+            return _error(400, f"'delay_s' must be a number of seconds in [0, 3600]; "
+                               f"got {delay!r}")
+        try:
+            self.fleet.set_fault(endpoint.ip, kind, delay)
+        except BindError as exc:
+            return _error(409, str(exc))
+        return HttpResponse.json(miner_view(endpoint))
+
+    def action(self, endpoint: MinerEndpoint, body: bytes) -> HttpResponse:
+        data = self._body(body)
+        if isinstance(data, HttpResponse):
+            return data
+        action = data.get("action")
+        if action not in ACTIONS:
+            return _error(400, f"'action' must be one of {', '.join(ACTIONS)}; got {action!r}")
+        miner = endpoint.miner
+        if action == "on":
+            if miner.state != "off":
+                return _error(409, f"{miner.ip} is not powered off (state {miner.state})")
+            miner.restore_power()
+        elif miner.state == "off":
+            return _error(409, f"{miner.ip} is powered off; use action 'on' first")
+        elif action == "off":
+            miner.cut_power()
+        elif action == "sleep":
+            miner.sleep()
+        elif action == "wake":
+            miner.wake()
+        elif action == "reboot":
+            miner.reboot()
+        try:
+            endpoint.sync_listening()
+        except BindError as exc:
+            return _error(409, str(exc))
+        return HttpResponse.json(miner_view(endpoint))
+
+
+async def start_control(fleet: FleetServer, host: str, port: int):
+    """Bind the control API (BindError names host and port if that fails)."""
+    api = ControlApi(fleet)
+    sock = bind_listener(host, port)
+    return await fleet.loop.create_server(lambda: HttpProtocol(api), sock=sock)

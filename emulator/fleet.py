@@ -1,0 +1,246 @@
+"""Building the emulated fleet: ``--count N`` (every model in turn) or a ``--fleet`` TOML file.
+
+Addresses are consecutive loopback addresses from ``--first-ip``, skipping last octets 0 and
+255 (real sites never put a miner on a network or broadcast address, and some clients refuse
+them). Fleet-file errors name the table and key (``miner[2].power_limit_w: ...``) so a typo in
+a 2,000-line file is found in one go.
+
+File format::
+
+    time_scale = 0.05          # optional, --time-scale wins if given
+    ambient_c = 28.0           # optional default for every miner
+
+    [[miner]]
+    model = "S19j Pro"         # a key of emulator.models.MODELS
+    ip = "127.1.0.10"          # optional; default: next free consecutive address
+    firmware = "antminer"      # optional; must equal the model's firmware family
+    count = 3                  # optional; this many consecutive machines
+    fault = "slow"             # optional; none|hang|refuse|garbage|slow|ignore_sleep
+    delay_s = 2.0              # optional; the "slow" delay in real seconds
+    ambient_c = 35.0           # optional
+    power_limit_w = 3000       # optional; only models whose firmware accepts a limit
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from emulator.models import MODELS
+from emulator.physics import FAULT_KINDS, EmulatedMiner, Fault
+
+DEFAULT_FIRST_IP = "127.1.0.1"
+DEFAULT_AMBIENT_C = 25.0
+TOP_KEYS = {"time_scale", "ambient_c", "miner"}
+MINER_KEYS = {"model", "ip", "firmware", "count", "fault", "delay_s", "ambient_c",
+              "power_limit_w"}
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
+class FleetError(ValueError):
+    """A bad fleet description; the message says where (table index and key) and why."""
+
+
+@dataclass(slots=True)
+class MinerPlan:
+    """One machine to emulate, before it exists."""
+
+    ip: str
+    model: str  # key of MODELS
+    fault: str = "none"
+    delay_s: float | None = None
+    ambient_c: float | None = None
+    power_limit_w: float | None = None
+
+
+@dataclass(slots=True)
+class FleetPlan:
+    miners: list[MinerPlan]
+    time_scale: float | None = None  # from the file; the CLI flag overrides
+    ambient_c: float | None = None
+
+
+def parse_loopback(text: str, what: str = "--first-ip") -> ipaddress.IPv4Address:
+    try:
+        addr = ipaddress.ip_address(str(text).strip())
+    except ValueError:
+        raise FleetError(f"{what}: {text!r} is not an IPv4 address") from None
+    if not isinstance(addr, ipaddress.IPv4Address) or addr not in LOOPBACK:
+        raise FleetError(f"{what}: {text} is not a loopback address (127.0.0.0/8); the "
+                         "emulator only listens on loopback")
+    if int(addr) & 0xFF in (0, 255):
+        raise FleetError(f"{what}: {text} ends in .0 or .255; use .1-.254")
+    return addr
+
+
+def consecutive(first: ipaddress.IPv4Address) -> Iterator[str]:
+    """first, first+1, ... within 127/8, skipping last octets 0 and 255."""
+    n = int(first)
+    end = int(LOOPBACK.broadcast_address)
+    while n < end:
+        if n & 0xFF not in (0, 255):
+            yield str(ipaddress.IPv4Address(n))
+        n += 1
+
+
+def plan_count(count: int, first_ip: str = DEFAULT_FIRST_IP) -> FleetPlan:
+    """``--count N``: cycle through every model so every family appears."""
+    if count < 1:
+        raise FleetError(f"--count: must be at least 1, got {count}")
+    keys = list(MODELS)
+    ips = consecutive(parse_loopback(first_ip))
+    miners = []
+    for i in range(count):
+        try:
+            ip = next(ips)
+        except StopIteration:
+            raise FleetError(f"--count: {count} miners do not fit in 127.0.0.0/8 after "
+                             f"{first_ip}") from None
+        miners.append(MinerPlan(ip=ip, model=keys[i % len(keys)]))
+    return FleetPlan(miners)
+
+
+def _number(where: str, value: object, *, low: float | None = None,
+            high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FleetError(f"{where}: expected a number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise FleetError(f"{where}: {value} out of range [{low}, {high}]")
+    return float(value)
+
+
+def plan_fleet_text(text: str, first_ip: str = DEFAULT_FIRST_IP,
+                    source: str = "fleet file") -> FleetPlan:
+    """Parse and validate a fleet description (see the module docstring)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FleetError(f"{source}: not valid TOML: {exc}") from None
+    unknown = set(doc) - TOP_KEYS
+    if unknown:
+        raise FleetError(f"{source}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+                         f"allowed: {', '.join(sorted(TOP_KEYS))}")
+    plan = FleetPlan([])
+    if "time_scale" in doc:
+        plan.time_scale = _number(f"{source}: time_scale", doc["time_scale"], low=1e-6)
+    if "ambient_c" in doc:
+        plan.ambient_c = _number(f"{source}: ambient_c", doc["ambient_c"], low=-40, high=60)
+    tables = doc.get("miner", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise FleetError(f"{source}: 'miner' must be an array of tables ([[miner]])")
+    if not tables:
+        raise FleetError(f"{source}: no [[miner]] tables")
+    specs = [_table(f"{source}: miner[{i}]", t) for i, t in enumerate(tables)]
+
+    # Explicit addresses first, so automatic ones can skip them.
+    taken: dict[str, str] = {}
+    explicit: list[list[str] | None] = []
+    for i, (where, table) in enumerate(specs):
+        if "ip" not in table:
+            explicit.append(None)
+            continue
+        ips = consecutive(parse_loopback(table["ip"], f"{where}.ip"))
+        block = []
+        for _ in range(table.get("count", 1)):
+            ip = next(ips, None)
+            if ip is None:
+                raise FleetError(f"{where}.count: runs past the end of 127.0.0.0/8")
+            if ip in taken:
+                raise FleetError(f"{where}.ip: address {ip} is also used by {taken[ip]}")
+            taken[ip] = f"miner[{i}]"
+            block.append(ip)
+        explicit.append(block)
+    auto = (ip for ip in consecutive(parse_loopback(first_ip)) if ip not in taken)
+    for (where, table), block in zip(specs, explicit, strict=True):
+        if block is None:
+            block = []
+            for _ in range(table.get("count", 1)):
+                ip = next(auto, None)
+                if ip is None:
+                    raise FleetError(f"{where}: no free loopback address left after "
+                                     f"{first_ip}")
+                block.append(ip)
+        for ip in block:
+            plan.miners.append(MinerPlan(
+                ip=ip, model=table["model"], fault=table.get("fault", "none"),
+                delay_s=table.get("delay_s"), ambient_c=table.get("ambient_c"),
+                power_limit_w=table.get("power_limit_w")))
+    return plan
+
+
+def _table(where: str, table: dict) -> tuple[str, dict]:
+    """Validate one [[miner]] table; returns it with numbers normalised."""
+    unknown = set(table) - MINER_KEYS
+    if unknown:
+        raise FleetError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
+                         f"{', '.join(sorted(MINER_KEYS))}")
+    if "model" not in table:
+        raise FleetError(f"{where}.model: missing (one of: {', '.join(MODELS)})")
+    model = table["model"]
+    if not isinstance(model, str) or model not in MODELS:
+        raise FleetError(f"{where}.model: unknown model {model!r}; one of: "
+                         f"{', '.join(MODELS)}")
+    spec = MODELS[model]
+    out: dict = {"model": model}
+    if "ip" in table:
+        if not isinstance(table["ip"], str):
+            raise FleetError(f"{where}.ip: expected a string like \"127.1.0.5\"")
+        out["ip"] = table["ip"]
+    if "firmware" in table and table["firmware"] != spec.firmware:
+        raise FleetError(f"{where}.firmware: {table['firmware']!r} does not match model "
+                         f"{model!r}, which runs {spec.firmware!r}")
+    if "count" in table:
+        count = table["count"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise FleetError(f"{where}.count: expected a positive integer, got {count!r}")
+        out["count"] = count
+    if "fault" in table:
+        if table["fault"] not in FAULT_KINDS:
+            raise FleetError(f"{where}.fault: unknown fault {table['fault']!r}; one of: "
+                             f"{', '.join(FAULT_KINDS)}")
+        out["fault"] = table["fault"]
+    if "delay_s" in table:
+        out["delay_s"] = _number(f"{where}.delay_s", table["delay_s"], low=0, high=3600)
+    if "ambient_c" in table:
+        out["ambient_c"] = _number(f"{where}.ambient_c", table["ambient_c"], low=-40, high=60)
+    if "power_limit_w" in table:
+        limit = _number(f"{where}.power_limit_w", table["power_limit_w"], low=0)
+        if spec.min_power_w >= spec.max_power_w:
+            raise FleetError(f"{where}.power_limit_w: model {model!r} ({spec.firmware} "
+                             "firmware) does not accept a power limit")
+        if not spec.min_power_w <= limit <= spec.max_power_w:
+            raise FleetError(f"{where}.power_limit_w: {limit:g} W outside what {model!r} "
+                             f"accepts ({spec.min_power_w:g}-{spec.max_power_w:g} W)")
+        out["power_limit_w"] = limit
+    return where, out
+
+
+def plan_fleet_file(path: str | Path, first_ip: str = DEFAULT_FIRST_IP) -> FleetPlan:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise FleetError(f"--fleet {path}: cannot read: {exc.strerror or exc}") from None
+    return plan_fleet_text(text, first_ip, source=str(path))
+
+
+def build_miners(plan: FleetPlan, time_scale: float,
+                 ambient_c: float | None = None) -> list[EmulatedMiner]:
+    """EmulatedMiner objects for a plan. Precedence: per-miner, then file, then argument."""
+    default_ambient = plan.ambient_c if plan.ambient_c is not None else (
+        ambient_c if ambient_c is not None else DEFAULT_AMBIENT_C)
+    miners = []
+    for p in plan.miners:
+        miner = EmulatedMiner(
+            ip=p.ip, spec=MODELS[p.model], time_scale=time_scale,
+            ambient_c=p.ambient_c if p.ambient_c is not None else default_ambient)
+        if p.fault != "none" or p.delay_s is not None:
+            miner.fault = Fault(kind=p.fault)
+            if p.delay_s is not None:
+                miner.fault.delay_s = p.delay_s
+        if p.power_limit_w is not None:
+            miner.set_power_limit(p.power_limit_w)
+        miners.append(miner)
+    return miners

@@ -1,0 +1,501 @@
+"""Socket layer: every emulated miner listens on its own loopback address, at real ports.
+
+Why raw asyncio Protocols (not aiohttp or streams): a fleet of 10,000 miners means ~16,000
+listening sockets in one process. A Protocol costs one small object per connection and no task,
+and a listener costs one ``asyncio.Server``; per request we parse a few header lines and call
+the family. Sockets are created and bound by hand (no getaddrinfo per listener) so startup is
+linear and fast.
+
+Fault injection lives here, identical for every family, because faults are about the network
+behaviour of a broken machine, not about its protocol:
+
+* ``hang``     accept and read the request, never answer, keep the connection open;
+* ``refuse``   stop listening (connects get ECONNREFUSED) until the fault is cleared;
+* ``garbage``  the firmware dies mid-reply: the first few dozen bytes, then the socket closes
+  (truncated JSON on the RPC port, a truncated status/header block on HTTP);
+* ``slow``     every reply is sent ``fault.delay_s`` real seconds late;
+* ``ignore_sleep`` is physics (the firmware accepts sleep and keeps hashing).
+
+A powered-off machine (state ``off``) does not listen either: on loopback that is the closest
+we get to an unplugged host (a real LAN would give EHOSTUNREACH or a connect timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import resource
+import socket
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from emulator.families.base import Family, HttpRequest, HttpResponse
+from emulator.physics import FAULT_KINDS, EmulatedMiner, Fault
+
+log = logging.getLogger("emulator.server")
+
+BACKLOG = 128
+RPC_MAX_REQUEST = 64 * 1024
+HTTP_MAX_HEAD = 32 * 1024
+HTTP_MAX_BODY = 4 * 1024 * 1024
+#: ``garbage`` sends at most this many bytes of the real reply before closing.
+GARBAGE_BYTES = 40
+
+REASONS = {
+    200: "OK", 204: "No Content", 302: "Found", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+    411: "Length Required", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 503: "Service Unavailable",
+}
+
+
+class BindError(OSError):
+    """A listener could not be bound; the message names the address and port and says why."""
+
+    def __init__(self, err: int | None, message: str) -> None:
+        super().__init__(message)
+        self.errno = err
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: each miner holds 1-2 listening sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # pragma: no cover - unusual platforms
+            log.warning("could not raise RLIMIT_NOFILE from %s to %s: %s", soft, hard, exc)
+    return soft, hard
+
+
+def bind_listener(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
+    """A non-blocking listening TCP socket on host:port, with a specific error if it fails.
+
+    SO_REUSEADDR lets a miner listen again right after ``refuse`` is cleared even though
+    connections from before are still in TIME_WAIT; Linux still refuses a second *listener*
+    on the same address, so a clash with another process is still reported.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setblocking(False)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise BindError(exc.errno, _bind_message(host, port, exc)) from exc
+    return sock
+
+
+def _bind_message(host: str, port: int, exc: OSError) -> str:
+    where = f"cannot listen on {host}:{port}"
+    if exc.errno == errno.EACCES:
+        return (f"{where}: permission denied - ports below 1024 need root "
+                "(or CAP_NET_BIND_SERVICE); the emulated firmware uses the real ports 80/4028")
+    if exc.errno == errno.EADDRINUSE:
+        return (f"{where}: address already in use - is another emulator (or a web server "
+                "bound to 0.0.0.0) already running?")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: address not available on this host (use 127.x.y.z addresses)"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (f"{where}: too many open files (RLIMIT_NOFILE soft={soft} hard={hard}); "
+                "raise the hard limit (ulimit -Hn) or emulate fewer miners")
+    return f"{where}: {exc.strerror or exc}"
+
+
+# --------------------------------------------------------------------------- protocols
+class Site(Protocol):
+    """What a connection talks to: a miner's firmware, or the control API."""
+
+    def fault(self) -> Fault | None: ...
+
+    def handle_http(self, request: HttpRequest) -> HttpResponse: ...
+
+
+def json_request_complete(buf: bytes | bytearray) -> bool:
+    """True once ``buf`` holds one whole JSON object or array.
+
+    cgminer-style requests carry no terminator (pyasic writes the JSON and waits for EOF), so
+    the only way to know the request is complete is to balance brackets outside strings.
+    Anything that does not start like JSON is taken as complete (plain-text API or junk).
+    """
+    depth = 0
+    in_str = escaped = started = False
+    for byte in buf:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_str = False
+            continue
+        if byte in (0x20, 0x09, 0x0A, 0x0D) and not started:
+            continue
+        if not started:
+            if byte not in (0x7B, 0x5B):  # { [
+                return True
+            started = True
+        if byte == 0x22:
+            in_str = True
+        elif byte in (0x7B, 0x5B):
+            depth += 1
+        elif byte in (0x7D, 0x5D):
+            depth -= 1
+            if depth == 0:
+                return True
+    return False
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, fault: Fault | None,
+             transport: asyncio.BaseTransport, render: Callable[[], bytes],
+             send: Callable[[bytes], None]) -> bool:
+    """Apply the fault to one reply. Returns False if the reply will never be sent."""
+    kind = fault.kind if fault is not None else "none"
+    if kind == "hang":
+        return False  # read, never answer; the client's timeout is the only way out
+    if kind == "refuse":
+        transport.abort()  # listeners are already closed; drop what is still connected
+        return False
+    if kind == "garbage":
+        data = render()
+        transport.write(data[: max(1, min(len(data) // 2, GARBAGE_BYTES))])
+        transport.close()
+        return False
+    if kind == "slow":
+        def later() -> None:
+            if not transport.is_closing():
+                send(render())
+        loop.call_later(max(0.0, fault.delay_s), later)
+        return True
+    send(render())
+    return True
+
+
+class RpcProtocol(asyncio.Protocol):
+    """cgminer-style API: one JSON request per connection; reply, then close (EOF ends it)."""
+
+    __slots__ = ("buf", "done", "endpoint", "transport")
+
+    def __init__(self, endpoint: MinerEndpoint) -> None:
+        self.endpoint = endpoint
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.done:
+            return  # answered (or hanging): later bytes are ignored, as cgminer does
+        self.buf += data
+        if len(self.buf) >= RPC_MAX_REQUEST or json_request_complete(self.buf):
+            self._answer()
+
+    def eof_received(self) -> bool:
+        if not self.done:
+            if not self.buf:
+                return False  # connected and left without asking: close, as cgminer does
+            self._answer()
+        return True  # keep our half open: the reply may still be on its way (slow, hang)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def _answer(self) -> None:
+        self.done = True
+        transport = self.transport
+        if transport is None:
+            return
+        request = bytes(self.buf)
+        endpoint = self.endpoint
+        endpoint.miner.commands_received += 1
+
+        def render() -> bytes:
+            try:
+                return endpoint.family.handle_rpc(endpoint.miner, request)
+            except Exception:
+                log.exception("%s: RPC handler failed for %r", endpoint.ip, request[:200])
+                return b""
+
+        def send(reply: bytes) -> None:
+            transport.write(reply)
+            transport.close()
+
+        _deliver(endpoint.loop, endpoint.fault(), transport, render, send)
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_http_request(buf: bytearray) -> tuple[HttpRequest, bool, int] | None:
+    """One request from the front of ``buf``: (request, keep_alive, bytes consumed) or None."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > HTTP_MAX_HEAD:
+            raise _BadRequest(431, "request head too large")
+        return None
+    head = bytes(buf[:end]).decode("latin-1")
+    lines = head.split("\r\n")
+    try:
+        method, target, version = lines[0].split(" ", 2)
+    except ValueError:
+        raise _BadRequest(400, f"malformed request line {lines[0][:80]!r}") from None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        raise _BadRequest(411, "chunked request bodies are not supported; send Content-Length")
+    try:
+        length = int(headers.get("content-length", "0") or 0)
+    except ValueError:
+        raise _BadRequest(400, "bad Content-Length") from None
+    if length < 0 or length > HTTP_MAX_BODY:
+        raise _BadRequest(413, "request body too large")
+    total = end + 4 + length
+    if len(buf) < total:
+        return None
+    body = bytes(buf[end + 4: total])
+    path, _, query = target.partition("?")
+    conn = headers.get("connection", "").lower()
+    keep_alive = "close" not in conn if version == "HTTP/1.1" else "keep-alive" in conn
+    return HttpRequest(method.upper(), path, query, headers, body), keep_alive, total
+
+
+def render_http_response(resp: HttpResponse, keep_alive: bool, head_only: bool = False) -> bytes:
+    """Status line, headers (Content-Length and Connection added here) and body."""
+    reason = REASONS.get(resp.status, "Unknown")
+    lines = [f"HTTP/1.1 {resp.status} {reason}"]
+    for name, value in resp.headers.items():
+        if name.lower() not in ("content-length", "connection"):
+            lines.append(f"{name}: {value}")
+    lines.append(f"Content-Length: {len(resp.body)}")
+    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + resp.body
+
+
+class HttpProtocol(asyncio.Protocol):
+    """Minimal HTTP/1.1: Content-Length bodies, keep-alive, one request in flight at a time."""
+
+    __slots__ = ("buf", "busy", "site", "transport")
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.busy = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.busy:
+            self._next()
+        elif len(self.buf) > HTTP_MAX_HEAD + HTTP_MAX_BODY and self.transport is not None:
+            self.transport.abort()  # a client pipelining without end behind a hung reply
+
+    def eof_received(self) -> bool:
+        return self.busy  # half-closed client with a reply pending (slow): keep writing side
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def _next(self) -> None:
+        transport = self.transport
+        if transport is None or self.busy:
+            return
+        try:
+            parsed = parse_http_request(self.buf)
+        except _BadRequest as exc:
+            transport.write(render_http_response(
+                HttpResponse.text(f"{exc.status} - {exc}\n", exc.status), keep_alive=False))
+            transport.close()
+            return
+        if parsed is None:
+            return
+        request, keep_alive, used = parsed
+        del self.buf[:used]
+        self.busy = True
+        site = self.site
+        if isinstance(site, MinerEndpoint):
+            site.miner.commands_received += 1
+
+        def render() -> bytes:
+            try:
+                resp = site.handle_http(request)
+            except Exception:
+                log.exception("HTTP handler failed for %s %s", request.method, request.path)
+                resp = HttpResponse.text("500 - Internal Server Error\n", 500)
+            return render_http_response(resp, keep_alive, head_only=request.method == "HEAD")
+
+        def send(data: bytes) -> None:
+            transport.write(data)
+            self.busy = False
+            if keep_alive:
+                if self.buf:
+                    self._next()
+            else:
+                transport.close()
+
+        _deliver(asyncio.get_running_loop(), site.fault(), transport, render, send)
+
+
+# ------------------------------------------------------------------------ the fleet
+class MinerEndpoint:
+    """One machine on the network: physical model, firmware family and its listeners.
+
+    Listening sockets are bound synchronously (so a bind error surfaces in the caller and a
+    client connecting right after a control call is queued in the backlog), then handed to
+    ``asyncio.Server`` objects. ``generation`` makes a stop that races a pending start win.
+    """
+
+    __slots__ = ("family", "generation", "loop", "miner", "pending", "servers")
+
+    def __init__(self, miner: EmulatedMiner, family: Family,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.miner = miner
+        self.family = family
+        self.loop = loop
+        self.servers: list[asyncio.Server] = []
+        self.pending: list[tuple[socket.socket, str]] = []  # bound, not yet served
+        self.generation = 0
+
+    @property
+    def ip(self) -> str:
+        return self.miner.ip
+
+    def fault(self) -> Fault:
+        return self.miner.fault
+
+    def handle_http(self, request: HttpRequest) -> HttpResponse:
+        return self.family.handle_http(self.miner, request)
+
+    @property
+    def ports(self) -> list[tuple[int, str]]:
+        out = []
+        if self.family.rpc_port is not None:
+            out.append((self.family.rpc_port, "rpc"))
+        if self.family.http_port is not None:
+            out.append((self.family.http_port, "http"))
+        return out
+
+    @property
+    def listening(self) -> bool:
+        return bool(self.servers or self.pending)
+
+    def should_listen(self) -> bool:
+        return self.miner.fault.kind != "refuse" and self.miner.state != "off"
+
+    def bind(self) -> None:
+        """Bind every port now (all or none); ``serve()`` starts accepting on them."""
+        socks: list[tuple[socket.socket, str]] = []
+        try:
+            for port, kind in self.ports:
+                socks.append((bind_listener(self.ip, port), kind))
+        except BindError:
+            for sock, _ in socks:
+                sock.close()
+            raise
+        self.pending.extend(socks)
+
+    async def serve(self) -> None:
+        generation = self.generation
+        while self.pending and generation == self.generation:
+            sock, kind = self.pending.pop(0)
+            if kind == "rpc":
+                factory: Callable[[], asyncio.Protocol] = lambda: RpcProtocol(self)  # noqa: E731
+            else:
+                factory = lambda: HttpProtocol(self)  # noqa: E731
+            server = await self.loop.create_server(factory, sock=sock, backlog=BACKLOG)
+            if generation != self.generation:
+                server.close()  # stopped while we were starting
+            else:
+                self.servers.append(server)
+
+    def stop_listening(self) -> None:
+        """Close every listening socket now: from here on, connects are refused."""
+        self.generation += 1
+        for server in self.servers:
+            server.close()
+        self.servers = []
+        for sock, _ in self.pending:
+            sock.close()
+        self.pending = []
+
+    def sync_listening(self) -> None:
+        """Listen or not according to fault and power state (after run-time changes)."""
+        if self.should_listen() and not self.listening:
+            self.bind()
+            task = self.loop.create_task(self.serve())
+            task.add_done_callback(_log_task_error)
+        elif not self.should_listen() and self.listening:
+            self.stop_listening()
+
+
+def _log_task_error(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("listener task failed: %s", task.exception())
+
+
+class FleetServer:
+    """All miners' listeners, plus the run-time switches the control API needs."""
+
+    def __init__(self, miners: Iterable[EmulatedMiner], family_of: Callable[[str], Family],
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.endpoints: dict[str, MinerEndpoint] = {}
+        for miner in miners:
+            if miner.ip in self.endpoints:
+                raise ValueError(f"duplicate miner address {miner.ip}")
+            self.endpoints[miner.ip] = MinerEndpoint(
+                miner, family_of(miner.spec.firmware), self.loop)
+
+    async def start(self) -> None:
+        """Bind every listener; on the first failure close what was bound and raise BindError."""
+        try:
+            for endpoint in self.endpoints.values():
+                if endpoint.should_listen():
+                    endpoint.bind()
+                    await endpoint.serve()
+        except BindError:
+            await self.close()
+            raise
+
+    @property
+    def listener_count(self) -> int:
+        return sum(len(e.servers) for e in self.endpoints.values())
+
+    def set_fault(self, ip: str, kind: str, delay_s: float | None = None) -> None:
+        """Switch a miner's fault at run time; ``refuse`` closes its listeners at once."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; one of {', '.join(FAULT_KINDS)}")
+        endpoint = self.endpoints[ip]
+        fault = Fault(kind=kind)
+        if delay_s is not None:
+            fault.delay_s = float(delay_s)
+        endpoint.miner.fault = fault
+        endpoint.sync_listening()
+
+    def sync_listening(self, ip: str) -> None:
+        self.endpoints[ip].sync_listening()
+
+    async def close(self) -> None:
+        """Stop every listener. Open connections (e.g. hung ones) die with the process."""
+        for endpoint in self.endpoints.values():
+            endpoint.stop_listening()
+        await asyncio.sleep(0)

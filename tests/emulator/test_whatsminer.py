@@ -1,0 +1,120 @@
+"""Whatsminers in the real emulator process, driven by unmodified pyasic, judged by the truth.
+
+``curtaild emulate`` runs as a separate process (tests.support.emulator); pyasic talks to it
+over real sockets and every effect is checked through the control API's ``GET /miners``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pyasic
+import pytest
+from pyasic.miners.backends.btminer import BTMinerV2
+
+from tests.support.emulator import EmulatorProcess
+
+pytestmark = pytest.mark.integration
+
+M50 = ["127.11.3.1", "127.11.3.2", "127.11.3.3", "127.11.3.4", "127.11.3.5"]
+M30S = "127.11.3.10"
+FLEET = f"""
+[[miner]]
+model = "M50"
+ip = "{M50[0]}"
+count = {len(M50)}
+
+[[miner]]
+model = "M30S"
+ip = "{M30S}"
+"""
+
+
+@pytest.fixture(scope="module")
+def emu():
+    with EmulatorProcess(fleet_toml=FLEET, first_ip="127.11.3.1", time_scale=0.01) as proc:
+        yield proc
+
+
+def close(measured: float, truth: float, rel: float) -> bool:
+    return abs(measured - truth) <= rel * max(abs(truth), 1e-9)
+
+
+async def truth(emu: EmulatorProcess, ip: str) -> dict:
+    return await asyncio.to_thread(emu.miner, ip)
+
+
+async def wait_state(emu: EmulatorProcess, ip: str, state: str) -> dict:
+    return await asyncio.to_thread(emu.wait_state, ip, state, 20.0)
+
+
+async def test_detected_as_api_v2_models(emu) -> None:
+    m50, m30s = await asyncio.gather(pyasic.get_miner(M50[0]), pyasic.get_miner(M30S))
+    assert type(m50).__name__ == "BTMinerM50VH50" and isinstance(m50, BTMinerV2)
+    assert type(m30s).__name__ == "BTMinerM30SV10" and isinstance(m30s, BTMinerV2)
+
+
+async def test_get_data_matches_truth(emu) -> None:
+    client = await pyasic.get_miner(M50[1])
+    data = await client.get_data()
+    t = await truth(emu, M50[1])
+    assert t["state"] == "mining" and data.is_mining is True
+    assert close(float(data.hashrate), t["hashrate_ths"], 0.06)
+    assert close(data.wattage, t["power_w"], 0.03)
+    assert data.mac == t["mac"].upper() and data.serial_number == t["serial"]
+    assert abs(data.temperature_avg - t["temp_c"]) < 15  # board average vs hottest chip
+
+
+async def test_stop_and_resume_mining(emu) -> None:
+    client = await pyasic.get_miner(M50[2])
+    assert await client.stop_mining() is True
+    t = await truth(emu, M50[2])
+    assert t["state"] == "sleeping" and t["hashrate_ths"] == 0.0
+    assert t["power_w"] < 100
+    data = await client.get_data()
+    assert data.is_mining is False and float(data.hashrate) == 0.0
+    assert close(data.wattage, t["power_w"], 0.15)
+
+    assert await client.resume_mining() is True
+    assert (await truth(emu, M50[2]))["state"] == "booting"
+    t = await wait_state(emu, M50[2], "mining")
+    assert close(t["hashrate_ths"], t["nameplate_hashrate_ths"], 0.05)
+    assert (await client.get_data()).is_mining is True
+
+
+async def test_power_limit_changes_truth(emu) -> None:
+    client = await pyasic.get_miner(M30S)
+    assert await client.set_power_limit(2400) is True
+    t = await truth(emu, M30S)
+    assert t["power_limit_w"] == 2400
+    t = await wait_state(emu, M30S, "mining")  # btminer restarts to apply the limit
+    assert close(t["power_w"], 2400, 0.03)
+    assert t["hashrate_ths"] < 0.85 * t["nameplate_hashrate_ths"]
+    data = await client.get_data()
+    assert data.wattage_limit == 2400
+    assert close(data.wattage, 2400, 0.03)
+
+
+async def test_fault_light_and_reboot(emu) -> None:
+    client = await pyasic.get_miner(M50[3])
+    assert await client.fault_light_on() is True
+    assert (await truth(emu, M50[3]))["led_on"] is True
+    assert (await client.get_data()).fault_light is True
+    assert await client.fault_light_off() is True
+    assert (await truth(emu, M50[3]))["led_on"] is False
+
+    assert await client.reboot() is True
+    assert (await truth(emu, M50[3]))["state"] == "booting"
+    t = await wait_state(emu, M50[3], "mining")
+    assert t["hashrate_ths"] > 0
+
+
+async def test_ignore_sleep_fault(emu) -> None:
+    await asyncio.to_thread(emu.set_fault, M50[4], "ignore_sleep")
+    client = await pyasic.get_miner(M50[4])
+    assert await client.stop_mining() is True  # acknowledged ...
+    t = await truth(emu, M50[4])
+    assert t["state"] == "mining" and t["hashrate_ths"] > 0  # ... but still hashing
+    data = await client.get_data()
+    assert data.is_mining is False  # the firmware says off
+    assert close(float(data.hashrate), t["hashrate_ths"], 0.06)  # its meters say otherwise
