@@ -30,13 +30,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(level: str) -> None:
+    import os
+
+    import pyasic  # noqa: F401 - importing pyasic reconfigures the root logger; do it first
+
+    # Under systemd the journal timestamps each line itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=fmt,
         stream=sys.stderr,
+        force=True,
     )
     # pyasic logs every unreachable miner at WARNING; the loop reports those itself.
     logging.getLogger("pyasic").setLevel(logging.ERROR)
+    # httpx logs every request at INFO; market sources report their own failures.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def cmd_check(config_path: str) -> int:

@@ -11,11 +11,13 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from controller.guards import GuardConfig
+from drivers.hashprice_config import HashpriceConfig
+from drivers.tariff_config import TariffConfig
 
 
 class ConfigError(Exception):
@@ -57,7 +59,7 @@ class PowerConfig(_Strict):
     models_w: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict, description="per-model watts at full power, e.g. 'S19j Pro' = 3050"
     )
-    idle_w: float = Field(40.0, ge=0, description="draw of a sleeping machine (control board, fans)")
+    idle_w: float = Field(40.0, ge=0, description="draw of a sleeping machine (board, fans)")
 
 
 class FleetConfig(_Strict):
@@ -98,26 +100,6 @@ class FleetConfig(_Strict):
         return list(seen)
 
 
-class FixedHashprice(_Strict):
-    """A hash price the operator sets by hand (overrides, tests, demos)."""
-
-    source: Literal["fixed"] = "fixed"
-    usd_per_th_day: float = Field(gt=0, lt=100)
-
-
-HashpriceConfig = Annotated[FixedHashprice, Field(discriminator="source")]
-
-
-class FlatTariff(_Strict):
-    """One energy price around the clock."""
-
-    kind: Literal["flat"] = "flat"
-    usd_per_kwh: float = Field(ge=-10, lt=100)
-
-
-TariffConfig = Annotated[FlatTariff, Field(discriminator="kind")]
-
-
 class ControllerConfig(_Strict):
     dry_run: bool = False
     state_dir: str = Field(
@@ -134,6 +116,34 @@ class ControllerConfig(_Strict):
     flag_after_failures: int = Field(3, ge=1, description="re-commands before a miner is flagged")
 
 
+class MetricsConfig(_Strict):
+    """``[metrics]``: the Prometheus exporter (off unless ``listen`` is set)."""
+
+    listen: str | None = Field(
+        None, description="HOST:PORT to serve /metrics on, e.g. '127.0.0.1:9464'; unset: off"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, v: str | None) -> str | None:
+        if v is not None:
+            from controller.metrics import parse_listen
+
+            parse_listen(v)
+        return v
+
+
+class SiteConfig(_Strict):
+    """``[site]``: site facts that enter the exported economics, not the run/sleep decision."""
+
+    fixed_costs_usd_per_day: float | None = Field(
+        None, ge=0, description="hosting, depreciation, staff, debt...: for all-in cost per BTC"
+    )
+    power_cap_w: float | None = Field(
+        None, gt=0, description="contracted/feeder site power cap, exported for alerting"
+    )
+
+
 class Config(_Strict):
     fleet: FleetConfig
     hashprice: HashpriceConfig
@@ -141,6 +151,8 @@ class Config(_Strict):
     policy: dict[str, Any]
     guards: GuardConfig = Field(default_factory=GuardConfig)
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    site: SiteConfig = Field(default_factory=SiteConfig)
     source_path: str | None = None
 
 
@@ -154,18 +166,34 @@ def _loc(loc: tuple) -> str:
     return out
 
 
-#: sections that are tagged unions: pydantic puts the tag in the error location; drop it.
+#: sections that are tagged unions: pydantic puts the tag in the error location; drop it
+#: (also for nested unions in those sections, e.g. hashprice.fallbacks[0], tariff.fallback).
 _TAGS = {"hashprice": "source", "tariff": "kind"}
+
+
+def _drop_tags(loc: tuple, data: dict[str, Any]) -> tuple:
+    if not loc or loc[0] not in _TAGS:
+        return loc
+    tag = _TAGS[loc[0]]
+    out: list = [loc[0]]
+    node: Any = data.get(loc[0])
+    for part in loc[1:]:
+        if isinstance(node, dict) and part == node.get(tag) and part not in node:
+            continue  # the union's tag, not a key
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(out)
 
 
 def _problems(exc: ValidationError, data: dict[str, Any]) -> list[str]:
     lines = []
     for err in exc.errors():
-        loc = tuple(err["loc"])
-        section = data.get(loc[0]) if loc and isinstance(loc[0], str) else None
-        if loc and loc[0] in _TAGS and len(loc) > 1 and isinstance(section, dict):
-            if loc[1] == section.get(_TAGS[loc[0]]):
-                loc = (loc[0], *loc[2:])
+        loc = _drop_tags(tuple(err["loc"]), data)
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{_loc(loc)}: {msg}")
     return lines

@@ -19,6 +19,7 @@ from controller.config import Config, ConfigError, load_config
 from controller.journal import Journal
 from controller.loop import Reconciler, TickResult
 from controller.market import MarketInputs
+from controller.metrics import MetricsExporter
 from controller.report import tick_summary
 from drivers.hashprice import build_hashprice_source
 from drivers.miners import MinerDriver
@@ -28,7 +29,7 @@ from policies.base import load_policy
 log = logging.getLogger("curtaild")
 
 
-def build_policy(config: Config):  # noqa: ANN201 - any Policy
+def build_policy(config: Config):
     params = {k: v for k, v in config.policy.items() if k != "name"}
     return load_policy(config.policy["name"], params)
 
@@ -52,6 +53,7 @@ class Daemon:
         self.wake = asyncio.Event()
         self.reload_requested = False
         self.reloads = {"ok": 0, "failed": 0}
+        self.metrics = MetricsExporter(config.metrics.listen)
         from controller.sdnotify import Notifier
 
         self.notifier = Notifier()
@@ -81,6 +83,9 @@ class Daemon:
                         self.config.controller.state_dir)
             config = config.model_copy(update={"controller": config.controller.model_copy(
                 update={"state_dir": self.config.controller.state_dir})})
+        if config.metrics.listen != self.config.metrics.listen:
+            log.warning("reload: metrics.listen change needs a restart; still serving %s",
+                        self.config.metrics.listen)
         self.config = config
         self.reconciler.swap(config, policy)
         self.reconciler.market = market
@@ -97,39 +102,75 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
-        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         log.info("curtaild starting: %d addresses, policy %s, dry_run=%s, journal %s",
                  len(self.config.fleet.addresses()), self.config.policy["name"],
                  self.config.controller.dry_run, self.journal.path)
         ready = False
         try:
+            try:
+                self.metrics.start()  # before the first tick: scrapes never wait for one
+            except OSError as exc:
+                log.error("metrics.listen %s: cannot listen: %s", self.config.metrics.listen,
+                          exc.strerror or exc)
+                return 2
             while not self.stop.is_set():
                 if self.reload_requested:
                     self._reload()
                 started = time.monotonic()
+                status = "first tick failed"
                 try:
                     result = await self.reconciler.tick()
-                except Exception:  # noqa: BLE001 - one bad tick must not kill the daemon
+                except Exception:
                     log.exception("tick failed; retrying next interval")
+                    self.metrics.stats.tick_failed(time.monotonic() - started)
                 else:
+                    self.metrics.stats.tick_done(result)
                     self._log_tick(result)
                     self._write_status(result)
-                    if not ready:
-                        self.notifier.ready(f"{len(result.fleet.miners)} miners")
-                        ready = True
+                    status = f"{len(result.fleet.miners)} miners"
+                self._export()
+                if not ready:
+                    # READY after the first completed tick, even a failed one: systemd should
+                    # supervise (watchdog, restart) a running loop, not time out its start.
+                    self.notifier.ready(status)
+                    ready = True
                 self.notifier.watchdog()
-                interval = self.config.controller.poll_interval_s
-                delay = max(0.0, interval - (time.monotonic() - started))
-                self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wait_any(), timeout=delay)
+                await self._sleep_until(started + self.config.controller.poll_interval_s)
         finally:
+            self.metrics.stop()
             self.notifier.stopping()
             self.journal.close()
             log.info("curtaild stopped; fleet left as it is (journal keeps ownership)")
         return 0
+
+    def _export(self) -> None:
+        """Publish the frozen snapshot the metrics collector reads (never fatal)."""
+        try:
+            self.metrics.publish_from(self)
+        except Exception:
+            log.exception("metrics: publishing the snapshot failed")
+
+    def request_stop(self) -> None:
+        if not self.stop.is_set():
+            log.info("stop requested: finishing the current tick")
+            self.notifier.stopping()
+        self.stop.set()
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """Wait for the next tick, a stop or a reload, pinging the watchdog meanwhile so a
+        long poll interval never looks like a stuck loop."""
+        self.wake.clear()
+        ping = self.notifier.watchdog_interval_s
+        while not (self.stop.is_set() or self.wake.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_any(), timeout=min(left, ping or left))
+            self.notifier.watchdog()
 
     async def _wait_any(self) -> None:
         stop = asyncio.ensure_future(self.stop.wait())

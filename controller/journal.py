@@ -176,7 +176,8 @@ class Journal:
                       now: float | None = None) -> int:
         """The machine is not in the commanded state after its grace: count, maybe flag."""
         now = time.time() if now is None else now
-        row = self.db.execute("SELECT failures FROM expectations WHERE miner=?", (miner,)).fetchone()
+        row = self.db.execute("SELECT failures FROM expectations WHERE miner=?",
+                              (miner,)).fetchone()
         failures = (row[0] if row else 0) + 1
         flagged = failures >= flag_after
         self._tx([
@@ -229,6 +230,8 @@ class Journal:
                 restore_power_limit_w=c.restore_power_limit_w if c else None,
                 last_change_at=e.last_change_at if e else (c.since if c else None),
                 flagged=bool(e and e.flagged),
+                expected_action=e.action if e else None,  # type: ignore[arg-type]
+                expected_power_limit_w=e.power_limit_w if e else None,
             )
         return out
 

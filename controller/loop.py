@@ -56,7 +56,7 @@ class Reconciler:
     """One site's controller state: config, policy, journal, drivers and the ramp bucket."""
 
     def __init__(self, config: Config, journal: Journal, driver: MinerDriver,
-                 market: MarketInputs, policy):  # noqa: ANN001 - any Policy
+                 market: MarketInputs, policy):
         self.config = config
         self.journal = journal
         self.driver = driver
@@ -70,7 +70,7 @@ class Reconciler:
                                      updated_at=float(saved.get("updated_at", time.time())))
         self.last: TickResult | None = None
 
-    def swap(self, config: Config, policy) -> None:  # noqa: ANN001
+    def swap(self, config: Config, policy) -> None:
         """Atomically replace config and policy (SIGHUP); called between ticks."""
         self.config = config
         self.policy = policy

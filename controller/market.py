@@ -43,13 +43,13 @@ class MarketInputs:
             tariff_age_s=max(0.0, now - tr.obtained_at),
             pool_fee=self.pool_fee,
             tariff_forecast=tr.forecast,
-            extra={"network": dict(hp.network)},
+            extra={"network": dict(hp.network), **_detail(hp, tr, self.errors)},
         )
 
     async def _hashprice(self) -> HashpriceQuote | None:
         try:
             quote = await asyncio.wait_for(self.hashprice.fetch(), self.fetch_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - a failing source is reported, not fatal
+        except Exception as exc:
             self.errors["hashprice"] = f"{type(exc).__name__}: {exc}"
             log.warning("hash price source %s failed: %s", self.hashprice.name, exc)
             return self.last_hashprice
@@ -60,10 +60,32 @@ class MarketInputs:
     async def _tariff(self, now: float) -> TariffQuote | None:
         try:
             quote = await asyncio.wait_for(self.tariff.fetch(now), self.fetch_timeout_s)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.errors["tariff"] = f"{type(exc).__name__}: {exc}"
             log.warning("tariff source %s failed: %s", self.tariff.name, exc)
             return self.last_tariff
         self.errors.pop("tariff", None)
         self.last_tariff = quote
         return quote
+
+
+def _detail(hp: HashpriceQuote, tr: TariffQuote, errors: dict[str, str]) -> dict:
+    """Per-source detail, cross-check and demand-window state for reports and metrics."""
+    return {
+        "hashprice": {
+            "sources": [dict(d) for d in getattr(hp, "sources", ())],
+            "combine": getattr(hp, "combine", None),
+            "disagreement": getattr(hp, "disagreement", None),
+            "disagreement_exceeded": getattr(hp, "disagreement_exceeded", False),
+            "error": errors.get("hashprice"),
+        },
+        "tariff": {
+            "energy_usd_per_kwh": getattr(tr, "energy_usd_per_kwh", None),
+            "adders_usd_per_kwh": getattr(tr, "adders_usd_per_kwh", 0.0),
+            "in_demand_window": getattr(tr, "in_demand_window", False),
+            "demand_window": getattr(tr, "demand_window", None),
+            "demand_windows_ahead": [list(w) for w in getattr(tr, "demand_windows_ahead", ())],
+            "detail": dict(getattr(tr, "detail", {}) or {}),
+            "error": errors.get("tariff"),
+        },
+    }

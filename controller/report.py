@@ -8,11 +8,15 @@ from typing import Any
 from controller import economics
 from controller.journal import Journal
 from controller.loop import TickResult
-from controller.snapshot import MinerReading
+from controller.snapshot import MarketSnapshot, MinerReading
 
 
 def _r(value: float | None, nd: int = 4) -> float | None:
     return None if value is None else round(value, nd)
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def market_json(result: TickResult) -> dict[str, Any] | None:
@@ -28,7 +32,35 @@ def market_json(result: TickResult) -> dict[str, Any] | None:
         "tariff_age_s": round(m.tariff_age_s, 1),
         "pool_fee": m.pool_fee,
         **({"network": m.extra["network"]} if m.extra.get("network") else {}),
+        **_market_detail(m),
     }
+
+
+def _market_detail(m: MarketSnapshot) -> dict[str, Any]:
+    """Per-source detail, the cross-check and the demand-window state (controller/market.py)."""
+    hp = m.extra.get("hashprice") or {}
+    tr = m.extra.get("tariff") or {}
+    out: dict[str, Any] = {}
+    if hp:
+        out.update({
+            "hashprice_sources": hp.get("sources", []),
+            "hashprice_combine": hp.get("combine"),
+            "hashprice_disagreement": hp.get("disagreement"),
+            "hashprice_disagreement_exceeded": hp.get("disagreement_exceeded", False),
+            "hashprice_error": hp.get("error"),
+        })
+    if tr:
+        out.update({
+            "tariff_energy_usd_per_kwh": tr.get("energy_usd_per_kwh"),
+            "tariff_adders_usd_per_kwh": tr.get("adders_usd_per_kwh"),
+            "tariff_in_demand_window": tr.get("in_demand_window", False),
+            "tariff_demand_window": tr.get("demand_window"),
+            "tariff_demand_windows_ahead": tr.get("demand_windows_ahead", []),
+            "tariff_detail": tr.get("detail", {}),
+            "tariff_error": tr.get("error"),
+        })
+    out["tariff_forecast"] = [[round(t, 1), p] for t, p in m.tariff_forecast]
+    return out
 
 
 def _current_margin(m: MinerReading, result: TickResult) -> float | None:
@@ -114,6 +146,12 @@ def plan_table(result: TickResult) -> str:
             f"hash price {mk.hashprice_usd_per_th_day:.4f} USD/TH/day ({mk.hashprice_source}, "
             f"{mk.hashprice_age_s:.0f}s old)  tariff {mk.tariff_usd_per_kwh:.4f} USD/kWh "
             f"({mk.tariff_source})  pool fee {mk.pool_fee:.1%}")
+        detail = _market_detail(mk)
+        if detail.get("tariff_in_demand_window"):
+            lines.append(f"DEMAND WINDOW in force: {detail.get('tariff_demand_window')}")
+        if detail.get("hashprice_disagreement_exceeded"):
+            lines.append(f"hash price sources disagree by "
+                         f"{100 * (detail.get('hashprice_disagreement') or 0):.1f}%")
     header = (f"{'IP':<15} {'MODEL':<22} {'STATE':<11} {'TH/s':>7} {'W':>6} {'SRC':<11} "
               f"{'MARGIN/d':>9} {'WANT':<6} {'LIMIT W':>7}  REASON / GUARD")
     lines += [header, "-" * len(header)]
@@ -129,8 +167,8 @@ def plan_table(result: TickResult) -> str:
         lines.append(
             f"{r['ip']:<15} {r['model'][:22]:<22} {r['state']:<11} {r['hashrate_ths']:>7.1f} "
             f"{r['power_w']:>6.0f} {r['power_source']:<11} "
-            f"{(f'{margin:+.2f}' if margin is not None else '-'):>9} {r['desired'] or '-':<6} "
-            f"{(f'{r['desired_power_limit_w']:.0f}' if r['desired_power_limit_w'] else '-'):>7}"
+            f"{_num(margin, '+.2f'):>9} {r['desired'] or '-':<6} "
+            f"{_num(r['desired_power_limit_w'], '.0f'):>7}"
             f"  {note}")
     fleet_w = sum(m.power_w for m in result.fleet.miners)
     lines.append(f"{len(rows)} miners, {fleet_w / 1000:.1f} kW, {len(result.commands)} commands "

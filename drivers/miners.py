@@ -47,6 +47,8 @@ IDENTITY_FIELDS = [DataOptions.MAC, DataOptions.SERIAL_NUMBER]
 
 #: Firmware families whose pyasic backends implement power targets.
 POWER_LIMIT_FAMILIES = {"whatsminer", "luxos", "braiins", "vnish", "epic"}
+#: Families whose pyasic backend has no source for is_mining (always True).
+NO_IS_MINING_FAMILIES = {"luxos"}
 #: Families pyasic cannot stop (hobby miners with no sleep command).
 NO_SLEEP_FAMILIES = {"bitaxe"}
 
@@ -157,11 +159,11 @@ class MinerDriver:
             return self._failed(t, "timeout", f"no answer within {self.cfg.poll_timeout_s:g}s")
         except ConnectionRefusedError as exc:
             return self._failed(t, "refused", str(exc))
-        except Exception as exc:  # noqa: BLE001 - a broken miner must never crash the loop
+        except Exception as exc:
             return self._failed(t, "error", f"{type(exc).__name__}: {exc}")
         try:
             reading = self._reading(t, miner, data)
-        except Exception as exc:  # noqa: BLE001 - garbage in a field: mark, retry next tick
+        except Exception as exc:
             return self._failed(t, "garbage", f"{type(exc).__name__}: {exc}")
         if reading.error:
             return self._failed(t, "garbage", reading.error)
@@ -218,10 +220,12 @@ class MinerDriver:
         family = family_of(miner)
         plate = lookup(model)
         nameplate_ths = plate.hashrate_ths if plate else None
-        # is_mining defaults to True when firmware does not say; a machine that claims to be
-        # asleep while hashing is treated as mining (it is burning power).
+        # is_mining defaults to True when firmware does not say (pyasic's LuxOS backend never
+        # does), so it is not trusted alone: a machine that claims to be asleep while hashing
+        # is mining (it burns power), and where is_mining has no source, no hashing = asleep.
         hashing = hashrate_ths > max(0.05 * (nameplate_ths or 0.0), 0.0)
-        state = "sleeping" if (data.is_mining is False and not hashing) else "mining"
+        says_asleep = data.is_mining is False or family in NO_IS_MINING_FAMILIES
+        state = "sleeping" if (says_asleep and not hashing) else "mining"
         power_w, source = self._power(t, model, data.wattage, state, plate)
         temps = [
             v
@@ -294,8 +298,13 @@ class MinerDriver:
             raise CommandFailed("miner not discovered")
         miner = t.miner
         per_try = max(1.0, timeout_s / attempts)
+        fresh_session = family_of(miner) == "luxos" and getattr(miner, "rpc", None) is not None
 
         async def once() -> str:
+            if fresh_session:
+                # LuxOS sessions expire 60 s after last use and on reboot, but pyasic keeps its
+                # session id forever: start each attempt with a fresh logon.
+                miner.rpc.session_token = None
             steps: list[tuple[str, Callable[[], Awaitable[bool]]]] = []
             if cmd.action == "sleep":
                 steps.append(("stop_mining", miner.stop_mining))
@@ -303,7 +312,7 @@ class MinerDriver:
                 if observed_state != "mining":
                     steps.append(("resume_mining", miner.resume_mining))
                 if cmd.power_limit_w is not None:
-                    watts = int(round(cmd.power_limit_w))
+                    watts = round(cmd.power_limit_w)
                     steps.append(("set_power_limit", lambda: miner.set_power_limit(watts)))
             done = []
             for name, call in steps:
@@ -326,6 +335,6 @@ class MinerDriver:
             raise
         except TimeoutError as exc:
             raise CommandFailed(f"no answer within {per_try:g}s") from exc
-        except Exception as exc:  # noqa: BLE001 - report, never crash the loop
+        except Exception as exc:
             raise CommandFailed(f"{type(exc).__name__}: {exc}") from exc
         raise CommandFailed("no attempt made")  # pragma: no cover

@@ -1,0 +1,460 @@
+"""Safety guards between a policy's wishes and the machines (pure: no I/O, no clock).
+
+``apply_guards`` is level-triggered: per miner it compares the *guarded* desired state with
+what was observed and emits a command only where they differ. Everything it needs to remember
+between ticks comes in as arguments -- the journal's :class:`MinerMemory` per machine and the
+ramp :class:`RampBucket` -- so a restart resumes exactly where it stopped.
+
+Rules, in the order they are checked for each machine:
+
+1. Untouchable: excluded in config, unreachable, a reading older than
+   ``stale_reading_after_s``, flagged as disobedient, or asleep and not put to sleep by
+   curtaild (the operator's: never woken). Held with the reason.
+2. Stale market (hash price or tariff older than ``stale_market_after_s``): ``hold`` keeps
+   every machine as it is for ``stale_hold_s``, then releases what curtaild curtailed;
+   ``run`` releases at once. The policy's wishes are ignored while stale.
+3. Capability: no sleep on firmware that cannot sleep, no limit on firmware without limits.
+4. Hysteresis around zero margin (``run_margin_usd_per_day``); a release skips it.
+5. Ownership of power limits: a limit curtaild did not set is never changed by a "run". A
+   "run" for a machine curtaild owns but finds already running unlimited is still sent (no
+   power moves): it lets the journal release ownership once the machine is seen running.
+6. Minimum dwell since curtaild last changed the machine; and a command identical to the last
+   one sent (``MinerMemory.expected_action``) is not sent again while the machine catches up
+   -- re-commanding a machine that did not obey is the loop's verify step.
+7. Ramp: one token bucket of |delta W| for shedding and restoring, shedding worst-first then
+   restoring most-efficient-first, in strict order (a command that does not fit blocks the
+   ones behind it, so a big machine is never starved by small ones).
+8. At most ``max_commands_per_tick`` commands.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.snapshot import (
+    Action,
+    Command,
+    Desired,
+    FleetSnapshot,
+    MarketSnapshot,
+    MinerReading,
+)
+
+#: Power limits within max(LIMIT_TOLERANCE_W, LIMIT_TOLERANCE_FRACTION x target) are equal.
+LIMIT_TOLERANCE_W = 25.0
+LIMIT_TOLERANCE_FRACTION = 0.02
+#: Draw of a sleeping machine assumed for ramp accounting when the reading does not say.
+IDLE_ESTIMATE_W = 40.0
+#: Full-power draw assumed for ramp accounting of a wake when nothing is known (conservative).
+UNKNOWN_FULL_POWER_W = 3500.0
+
+
+def limit_tolerance_w(target_w: float) -> float:
+    """How far an observed power limit may be from a target and still count as reached."""
+    return max(LIMIT_TOLERANCE_W, LIMIT_TOLERANCE_FRACTION * abs(target_w))
+
+
+class GuardConfig(BaseModel):
+    """The ``[guards]`` section: safety between the policy and the machines, all on by default.
+
+    Stale market inputs: curtaild exists to *stop* machines when mining loses money; it must
+    never be the reason a site stays curtailed. With ``on_stale_market = "hold"`` (default)
+    nothing changes while inputs are stale -- no new curtailment, no wake -- for at most
+    ``stale_hold_s`` (a short outage of a price feed should not cycle the fleet); after that
+    curtaild releases every machine *it* curtailed, within the ramp and minimum dwell, and
+    leaves machines an operator put to sleep alone. ``"run"`` releases at once.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    hysteresis_usd_per_day: float = Field(0.10, ge=0.0)
+    """Band around zero margin, USD/day: a running machine is slept only if its full-power
+    margin is below -band; a machine curtaild slept is woken only if the margin of running (or
+    of the policy's power limit) is above +band."""
+
+    min_dwell_s: float = Field(600.0, ge=0.0)
+    """Minimum time, s, a machine stays in a state after curtaild changed it (protects PSUs
+    and hashboards from cycling; also stops re-sending a command while the machine boots)."""
+
+    ramp_w_per_min: float = Field(50_000.0, gt=0.0)
+    """Largest change of site power per minute, W, shedding and restoring alike. A token bucket
+    refilled at ramp/60 W per second, holding at most max(ramp, the largest single step)."""
+
+    max_commands_per_tick: int = Field(50, ge=1)
+    """Commands sent per tick at most; the rest wait for the next tick."""
+
+    exclude: list[str] = Field(default_factory=list)
+    """Miner keys (MAC/serial) or IPs curtaild never commands (maintenance, test benches);
+    case-insensitive."""
+
+    stale_market_after_s: float = Field(1800.0, gt=0.0)
+    """Hash price or tariff older than this, s, is stale: see on_stale_market."""
+
+    stale_reading_after_s: float = Field(300.0, gt=0.0)
+    """A miner reading older than this, s, is never acted on."""
+
+    on_stale_market: Literal["hold", "run"] = "hold"
+    """Fail-safe with stale market inputs: "hold" everything as it is for stale_hold_s, then
+    release what curtaild curtailed; "run" releases at once."""
+
+    stale_hold_s: float = Field(900.0, ge=0.0)
+    """How long, s, "hold" lasts once the market is stale, before curtaild's curtailment is
+    released."""
+
+
+@dataclass(frozen=True, slots=True)
+class MinerMemory:
+    """What the journal knows about one machine (curtaild's own actions only).
+
+    ``expected_action``/``expected_power_limit_w`` (optional) are the last command sent: while
+    the observed state has not caught up with it, the guards do not send it again (the loop's
+    verify step re-commands after its grace, then flags).
+    """
+
+    key: str
+    curtailed_by_us: bool
+    curtailed_action: Literal["sleep", "limit"] | None
+    restore_power_limit_w: float | None
+    last_change_at: float | None
+    flagged: bool
+    expected_action: Action | None = None
+    expected_power_limit_w: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RampBucket:
+    """Ramp tokens (W) left, and when they were counted; carried between ticks."""
+
+    budget_w: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class GuardResult:
+    commands: list[Command]
+    held: dict[str, str]  # key -> why nothing was sent
+    bucket: RampBucket
+    effective: dict[str, Desired] = field(default_factory=dict)  # what curtaild steers toward
+
+
+# ----------------------------------------------------------------------- internals
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One command candidate, before the ramp and the command cap."""
+
+    command: Command
+    target: Desired
+    shedding: bool
+    order: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Hold:
+    reason: str
+    effective: Desired | None = None
+
+
+_Plan = _Step | _Hold | Desired  # Desired: already there, nothing to send
+
+
+def _excluded(r: MinerReading, cfg: GuardConfig) -> bool:
+    names = {x.strip().casefold() for x in cfg.exclude}
+    ids = (r.key, r.ip, r.mac, r.serial)
+    return any(i is not None and i.casefold() in names for i in ids)
+
+
+def _asleep_by_us(mem: MinerMemory | None) -> bool:
+    """Only a machine curtaild itself slept may be woken; one curtaild merely limited and that
+    is now asleep was slept by someone else."""
+    return mem is not None and mem.curtailed_by_us and mem.curtailed_action in ("sleep", None)
+
+
+def _observed(r: MinerReading, mem: MinerMemory | None, why: str) -> Desired:
+    """The observed state as a Desired: what 'keep it as it is' means."""
+    if r.state == "sleeping":
+        return Desired(action="sleep", reason=why)
+    ours = mem is not None and mem.curtailed_by_us and mem.curtailed_action == "limit"
+    plate = r.nameplate_power_w
+    limited = r.power_limit_w is not None and (
+        ours or (plate is not None and r.power_limit_w < plate - limit_tolerance_w(plate)))
+    if limited:
+        return Desired(action="limit", reason=why, power_limit_w=r.power_limit_w)
+    return Desired(action="run", reason=why)
+
+
+def _untouchable(r: MinerReading, mem: MinerMemory | None, cfg: GuardConfig,
+                 now: float) -> str | None:
+    if _excluded(r, cfg):
+        return "excluded by config (guards.exclude)"
+    if r.state == "unreachable":
+        return f"unreachable: {r.error or 'no answer'}"
+    age = now - r.observed_at
+    if age > cfg.stale_reading_after_s:
+        return f"reading stale: {age:.0f} s old (> {cfg.stale_reading_after_s:.0f} s)"
+    if mem is not None and mem.flagged:
+        return "flagged: did not obey repeated commands; not commanded until cleared"
+    if r.state == "sleeping" and not _asleep_by_us(mem):
+        return "asleep by operator: curtaild never wakes a machine it did not put to sleep"
+    return None
+
+
+def market_staleness_s(market: MarketSnapshot | None, cfg: GuardConfig) -> float | None:
+    """Seconds the market has been stale (past stale_market_after_s); None when fresh.
+
+    ``None`` market (no inputs ever obtained) counts as stale for ever.
+    """
+    if market is None:
+        return math.inf
+    age = max(market.hashprice_age_s, market.tariff_age_s)
+    return age - cfg.stale_market_after_s if age > cfg.stale_market_after_s else None
+
+
+def _market_note(market: MarketSnapshot | None) -> str:
+    if market is None:
+        return "no market inputs"
+    return (f"market inputs stale (hash price {market.hashprice_age_s:.0f} s old, "
+            f"tariff {market.tariff_age_s:.0f} s old)")
+
+
+def _stale_mode(market: MarketSnapshot | None, cfg: GuardConfig) -> Literal["fresh", "hold",
+                                                                             "release"]:
+    stale_for = market_staleness_s(market, cfg)
+    if stale_for is None:
+        return "fresh"
+    if cfg.on_stale_market == "hold" and stale_for <= cfg.stale_hold_s:
+        return "hold"
+    return "release"
+
+
+def _release_target(mem: MinerMemory | None, market: MarketSnapshot | None,
+                    cfg: GuardConfig) -> Desired | None:
+    if mem is None or not mem.curtailed_by_us:
+        return None
+    why = "hold" if cfg.on_stale_market == "hold" else "run"
+    return Desired(action="run", reason=f"fail-safe ({why}): {_market_note(market)}; releasing "
+                                        "what curtaild curtailed")
+
+
+def _hysteresis(r: MinerReading, target: Desired, cfg: GuardConfig) -> str | None:
+    band = cfg.hysteresis_usd_per_day
+    if r.state == "mining" and target.action == "sleep":
+        m = target.run_margin_usd_per_day
+        if m is not None and m >= -band:
+            return f"hysteresis: run margin {m:+.2f} USD/day not below -{band:.2f}; kept running"
+    if r.state == "sleeping" and target.action in ("run", "limit"):
+        m = target.run_margin_usd_per_day if target.action == "run" else target.margin_usd_per_day
+        if m is None:
+            m = target.margin_usd_per_day
+        if m is not None and m <= band:
+            return f"hysteresis: margin {m:+.2f} USD/day not above +{band:.2f}; kept asleep"
+    return None
+
+
+def _capability(r: MinerReading, target: Desired) -> str | None:
+    if target.action == "sleep" and not r.supports_sleep:
+        return f"cannot sleep: {r.firmware or 'this'} firmware has no sleep"
+    if target.action == "limit" and (not r.supports_power_limit or target.power_limit_w is None):
+        return f"cannot power-limit: {r.firmware or 'this'} firmware takes no power target"
+    return None
+
+
+def _full_power_w(r: MinerReading) -> float:
+    return r.nameplate_power_w or r.max_power_limit_w or UNKNOWN_FULL_POWER_W
+
+
+def _idle_w(r: MinerReading) -> float:
+    return r.power_w if r.state == "sleeping" and r.power_w > 0 else IDLE_ESTIMATE_W
+
+
+def _draw_w(r: MinerReading) -> float:
+    """What a mining machine draws now (its full-power estimate when the reading has none)."""
+    return r.power_w if r.power_w > 0 else _full_power_w(r)
+
+
+def _restore_limit_w(r: MinerReading, mem: MinerMemory | None) -> float | None:
+    if mem is None:
+        return None
+    return mem.restore_power_limit_w if mem.restore_power_limit_w is not None \
+        else r.nameplate_power_w
+
+
+def _command(r: MinerReading, target: Desired, mem: MinerMemory | None) -> Command | None:
+    """The command that takes r to target, or None when it is already there (level-trigger)."""
+    def cmd(action: Action, limit: float | None, delta: float) -> Command:
+        return Command(key=r.key, ip=r.ip, action=action, power_limit_w=limit,
+                       reason=target.reason, delta_power_w=delta)
+
+    ours = mem is not None and mem.curtailed_by_us
+    if target.action == "sleep":
+        if r.state == "sleeping":
+            return None
+        return cmd("sleep", None, -max(0.0, _draw_w(r) - IDLE_ESTIMATE_W))
+    if target.action == "limit":
+        p = float(target.power_limit_w or 0.0)
+        if r.state == "sleeping":
+            return cmd("limit", p, p - _idle_w(r))
+        current = r.power_limit_w if r.power_limit_w is not None else _draw_w(r)
+        if abs(current - p) <= limit_tolerance_w(p):
+            return None
+        return cmd("limit", p, p - _draw_w(r))
+    # run
+    if r.state == "sleeping":  # only reached when asleep by us
+        # A plain resume; but firmware keeps a limit through sleep, so a limit recorded before
+        # curtaild's first curtailment (it may have limited, then slept) is put back.
+        restore = mem.restore_power_limit_w if mem and r.supports_power_limit else None
+        return cmd("run", restore, (restore or _full_power_w(r)) - _idle_w(r))
+    if not ours:
+        return None  # running, and any limit on it is not curtaild's to change
+    assert mem is not None
+    if mem.curtailed_action == "limit":
+        restore = _restore_limit_w(r, mem)
+        return cmd("run", restore, 0.0 if restore is None else restore - _draw_w(r))
+    # Ours (slept) yet observed running: release ownership, nothing physical to do.
+    return cmd("run", None, 0.0)
+
+
+def _is_change(r: MinerReading, c: Command) -> bool:
+    """False for a pure ownership release of a machine already running unlimited."""
+    return not (c.action == "run" and c.power_limit_w is None and r.state == "mining")
+
+
+def _awaiting(c: Command, mem: MinerMemory | None) -> bool:
+    """The same command was already sent and the machine has not caught up yet."""
+    if mem is None or mem.expected_action != c.action:
+        return False
+    if c.power_limit_w is None or mem.expected_power_limit_w is None:
+        return c.power_limit_w is None and mem.expected_power_limit_w is None
+    return abs(c.power_limit_w - mem.expected_power_limit_w) <= limit_tolerance_w(c.power_limit_w)
+
+
+def _dwell(mem: MinerMemory | None, cfg: GuardConfig, now: float) -> str | None:
+    if mem is None or mem.last_change_at is None:
+        return None
+    since = now - mem.last_change_at
+    if since < cfg.min_dwell_s:
+        return f"min dwell: changed {since:.0f} s ago (< {cfg.min_dwell_s:.0f} s)"
+    return None
+
+
+def _order(r: MinerReading, target: Desired, shedding: bool) -> tuple[float, ...]:
+    """Sort key: shedding worst margin per watt (worst J/TH) first, restoring best J/TH first."""
+    jth = r.efficiency_j_per_th
+    if shedding:
+        m = target.run_margin_usd_per_day
+        per_w = m / r.power_w if m is not None and r.power_w > 0 else math.inf
+        return (0.0, per_w, -(jth if jth is not None else -math.inf))
+    return (1.0, jth if jth is not None else math.inf, 0.0)
+
+
+def _plan(r: MinerReading, want: Desired | None, mem: MinerMemory | None,
+          market: MarketSnapshot | None, mode: str, cfg: GuardConfig, now: float) -> _Plan:
+    """Every per-machine rule; the ramp and the command cap come after, fleet-wide."""
+    why = _untouchable(r, mem, cfg, now)
+    if why is not None:
+        keep = r.state != "unreachable" and why.startswith("asleep by operator")
+        return _Hold(why, _observed(r, mem, why) if keep else None)
+    if mode == "hold":
+        why = f"{_market_note(market)}: holding every machine as it is"
+        return _Hold(why, _observed(r, mem, why))
+    release = mode == "release"
+    target = _release_target(mem, market, cfg) if release else want
+    if target is None:
+        why = (f"{_market_note(market)}: no new curtailment" if release
+               else "policy has no opinion")
+        return _Hold(why, _observed(r, mem, why))
+    why = _capability(r, target) or (None if release else _hysteresis(r, target, cfg))
+    if why is not None:
+        return _Hold(why, _observed(r, mem, why))
+    c = _command(r, target, mem)
+    if c is None:
+        kept = _observed(r, mem, "")
+        if target.action == "run" and kept.action == "limit":
+            why = (f"running under a power limit curtaild did not set "
+                   f"({kept.power_limit_w:.0f} W): left as is")
+            return _Hold(why, replace(kept, reason=why))
+        return target
+    if _is_change(r, c):
+        if _awaiting(c, mem):
+            why = f"awaiting verification: already commanded to {c.action}"
+        else:
+            why = _dwell(mem, cfg, now)
+        if why is not None:
+            return _Hold(why, _observed(r, mem, why))
+    shedding = c.delta_power_w < 0
+    return _Step(c, target, shedding, _order(r, target, shedding))
+
+
+def refill(bucket: RampBucket, cfg: GuardConfig, capacity_w: float, now: float) -> RampBucket:
+    """Add ramp/60 W per elapsed second, up to capacity (a clock going back adds nothing)."""
+    elapsed = max(0.0, now - bucket.updated_at)
+    budget = min(capacity_w, bucket.budget_w + cfg.ramp_w_per_min / 60.0 * elapsed)
+    return RampBucket(budget_w=max(0.0, budget), updated_at=now)
+
+
+def _admit(steps: list[_Step], bucket: RampBucket, cfg: GuardConfig,
+           now: float) -> tuple[list[_Step], dict[str, str], RampBucket]:
+    """Spend the bucket in order; stop at the first that does not fit; cap the count."""
+    capacity = max([cfg.ramp_w_per_min, *(abs(s.command.delta_power_w) for s in steps)])
+    bucket = refill(bucket, cfg, capacity, now)
+    budget = bucket.budget_w
+    sent: list[_Step] = []
+    held: dict[str, str] = {}
+    blocked = False
+    for s in sorted(steps, key=lambda s: s.order):
+        need = abs(s.command.delta_power_w)
+        if need > 0 and (blocked or need > budget):
+            blocked = True
+            held[s.command.key] = (f"ramp limit: needs {need:.0f} W, {budget:.0f} W available "
+                                   f"({cfg.ramp_w_per_min:.0f} W/min)")
+        elif len(sent) >= cfg.max_commands_per_tick:
+            held[s.command.key] = f"command cap: {cfg.max_commands_per_tick} per tick"
+        else:
+            budget -= need
+            sent.append(s)
+    return sent, held, replace(bucket, budget_w=budget)
+
+
+def apply_guards(
+    fleet: FleetSnapshot,
+    market: MarketSnapshot | None,
+    desired: dict[str, Desired],
+    memory: dict[str, MinerMemory],
+    bucket: RampBucket,
+    cfg: GuardConfig,
+    now: float,
+) -> GuardResult:
+    """Turn the policy's wishes into the commands that are safe to send this tick.
+
+    ``market`` None means no market inputs were ever obtained: stale for ever, so curtaild's
+    own curtailment is released (within the ramp) and nothing new is curtailed.
+    """
+    mode = _stale_mode(market, cfg)
+    held: dict[str, str] = {}
+    effective: dict[str, Desired] = {}
+    steps: list[_Step] = []
+    by_key = fleet.by_key()
+    for key, r in by_key.items():
+        mem = memory.get(key)
+        plan = _plan(r, desired.get(key), mem, market, mode, cfg, now)
+        if isinstance(plan, _Hold):
+            held[key] = plan.reason
+            if plan.effective is not None:
+                effective[key] = plan.effective
+        elif isinstance(plan, _Step):
+            steps.append(plan)
+        else:
+            effective[key] = plan
+    sent, waiting, bucket = _admit(steps, bucket, cfg, now)
+    for s in steps:
+        key = s.command.key
+        if key in waiting:
+            held[key] = waiting[key]
+            effective[key] = _observed(by_key[key], memory.get(key), waiting[key])
+        else:
+            effective[key] = s.target
+    return GuardResult(commands=[s.command for s in sent], held=held, bucket=bucket,
+                       effective=effective)

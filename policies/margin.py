@@ -1,0 +1,268 @@
+"""The margin policy: run a machine when it earns more than it costs, else limit or sleep it.
+
+Per reachable miner, three marginal margins (revenue after pool fee minus energy, USD/day; sunk
+costs stay out, see controller/economics.py):
+
+- **run**: at full power. Measured hashrate and power when the machine is mining unlimited;
+  nameplate when it is asleep (what a wake would give); when it is power-limited, the
+  measured point scaled back up to nameplate power along the efficiency curve.
+- **sleep**: minus the energy of its idle draw (control board and fans keep running).
+- **limit** (firmware that takes a power target, when ``use_power_limits``): the best margin
+  over power targets in [min_power_limit_w, min(max_power_limit_w, nameplate)], estimated with
+  hashrate ~ (P - idle)^exponent (``economics.hashrate_at_power_ths``): the closed-form optimum
+  of that concave curve plus a grid of ``limit_search_steps`` targets, whichever is best.
+
+The best of the three wins, with two biases an operator expects: a tie between run and sleep
+runs (a site is built to mine), and a limit is chosen only if it beats both run and sleep by
+``min_limit_gain_usd_per_day`` -- except that a machine *already* limited stays limited until
+running at full power beats the limit by that gain (a band, so run <-> limit does not flap; the
+guards apply their own band only around zero margin). Machines whose firmware cannot sleep are
+never asked to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import Field
+
+from controller import economics
+from controller.snapshot import Desired, FleetSnapshot, MarketSnapshot, MinerReading
+from policies.base import PolicyConfig
+
+
+def _limit_tolerance_w(target_w: float) -> float:
+    """Power limits within max(25 W, 2 %) are the same limit (same rule as the guards)."""
+    return max(25.0, 0.02 * target_w)
+
+
+class MarginConfig(PolicyConfig):
+    """``[policy]`` keys of the margin policy (``name = "margin"``)."""
+
+    efficiency_exponent: float = Field(0.75, gt=0.0, le=1.0)
+    """Hashrate ~ (power - idle)^exponent under a power limit; < 1 means a limited machine is
+    more efficient (lower voltage). 1.0 assumes constant J/TH."""
+
+    idle_power_w: float = Field(40.0, ge=0.0)
+    """Draw of a sleeping machine (control board, fans), W, when its firmware reports none."""
+
+    use_power_limits: bool = True
+    """Power-limit machines whose firmware allows it, when that earns more than run or sleep."""
+
+    limit_search_steps: int = Field(41, ge=2, le=10_000)
+    """Power targets tried between the firmware's lowest and highest (plus the closed form)."""
+
+    min_limit_gain_usd_per_day: float = Field(0.05, ge=0.0)
+    """A limit must beat both running and sleeping by at least this much to be chosen."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatingPoint:
+    """A (power, hashrate) pair and where it came from, for the numbers in a reason."""
+
+    power_w: float
+    hashrate_ths: float
+    basis: str
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    action: str
+    margin_usd_per_day: float
+    point: OperatingPoint | None = None
+
+
+class MarginPolicy:
+    """Sleep (or power-limit) machines whose marginal margin is negative."""
+
+    name: ClassVar[str] = "margin"
+    Config: ClassVar[type[MarginConfig]] = MarginConfig
+
+    def __init__(self, config: MarginConfig | None = None):
+        self.config = config if config is not None else MarginConfig()
+
+    # ---------------------------------------------------------------- public
+    def decide(
+        self, fleet: FleetSnapshot, market: MarketSnapshot, now: float
+    ) -> dict[str, Desired]:
+        """One Desired per reachable miner whose full-power figures are known."""
+        out: dict[str, Desired] = {}
+        for r in fleet.miners:
+            d = self.decide_one(r, market)
+            if d is not None:
+                out[r.key] = d
+        return out
+
+    def decide_one(self, r: MinerReading, market: MarketSnapshot) -> Desired | None:
+        if r.state == "unreachable":
+            return None
+        idle = self._idle_w(r)
+        full = self.full_power_point(r, idle)
+        if full is None or full.power_w <= idle:
+            return None
+        run = Option("run", self._margin(full.power_w, full.hashrate_ths, market), full)
+        sleep = Option("sleep", -self._energy(idle, market))
+        limit = self.best_limit(r, full, idle, market)
+        choice = self._choose(r, run, sleep, limit)
+        return Desired(
+            action=choice.action,  # type: ignore[arg-type]
+            reason=self._reason(r, choice, run, sleep, idle, market),
+            power_limit_w=choice.point.power_w if choice.action == "limit" and choice.point
+            else None,
+            margin_usd_per_day=choice.margin_usd_per_day,
+            run_margin_usd_per_day=run.margin_usd_per_day,
+        )
+
+    # ------------------------------------------------------------- operating
+    def _idle_w(self, r: MinerReading) -> float:
+        """A sleeping machine's own firmware figure if it reports one, else the config's."""
+        if r.state == "sleeping" and r.power_source == "firmware" and r.power_w > 0:
+            return r.power_w
+        return self.config.idle_power_w
+
+    @staticmethod
+    def is_limited(r: MinerReading) -> bool:
+        """Mining under a power limit meaningfully below nameplate (set by anyone)."""
+        plate = r.nameplate_power_w
+        if r.state != "mining" or r.power_limit_w is None or not plate:
+            return False
+        return r.power_limit_w < plate - _limit_tolerance_w(plate)
+
+    def full_power_point(self, r: MinerReading, idle_w: float) -> OperatingPoint | None:
+        """What the machine hashes and draws at full power; None when unknown."""
+        plate_h, plate_p = r.nameplate_hashrate_ths, r.nameplate_power_w
+        nameplate = (
+            OperatingPoint(plate_p, plate_h, "nameplate") if plate_h and plate_p else None
+        )
+        if r.state != "mining":
+            return nameplate
+        if self.is_limited(r):
+            return self._scaled_to_nameplate(r, idle_w) or nameplate
+        if r.hashrate_ths > 0 and r.power_w > 0 and r.power_source != "none":
+            return OperatingPoint(r.power_w, r.hashrate_ths, "measured")
+        return nameplate
+
+    def _scaled_to_nameplate(self, r: MinerReading, idle_w: float) -> OperatingPoint | None:
+        """A limited machine's measured point moved up the curve to nameplate power."""
+        assert r.nameplate_power_w is not None and r.power_limit_w is not None
+        # Without a firmware wattage the power figure is a table value, not the limited draw.
+        ref_p = r.power_w if r.power_source == "firmware" and r.power_w > 0 else r.power_limit_w
+        if r.hashrate_ths <= 0 or ref_p <= idle_w:
+            return None
+        h = economics.hashrate_at_power_ths(
+            power_w=r.nameplate_power_w, ref_power_w=ref_p, ref_hashrate_ths=r.hashrate_ths,
+            idle_power_w=idle_w, exponent=self.config.efficiency_exponent,
+        )
+        return OperatingPoint(r.nameplate_power_w, h, f"measured at {ref_p:.0f} W, scaled")
+
+    # ------------------------------------------------------------------ limit
+    def limit_range_w(self, r: MinerReading, full: OperatingPoint) -> tuple[float, float] | None:
+        """[lowest, highest] power target worth trying, whole watts; None when none."""
+        if not (self.config.use_power_limits and r.supports_power_limit):
+            return None
+        if r.min_power_limit_w is None:
+            return None
+        hi = min(r.max_power_limit_w or math.inf, r.nameplate_power_w or full.power_w)
+        lo, hi = math.ceil(r.min_power_limit_w), math.floor(hi)
+        return (float(lo), float(hi)) if lo < hi else None
+
+    def best_limit(self, r: MinerReading, full: OperatingPoint, idle_w: float,
+                   market: MarketSnapshot) -> Option | None:
+        """The most profitable power target meaningfully below full power, if any."""
+        bounds = self.limit_range_w(r, full)
+        if bounds is None:
+            return None
+        lo, hi = bounds
+        best: Option | None = None
+        for p in self._candidates(lo, hi, full, idle_w, market):
+            if p >= full.power_w - _limit_tolerance_w(full.power_w) or p <= idle_w:
+                continue  # the same as running, or nothing left to hash with
+            h = economics.hashrate_at_power_ths(
+                power_w=p, ref_power_w=full.power_w, ref_hashrate_ths=full.hashrate_ths,
+                idle_power_w=idle_w, exponent=self.config.efficiency_exponent,
+            )
+            m = self._margin(p, h, market)
+            if best is None or m > best.margin_usd_per_day:
+                best = Option("limit", m, OperatingPoint(p, h, "curve"))
+        return best
+
+    def _candidates(self, lo: float, hi: float, full: OperatingPoint, idle_w: float,
+                    market: MarketSnapshot) -> list[float]:
+        n = self.config.limit_search_steps
+        grid = {float(round(lo + (hi - lo) * i / (n - 1))) for i in range(n)}
+        opt = self.optimal_power_w(full, idle_w, market)
+        if opt is not None:
+            grid.add(float(min(hi, max(lo, round(opt)))))
+        return sorted(grid)
+
+    def optimal_power_w(self, full: OperatingPoint, idle_w: float,
+                        market: MarketSnapshot) -> float | None:
+        """Closed form: d/dP [R (x^e) - c P] = 0 with x = (P - idle)/(P_full - idle).
+
+        R is full-power revenue and c the energy cost per watt-day; the curve is concave for
+        e < 1, so the clamped optimum is the best target in any interval. None when it has no
+        interior optimum (e = 1, no revenue, or free/negative energy).
+        """
+        e = self.config.efficiency_exponent
+        span = full.power_w - idle_w
+        rev = economics.revenue_usd_per_day(
+            hashrate_ths=full.hashrate_ths,
+            hashprice_usd_per_th_day=market.hashprice_usd_per_th_day,
+            pool_fee=self.config.pool_fee,
+        )
+        c = self._energy(1.0, market)
+        if e >= 1.0 or rev <= 0 or c <= 0 or span <= 0:
+            return None
+        x = (c * span / (e * rev)) ** (1.0 / (e - 1.0))
+        return idle_w + span * x
+
+    # ----------------------------------------------------------------- choose
+    def _choose(self, r: MinerReading, run: Option, sleep: Option,
+                limit: Option | None) -> Option:
+        can_sleep = r.supports_sleep
+        base = run if (not can_sleep or run.margin_usd_per_day >= sleep.margin_usd_per_day) \
+            else sleep
+        if limit is None:
+            return base
+        gain = self.config.min_limit_gain_usd_per_day
+        need_vs_run = -gain if self.is_limited(r) else gain
+        beats_run = limit.margin_usd_per_day - run.margin_usd_per_day >= need_vs_run
+        beats_sleep = not can_sleep or limit.margin_usd_per_day - sleep.margin_usd_per_day >= gain
+        return limit if beats_run and beats_sleep else base
+
+    # ---------------------------------------------------------------- numbers
+    def _margin(self, power_w: float, hashrate_ths: float, market: MarketSnapshot) -> float:
+        return economics.margin_usd_per_day(
+            hashrate_ths=hashrate_ths, power_w=power_w,
+            hashprice_usd_per_th_day=market.hashprice_usd_per_th_day,
+            tariff_usd_per_kwh=market.tariff_usd_per_kwh, pool_fee=self.config.pool_fee,
+        )
+
+    @staticmethod
+    def _energy(power_w: float, market: MarketSnapshot) -> float:
+        return economics.energy_cost_usd_per_day(
+            power_w=power_w, tariff_usd_per_kwh=market.tariff_usd_per_kwh)
+
+    def _reason(self, r: MinerReading, choice: Option, run: Option, sleep: Option,
+                idle_w: float, market: MarketSnapshot) -> str:
+        full = run.point
+        assert full is not None
+        mk = (f"at {market.hashprice_usd_per_th_day:.4f} USD/TH/day, "
+              f"{market.tariff_usd_per_kwh:.3f} USD/kWh, pool fee {self.config.pool_fee:.1%}")
+        at_full = (f"margin {run.margin_usd_per_day:+.2f} USD/day at full power "
+                   f"({full.hashrate_ths:.1f} TH/s, {full.power_w:.0f} W, {full.basis})")
+        asleep = f"{sleep.margin_usd_per_day:+.2f} asleep (idle {idle_w:.0f} W)"
+        if choice.action == "limit":
+            p = choice.point
+            assert p is not None
+            return (f"limit {p.power_w:.0f} W: margin {choice.margin_usd_per_day:+.2f} USD/day "
+                    f"(~{p.hashrate_ths:.1f} TH/s) vs {run.margin_usd_per_day:+.2f} at full "
+                    f"power, {asleep}, {mk}")
+        if choice.action == "sleep":
+            return f"sleep: {at_full} vs {asleep}, {mk}"
+        if not r.supports_sleep:
+            fw = r.firmware or "its"
+            return f"run (cannot sleep: {fw} firmware has no sleep): {at_full}, {mk}"
+        return f"run: {at_full} vs {asleep}, {mk}"
