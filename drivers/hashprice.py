@@ -23,6 +23,7 @@ judge staleness without knowing where the number came from. Sources:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import dataclasses
 import logging
@@ -97,7 +98,7 @@ class FixedHashpriceSource:
                               sources=(self.detail(),))
 
 
-class _HttpHashpriceSource:
+class _HttpHashpriceSource(abc.ABC):
     """Cache, staleness and the per-source detail around one HTTP refresh."""
 
     name = "http"
@@ -118,8 +119,9 @@ class _HttpHashpriceSource:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.cfg.base_url!r})"
 
+    @abc.abstractmethod
     async def _refresh(self) -> tuple[HashpriceQuote, float]:
-        raise NotImplementedError
+        """Fetch a fresh quote from the API (each source implements its own endpoints)."""
 
     def detail(self) -> dict:
         c = self.cache
