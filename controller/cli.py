@@ -50,14 +50,22 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def cmd_check(config_path: str) -> int:
+def _load_or_report(config_path: str):
+    """Load the config, or print one `key: reason` line per problem to stderr."""
     from controller.config import ConfigError, load_config
 
     try:
-        config = load_config(config_path)
+        return load_config(config_path)
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
+        return None
+
+
+def cmd_check(config_path: str) -> int:
+
+    config = _load_or_report(config_path)
+    if config is None:
         return 2
     print(f"{config_path}: OK ({len(config.fleet.addresses())} addresses, policy "
           f"{config.policy['name']}, hashprice {config.hashprice.source}, tariff "
@@ -66,16 +74,12 @@ def cmd_check(config_path: str) -> int:
 
 
 async def _plan(config_path: str, as_json: bool) -> int:
-    from controller.config import ConfigError, load_config
     from controller.daemon import build_reconciler
     from controller.journal import Journal
     from controller.report import plan_table, tick_summary
 
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(line, file=sys.stderr)
+    config = _load_or_report(config_path)
+    if config is None:
         return 2
     # Read the daemon's journal if there is one (ownership matters to the guards); never
     # create one: plan changes nothing.
@@ -93,13 +97,9 @@ async def _plan(config_path: str, as_json: bool) -> int:
 
 
 def cmd_status(config_path: str, as_json: bool) -> int:
-    from controller.config import ConfigError, load_config
 
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(line, file=sys.stderr)
+    config = _load_or_report(config_path)
+    if config is None:
         return 2
     path = Path(config.controller.state_dir) / "status.json"
     try:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from controller.snapshot import MarketSnapshot
 from drivers.hashprice import HashpriceQuote, HashpriceSource
 from drivers.tariff import TariffQuote, TariffSource
 
 log = logging.getLogger("curtaild.market")
+Q = TypeVar("Q")
 
 
 class MarketInputs:
@@ -47,25 +50,26 @@ class MarketInputs:
         )
 
     async def _hashprice(self) -> HashpriceQuote | None:
-        try:
-            quote = await asyncio.wait_for(self.hashprice.fetch(), self.fetch_timeout_s)
-        except Exception as exc:
-            self.errors["hashprice"] = f"{type(exc).__name__}: {exc}"
-            log.warning("hash price source %s failed: %s", self.hashprice.name, exc)
-            return self.last_hashprice
-        self.errors.pop("hashprice", None)
-        self.last_hashprice = quote
-        return quote
+        quote = await self._fetch("hashprice", self.hashprice.name, self.hashprice.fetch())
+        if quote is not None:
+            self.last_hashprice = quote
+        return quote or self.last_hashprice
 
     async def _tariff(self, now: float) -> TariffQuote | None:
+        quote = await self._fetch("tariff", self.tariff.name, self.tariff.fetch(now))
+        if quote is not None:
+            self.last_tariff = quote
+        return quote or self.last_tariff
+
+    async def _fetch(self, kind: str, name: str, call: Awaitable[Q]) -> Q | None:
+        """One source under the fetch deadline; a failure is recorded, never raised."""
         try:
-            quote = await asyncio.wait_for(self.tariff.fetch(now), self.fetch_timeout_s)
+            quote = await asyncio.wait_for(call, self.fetch_timeout_s)
         except Exception as exc:
-            self.errors["tariff"] = f"{type(exc).__name__}: {exc}"
-            log.warning("tariff source %s failed: %s", self.tariff.name, exc)
-            return self.last_tariff
-        self.errors.pop("tariff", None)
-        self.last_tariff = quote
+            self.errors[kind] = f"{type(exc).__name__}: {exc}"
+            log.warning("%s source %s failed: %s", kind, name, exc)
+            return None
+        self.errors.pop(kind, None)
         return quote
 
 
