@@ -10,14 +10,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controller.config import Config
 from controller.guards import GuardResult, RampBucket, apply_guards
 from controller.journal import Journal
 from controller.market import MarketInputs
-from controller.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
+from controller.snapshot import (
+    Command,
+    Desired,
+    Directives,
+    FleetSnapshot,
+    MarketSnapshot,
+    MinerReading,
+)
 from drivers.miners import CommandFailed, MinerDriver
+from policies.compose import decide_stack
 
 log = logging.getLogger("curtaild.loop")
 
@@ -39,6 +48,7 @@ class TickResult:
     outcomes: dict[str, str]  # key -> "ok: ..." | "failed: ..." | "dry-run"
     dry_run: bool
     verification: dict[str, str] = field(default_factory=dict)  # key -> verified|mismatch|flagged
+    directives: Directives = field(default_factory=Directives)
 
 
 def _matches(expect_action: str, expect_limit: float | None, r: MinerReading) -> bool:
@@ -56,8 +66,11 @@ class Reconciler:
     """One site's controller state: config, policy, journal, drivers and the ramp bucket."""
 
     def __init__(self, config: Config, journal: Journal, driver: MinerDriver,
-                 market: MarketInputs, policy):
+                 market: MarketInputs, policy,
+                 directives: Callable[[float], Directives] | None = None):
         self.config = config
+        #: inbound instructions in force at a time (MQTT bridge); none by default
+        self.directives: Callable[[float], Directives] = directives or (lambda _now: Directives())
         self.journal = journal
         self.driver = driver
         self.market = market
@@ -83,13 +96,13 @@ class Reconciler:
         market = await self.market.snapshot(started)
         now = time.time()
         verification = self._verify(fleet, now) if send else {}
-        if market is None:
-            desired: dict[str, Desired] = {}
+        directives = self.directives(now)
+        desired = decide_stack(self.policy, fleet, market, directives, now)
+        if market is None and not desired:
             guarded = GuardResult(commands=[], held={m.key: "no market inputs yet"
                                                      for m in fleet.miners},
                                   bucket=self.bucket, effective={})
         else:
-            desired = self.policy.decide(fleet, market, now)
             guarded = apply_guards(fleet, market, desired, self.journal.memory(), self.bucket,
                                    self.config.guards, now)
         commands = self._with_recommands(guarded.commands, fleet, verification)
@@ -113,6 +126,7 @@ class Reconciler:
             outcomes=outcomes,
             dry_run=dry_run,
             verification=verification,
+            directives=directives,
         )
         if send:
             self.last = result

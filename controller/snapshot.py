@@ -13,6 +13,11 @@ from typing import Literal
 ObservedState = Literal["mining", "sleeping", "unreachable"]
 #: What a policy wants: hash at full power, hash under a power limit, or sleep.
 Action = Literal["run", "limit", "sleep"]
+#: How hard a wish pushes through the guards (see controller/guards.py):
+#: "normal" -- every guard applies; "forced" -- an operator override (no hysteresis, no dwell,
+#: may wake a machine an operator slept, still ramped); "emergency" -- safety or a
+#: demand-response shed (no hysteresis, no dwell, no ramp for shedding, acts on stale markets).
+Priority = Literal["normal", "forced", "emergency"]
 #: Where a power figure came from; stock Antminers report none, so a fallback chain exists.
 PowerSource = Literal["firmware", "override", "model_table", "nameplate", "idle_estimate", "none"]
 
@@ -90,6 +95,31 @@ class Desired:
     power_limit_w: float | None = None  # for "limit"
     margin_usd_per_day: float | None = None  # margin of the chosen action
     run_margin_usd_per_day: float | None = None  # margin if it ran at full power
+    priority: Priority = "normal"
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """An operator's forced state for one miner (from MQTT or the CLI), until it expires."""
+
+    key: str  # miner id: MAC or serial (IP only for firmware that reports neither)
+    action: Literal["run", "sleep"]
+    until: float | None  # unix seconds; None = until cleared
+    source: str  # who asked, e.g. "mqtt:<command id>"
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Directives:
+    """Inbound instructions in force at one tick: a demand-response cap, operator overrides,
+    and whether automation is paused. Price-independent, so they apply even when the market
+    inputs are stale or missing."""
+
+    power_cap_w: float | None = None  # demand-response event target for site power, W
+    power_cap_event_id: str | None = None
+    power_cap_until: float | None = None  # unix seconds
+    overrides: tuple[Override, ...] = ()
+    automation_paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
