@@ -24,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the controller daemon until SIGTERM")
     status = sub.add_parser("status", help="what the running daemon is doing now")
     status.add_argument("--json", action="store_true")
+    backtest = sub.add_parser("backtest", help="replay a price series against a simulated "
+                              "fleet under the configured policy and guards")
+    from controller.backtest import command as backtest_command
+
+    backtest_command.add_arguments(backtest)
     emulate = sub.add_parser("emulate", help="run an emulated mining fleet on loopback")
     emulator_cli.add_arguments(emulate)
     return parser
@@ -145,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_plan(args.config, args.json))
     if args.command == "status":
         return cmd_status(args.config, args.json)
+    if args.command == "backtest":
+        from controller.backtest import command as backtest_command
+
+        return backtest_command.run(args.config, args)
     if args.command == "run":
         from controller.daemon import run
 
