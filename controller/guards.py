@@ -25,6 +25,20 @@ Rules, in the order they are checked for each machine:
    restoring most-efficient-first, in strict order (a command that does not fit blocks the
    ones behind it, so a big machine is never starved by small ones).
 8. At most ``max_commands_per_tick`` commands.
+
+Priority (``Desired.priority``) lets some wishes through rules made for economic decisions:
+
+- ``"normal"``: every rule above.
+- ``"forced"`` (an operator override): skips hysteresis (4) and minimum dwell (6), may wake a
+  machine found asleep that curtaild did not put to sleep (the override *is* the operator),
+  and acts through stale or missing market inputs (2: it does not depend on prices). Still
+  ramped (7) and still never for an excluded, unreachable, stale-reading or flagged machine.
+- ``"emergency"`` (thermal protection, a demand-response shed): skips hysteresis (4), dwell
+  (6) and the stale-market fail-safe (2); its sheds skip the ramp bucket and go first (7);
+  its restores (a wake or a raised limit) are ramped like any other. Otherwise as rule 1.
+
+Neither skips capability (3) or the no-resend rule of 6, nor the command cap (8): emergency
+sheds simply take the first slots.
 """
 
 from __future__ import annotations
@@ -187,7 +201,9 @@ def _observed(r: MinerReading, mem: MinerMemory | None, why: str) -> Desired:
 
 
 def _untouchable(r: MinerReading, mem: MinerMemory | None, cfg: GuardConfig,
-                 now: float) -> str | None:
+                 now: float, *, operator: bool = False) -> str | None:
+    """Why nothing may be sent to ``r``; ``operator`` (a forced wish) may wake what an
+    operator slept."""
     if _excluded(r, cfg):
         return "excluded by config (guards.exclude)"
     if r.state == "unreachable":
@@ -197,7 +213,7 @@ def _untouchable(r: MinerReading, mem: MinerMemory | None, cfg: GuardConfig,
         return f"reading stale: {age:.0f} s old (> {cfg.stale_reading_after_s:.0f} s)"
     if mem is not None and mem.flagged:
         return "flagged: did not obey repeated commands; not commanded until cleared"
-    if r.state == "sleeping" and not _asleep_by_us(mem):
+    if r.state == "sleeping" and not _asleep_by_us(mem) and not operator:
         return "asleep by operator: curtaild never wakes a machine it did not put to sleep"
     return None
 
@@ -341,8 +357,11 @@ def _dwell(mem: MinerMemory | None, cfg: GuardConfig, now: float) -> str | None:
 
 
 def _order(r: MinerReading, target: Desired, shedding: bool) -> tuple[float, ...]:
-    """Sort key: shedding worst margin per watt (worst J/TH) first, restoring best J/TH first."""
+    """Sort key: emergency sheds, then shedding worst margin per watt (worst J/TH) first, then
+    restoring best J/TH first."""
     jth = r.efficiency_j_per_th
+    if shedding and target.priority == "emergency":
+        return (-1.0, -(jth if jth is not None else -math.inf), 0.0)
     if shedding:
         m = target.run_margin_usd_per_day
         per_w = m / r.power_w if m is not None and r.power_w > 0 else math.inf
@@ -353,10 +372,14 @@ def _order(r: MinerReading, target: Desired, shedding: bool) -> tuple[float, ...
 def _plan(r: MinerReading, want: Desired | None, mem: MinerMemory | None,
           market: MarketSnapshot | None, mode: str, cfg: GuardConfig, now: float) -> _Plan:
     """Every per-machine rule; the ramp and the command cap come after, fleet-wide."""
-    why = _untouchable(r, mem, cfg, now)
+    priority = want.priority if want is not None else "normal"
+    urgent = priority in ("forced", "emergency")
+    why = _untouchable(r, mem, cfg, now, operator=priority == "forced")
     if why is not None:
         keep = r.state != "unreachable" and why.startswith("asleep by operator")
         return _Hold(why, _observed(r, mem, why) if keep else None)
+    if urgent:
+        mode = "fresh"  # price-independent: neither held nor released by the fail-safe
     if mode == "hold":
         why = f"{_market_note(market)}: holding every machine as it is"
         return _Hold(why, _observed(r, mem, why))
@@ -366,7 +389,8 @@ def _plan(r: MinerReading, want: Desired | None, mem: MinerMemory | None,
         why = (f"{_market_note(market)}: no new curtailment" if release
                else "policy has no opinion")
         return _Hold(why, _observed(r, mem, why))
-    why = _capability(r, target) or (None if release else _hysteresis(r, target, cfg))
+    why = _capability(r, target) or (
+        None if release or urgent else _hysteresis(r, target, cfg))
     if why is not None:
         return _Hold(why, _observed(r, mem, why))
     c = _command(r, target, mem)
@@ -381,7 +405,7 @@ def _plan(r: MinerReading, want: Desired | None, mem: MinerMemory | None,
         if _awaiting(c, mem):
             why = f"awaiting verification: already commanded to {c.action}"
         else:
-            why = _dwell(mem, cfg, now)
+            why = None if urgent else _dwell(mem, cfg, now)
         if why is not None:
             return _Hold(why, _observed(r, mem, why))
     shedding = c.delta_power_w < 0
@@ -406,6 +430,8 @@ def _admit(steps: list[_Step], bucket: RampBucket, cfg: GuardConfig,
     blocked = False
     for s in sorted(steps, key=lambda s: s.order):
         need = abs(s.command.delta_power_w)
+        if s.shedding and s.target.priority == "emergency":
+            need = 0.0  # an emergency shed is not rate-limited and spends no ramp tokens
         if need > 0 and (blocked or need > budget):
             blocked = True
             held[s.command.key] = (f"ramp limit: needs {need:.0f} W, {budget:.0f} W available "

@@ -94,6 +94,7 @@ def miner_json(m: MinerReading, result: TickResult) -> dict[str, Any]:
         "desired": d.action if d else None,
         "desired_power_limit_w": _r(d.power_limit_w, 1) if d else None,
         "desired_margin_usd_per_day": _r(d.margin_usd_per_day) if d else None,
+        "priority": d.priority if d else None,  # normal | forced | emergency
         "reason": d.reason if d else (m.error or result.held.get(m.key, "no decision")),
         "effective": eff.action if eff else None,
         "command": (
@@ -160,6 +161,8 @@ def plan_table(result: TickResult) -> str:
     for r in rows:
         margin = r["margin_usd_per_day"]
         note = r["reason"]
+        if r["priority"] not in (None, "normal"):
+            note = f"[{r['priority']}] {note}"
         if r["command"]:
             note += f"  -> would send {r['command']['action']}"
         elif r["held"]:

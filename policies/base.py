@@ -67,7 +67,12 @@ class Policy(Protocol):
 
 def _builtin_policies() -> dict[str, str]:
     """Built-ins as entry-point values, used when the package metadata is not installed."""
-    return {"margin": "policies.margin:MarginPolicy"}
+    return {
+        "margin": "policies.margin:MarginPolicy",
+        "power_cap": "policies.power_cap:PowerCapPolicy",
+        "schedule": "policies.schedule:SchedulePolicy",
+        "thermal": "policies.thermal:ThermalPolicy",
+    }
 
 
 def _load_target(value: str) -> type:
@@ -91,16 +96,17 @@ def available_policies() -> dict[str, str]:
     return found
 
 
-def _param_problems(exc: ValidationError, config_cls: type[BaseModel]) -> list[str]:
+def _param_problems(exc: ValidationError, config_cls: type[BaseModel],
+                    prefix: str = "policy") -> list[str]:
     known = ", ".join(sorted(config_cls.model_fields))
     lines = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "policy"
+        path = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             msg = f"unknown key (valid keys: {known})"
         else:
             msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"policy.{path}: {msg}")
+        lines.append(f"{prefix}.{path}: {msg}" if path else f"{prefix}: {msg}")
     return lines
 
 

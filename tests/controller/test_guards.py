@@ -481,3 +481,68 @@ def test_ticks_converge_and_stay_quiet() -> None:
     assert [(k, a) for _, k, a in sent] == [("BAD", "sleep"), ("MID", "sleep")]
     assert {m.key: m.state for m in miners} == {"GOOD": "mining", "BAD": "sleeping",
                                                 "MID": "sleeping"}
+
+
+# ----------------------------------------------------------------------- priority
+def urgent(action: str, priority: str, *, limit: float | None = None,
+           run_margin: float | None = None) -> Desired:
+    return Desired(action=action, reason=f"{priority} {action}",  # type: ignore[arg-type]
+                   power_limit_w=limit, run_margin_usd_per_day=run_margin,
+                   priority=priority)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("priority", ["forced", "emergency"])
+def test_urgent_skips_hysteresis_and_dwell(priority: str) -> None:
+    m = miner("A", firmware="antminer")
+    recent = {"A": ours("A", None, changed=NOW - 5)}
+    c = cfg(min_dwell_s=600.0)
+    normal = run([m], {"A": want("sleep", 0.05)}, recent, config=c)
+    assert normal.commands == [] and "hysteresis" in normal.held["A"]
+    got = one(run([m], {"A": urgent("sleep", priority, run_margin=0.05)}, recent, config=c))
+    assert got.action == "sleep"
+
+
+def test_forced_may_wake_a_machine_the_operator_slept() -> None:
+    m = miner("A", state="sleeping")
+    normal = run([m], {"A": want("run", 5.0)})
+    assert normal.commands == [] and "asleep by operator" in normal.held["A"]
+    assert one(run([m], {"A": urgent("run", "forced")})).action == "run"
+    held = run([m], {"A": urgent("run", "emergency")})
+    assert held.commands == [] and "asleep by operator" in held.held["A"]
+
+
+@pytest.mark.parametrize("priority", ["forced", "emergency"])
+def test_urgent_never_for_excluded_unreachable_or_flagged(priority: str) -> None:
+    d = {"A": urgent("sleep", priority)}
+    assert run([miner("A")], d, config=cfg(exclude=["A"])).commands == []
+    assert run([miner("A", state="unreachable")], d).commands == []
+    assert run([miner("A")], d, {"A": ours("A", None, flagged=True)}).commands == []
+
+
+def test_forced_is_ramped_emergency_shed_is_not_and_goes_first() -> None:
+    a, b = miner("A"), miner("B", j_per_th=20.0)
+    empty = RampBucket(budget_w=0.0, updated_at=NOW)
+    forced = run([a], {"A": urgent("sleep", "forced")}, bucket=empty, config=cfg(
+        ramp_w_per_min=60.0))
+    assert forced.commands == [] and "ramp limit" in forced.held["A"]
+    got = run([a, b], {"A": want("sleep", -5.0), "B": urgent("sleep", "emergency")},
+              bucket=empty, config=cfg(ramp_w_per_min=60.0, max_commands_per_tick=1))
+    assert [c.key for c in got.commands] == ["B"]
+    assert got.bucket.budget_w == 0.0  # it spent no ramp tokens
+
+
+def test_emergency_restore_is_ramped() -> None:
+    m = miner("A", state="sleeping")
+    got = run([m], {"A": urgent("run", "emergency")}, {"A": ours("A", "sleep")},
+              bucket=RampBucket(budget_w=0.0, updated_at=NOW), config=cfg(ramp_w_per_min=60.0))
+    assert got.commands == [] and "ramp limit" in got.held["A"]
+
+
+@pytest.mark.parametrize("priority", ["forced", "emergency"])
+def test_urgent_acts_on_stale_or_missing_market(priority: str) -> None:
+    stale = market(age_s=10_000.0)
+    for mk in (stale, None):
+        normal = run([miner("A")], {"A": want("sleep", -5.0)}, mk=mk)
+        assert normal.commands == []
+        got = one(run([miner("A")], {"A": urgent("sleep", priority)}, mk=mk))
+        assert got.action == "sleep"
