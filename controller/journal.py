@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS events (
     dry_run INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_miner ON events (miner, id);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE TABLE IF NOT EXISTS curtailed (
     miner TEXT PRIMARY KEY,
     ip TEXT,
@@ -216,11 +217,29 @@ class Journal:
             " FROM expectations").fetchall()
         return {r[0]: Expectation(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows}
 
-    def memory(self) -> dict[str, MinerMemory]:
-        """What the guards need to know per machine, from both tables."""
+    def recent_changes(self, since: float) -> dict[str, float]:
+        """Per machine, the last command that went through (outcome ok, not a dry run) at or
+        after ``since``: what minimum dwell needs once a machine's rows are gone (a verified
+        wake drops both its ownership and its expectation)."""
+        rows = self.db.execute(
+            "SELECT miner, MAX(ts) FROM events WHERE ts >= ? AND kind='outcome' AND result='ok'"
+            " AND dry_run=0 GROUP BY miner", (since,))
+        return {miner: ts for miner, ts in rows}
+
+    def memory(self, *, dwell_s: float = 0.0, now: float | None = None) -> dict[str, MinerMemory]:
+        """What the guards need to know per machine, from both tables; with ``dwell_s``, also
+        machines curtaild changed within the last ``dwell_s`` seconds and no longer tracks
+        (e.g. just woken and released), so minimum dwell still holds for them."""
         curtailed = self.curtailed()
         expect = self.expectations()
         out: dict[str, MinerMemory] = {}
+        if dwell_s > 0:
+            now = time.time() if now is None else now
+            for key, ts in self.recent_changes(now - dwell_s).items():
+                if key not in curtailed and key not in expect:
+                    out[key] = MinerMemory(key=key, curtailed_by_us=False, curtailed_action=None,
+                                           restore_power_limit_w=None, last_change_at=ts,
+                                           flagged=False)
         for key in set(curtailed) | set(expect):
             c, e = curtailed.get(key), expect.get(key)
             out[key] = MinerMemory(

@@ -103,7 +103,8 @@ class Reconciler:
                                                      for m in fleet.miners},
                                   bucket=self.bucket, effective={})
         else:
-            guarded = apply_guards(fleet, market, desired, self.journal.memory(), self.bucket,
+            memory = self.journal.memory(dwell_s=self.config.guards.min_dwell_s, now=now)
+            guarded = apply_guards(fleet, market, desired, memory, self.bucket,
                                    self.config.guards, now)
         commands = self._with_recommands(guarded.commands, fleet, verification)
         commands = commands[: self.config.guards.max_commands_per_tick]

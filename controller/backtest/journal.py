@@ -51,8 +51,10 @@ class SimJournal:
     def __init__(self) -> None:
         self.curtailed: dict[str, _Owned] = {}
         self.expect: dict[str, _Expect] = {}
+        self.changed_at: dict[str, float] = {}  # last command sent (every one succeeds here)
 
     def record_intent(self, cmd: Command, observed_limit_w: float | None, now: float) -> None:
+        self.changed_at[cmd.key] = now
         if cmd.action in ("sleep", "limit"):
             row = self.curtailed.get(cmd.key)
             if row is None:
@@ -71,8 +73,16 @@ class SimJournal:
                 e.failures, e.last_change_at = 0, now
             e.action, e.power_limit_w, e.since = cmd.action, cmd.power_limit_w, now
 
-    def memory(self) -> dict[str, MinerMemory]:
+    def memory(self, *, dwell_s: float = 0.0, now: float = 0.0) -> dict[str, MinerMemory]:
+        """As ``Journal.memory``: machines no longer tracked but changed within ``dwell_s``
+        are remembered for minimum dwell."""
         out: dict[str, MinerMemory] = {}
+        for key, ts in self.changed_at.items():
+            if dwell_s > 0 and ts >= now - dwell_s and key not in self.curtailed \
+                    and key not in self.expect:
+                out[key] = MinerMemory(key=key, curtailed_by_us=False, curtailed_action=None,
+                                       restore_power_limit_w=None, last_change_at=ts,
+                                       flagged=False)
         for key in set(self.curtailed) | set(self.expect):
             c, e = self.curtailed.get(key), self.expect.get(key)
             out[key] = MinerMemory(

@@ -170,7 +170,8 @@ def simulate(policy, machines: list[SimMachine], series: PriceSeries,
             verification = journal.verify(fleet, t, settings.verify_grace_s,
                                           settings.flag_after_failures)
             desired = decide_stack(policy, fleet, market, directives, t)
-            guarded = apply_guards(fleet, market, desired, journal.memory(), bucket, cfg, t)
+            guarded = apply_guards(fleet, market, desired,
+                                   journal.memory(dwell_s=cfg.min_dwell_s, now=t), bucket, cfg, t)
             bucket = guarded.bucket
             commands = journal.recommands(guarded.commands, fleet, verification)
             by_key = {m.key: m for m in machines}

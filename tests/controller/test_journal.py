@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from controller.journal import Journal
@@ -64,3 +65,38 @@ def test_mismatches_flag_after_n(tmp_path: Path) -> None:
     assert j.memory()["AA:BB"].last_change_at == 1.0
     j.mark_verified("AA:BB", "10.0.0.1", "sleep", now=10.0)
     assert not j.memory()["AA:BB"].flagged
+
+
+def test_min_dwell_outlives_a_verified_wake(tmp_path: Path) -> None:
+    """A woken machine loses its rows once seen running; dwell must still hold it there."""
+    from controller.guards import GuardConfig, RampBucket, apply_guards
+    from controller.snapshot import Desired, FleetSnapshot, MarketSnapshot, MinerReading
+
+    j = Journal(tmp_path)
+    j.record_intent(_cmd("sleep"), observed_limit_w=None, dry_run=False, now=100.0)
+    j.record_outcome(_cmd("sleep"), "ok", now=100.5)
+    j.record_intent(_cmd("run"), observed_limit_w=None, dry_run=False, now=1000.0)
+    j.record_outcome(_cmd("run"), "ok", now=1001.0)
+    j.mark_verified("AA:BB", "10.0.0.1", "run", now=1100.0)
+    assert j.memory(now=1200.0) == {}  # no rows left: without dwell_s nothing remembers
+    mem = j.memory(dwell_s=600.0, now=1200.0)["AA:BB"]
+    assert mem.last_change_at == 1001.0 and not mem.curtailed_by_us
+    assert j.memory(dwell_s=600.0, now=1700.0) == {}  # past the dwell: forgotten
+
+    r = MinerReading(key="AA:BB", ip="10.0.0.1", make="Bitmain", model="S19", firmware="antminer",
+                     state="mining", hashrate_ths=95.0, power_w=3250.0,
+                     power_source="model_table", power_limit_w=None, temp_c=70.0,
+                     nameplate_hashrate_ths=95.0, nameplate_power_w=3250.0, observed_at=1200.0)
+    market = MarketSnapshot(hashprice_usd_per_th_day=0.03, hashprice_source="fixed",
+                            hashprice_age_s=0.0, tariff_usd_per_kwh=0.09, tariff_source="flat",
+                            tariff_age_s=0.0)
+    want = {"AA:BB": Desired(action="sleep", reason="loses", run_margin_usd_per_day=-4.2)}
+    cfg = GuardConfig(min_dwell_s=600.0, ramp_w_per_min=1e6)
+    bucket = RampBucket(budget_w=1e6, updated_at=1200.0)
+    held = apply_guards(FleetSnapshot((r,), 1200.0), market, want,
+                        j.memory(dwell_s=600.0, now=1200.0), bucket, cfg, 1200.0)
+    assert not held.commands and "min dwell" in held.held["AA:BB"]
+    r = dataclasses.replace(r, observed_at=1700.0)
+    later = apply_guards(FleetSnapshot((r,), 1700.0), market, want,
+                         j.memory(dwell_s=600.0, now=1700.0), bucket, cfg, 1700.0)
+    assert [c.action for c in later.commands] == ["sleep"]
