@@ -74,6 +74,7 @@ def miner_view(endpoint: MinerEndpoint) -> dict:
         "commands_received": miner.commands_received,
         "nameplate_hashrate_ths": miner.spec.hashrate_ths,
         "nameplate_power_w": miner.spec.power_w,
+        "changes": [list(c) for c in miner.changes],
     })
     return view
 
@@ -165,6 +166,13 @@ class ControlApi:
         if action not in ACTIONS:
             return _error(400, f"'action' must be one of {', '.join(ACTIONS)}; got {action!r}")
         miner = endpoint.miner
+        miner.actor = "operator"
+        try:
+            return self._operate(endpoint, miner, action)
+        finally:
+            miner.actor = "client"
+
+    def _operate(self, endpoint: MinerEndpoint, miner, action: str) -> HttpResponse:
         if action == "on":
             if miner.state != "off":
                 return _error(409, f"{miner.ip} is not powered off (state {miner.state})")

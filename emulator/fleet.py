@@ -241,6 +241,8 @@ def build_miners(plan: FleetPlan, time_scale: float,
             if p.delay_s is not None:
                 miner.fault.delay_s = p.delay_s
         if p.power_limit_w is not None:
+            miner.actor = "fleet-file"
             miner.set_power_limit(p.power_limit_w)
+            miner.actor = "client"
         miners.append(miner)
     return miners

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 
 from emulator.models import ModelSpec
 
+#: State changes kept per miner in ``Miner.changes``.
+MAX_CHANGES = 200
+
 STATES = ("mining", "sleeping", "booting", "off")
 FAULT_KINDS = ("none", "hang", "refuse", "garbage", "slow", "ignore_sleep")
 
@@ -71,6 +74,11 @@ class EmulatedMiner:
     led_on: bool = False
     pools: list[dict] = field(default_factory=list)
     commands_received: int = 0
+    #: Every state-changing call, newest last: (unix time, action, actor). The actor is
+    #: "client" (a protocol command) unless the control API set ``actor = "operator"``: the
+    #: soak test checks that every client change had a journaled intent before it.
+    changes: list = field(default_factory=list)
+    actor: str = "client"
     #: Settings a firmware family keeps for itself (e.g. the Antminer "miner-mode" it was
     #: told), so that what the firmware *says* can differ from the physics (ignore_sleep).
     firmware_state: dict = field(default_factory=dict)
@@ -112,6 +120,11 @@ class EmulatedMiner:
             if self.state == "mining":
                 self._hashing_since = self._boot_done_at
 
+    def _log(self, action: str) -> None:
+        self.changes.append((time.time(), action, self.actor))
+        if len(self.changes) > MAX_CHANGES:
+            del self.changes[: len(self.changes) - MAX_CHANGES]
+
     def _begin_boot(self, then: str = "mining") -> None:
         now = self.clock()
         self._update_temp(now)
@@ -121,6 +134,7 @@ class EmulatedMiner:
 
     def sleep(self) -> bool:
         """Stop hashing, keep the control board up. Accepted even under ignore_sleep."""
+        self._log("sleep")
         self._settle()
         if self.fault.kind == "ignore_sleep":
             return True
@@ -131,12 +145,14 @@ class EmulatedMiner:
 
     def wake(self) -> bool:
         """Resume hashing: the hash boards take boot_s (scaled) to come back."""
+        self._log("wake")
         self._settle()
         if self.state in ("sleeping", "off"):
             self._begin_boot("mining")
         return True
 
     def reboot(self) -> bool:
+        self._log("reboot")
         self._settle()
         if self.state == "off":
             return False
@@ -172,6 +188,7 @@ class EmulatedMiner:
         """Clamp to the model's accepted range, like firmware does; False if unsupported."""
         if self.spec.min_power_w >= self.spec.max_power_w:
             return False
+        self._log("limit")
         self._settle()
         self._update_temp(self.clock())
         self.power_limit_w = max(self.spec.min_power_w, min(self.spec.max_power_w, float(power_w)))
@@ -180,6 +197,7 @@ class EmulatedMiner:
     def set_mode(self, mode: str) -> bool:
         if mode not in MODE_FACTORS:
             return False
+        self._log("mode")
         self._settle()
         self._update_temp(self.clock())
         self.mode = mode

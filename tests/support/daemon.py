@@ -50,14 +50,15 @@ def write_config(path: Path, *, ranges: list[str], hashprice: float, tariff: flo
 class DaemonProcess:
     """`curtaild --config PATH run` in its own process; logs go to a file the test can read."""
 
-    def __init__(self, config: Path, log_path: Path):
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None):
         self.config = config
         self.log_path = log_path
+        self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> DaemonProcess:
         self._log = open(self.log_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controller.cli", "--config", str(self.config), "run"],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env,
