@@ -37,8 +37,9 @@ Priority (``Desired.priority``) lets some wishes through rules made for economic
   (6) and the stale-market fail-safe (2); its sheds skip the ramp bucket and go first (7);
   its restores (a wake or a raised limit) are ramped like any other. Otherwise as rule 1.
 
-Neither skips capability (3) or the no-resend rule of 6, nor the command cap (8): emergency
-sheds simply take the first slots.
+Neither skips capability (3) or the no-resend rule of 6. Emergency sheds also take no slot of
+the command cap (8): a demand-response event on a thousand machines is sent in one tick
+(``controller.command_concurrency`` bounds how many are in flight at once).
 """
 
 from __future__ import annotations
@@ -302,7 +303,9 @@ def _command(r: MinerReading, target: Desired, mem: MinerMemory | None) -> Comma
     """The command that takes r to target, or None when it is already there (level-trigger)."""
     def cmd(action: Action, limit: float | None, delta: float) -> Command:
         return Command(key=r.key, ip=r.ip, action=action, power_limit_w=limit,
-                       reason=target.reason, delta_power_w=delta)
+                       reason=target.reason, delta_power_w=delta,
+                       priority="emergency" if target.priority == "emergency" and delta < 0
+                       else "normal")
 
     ours = mem is not None and mem.curtailed_by_us
     if target.action == "sleep":
@@ -428,18 +431,23 @@ def _admit(steps: list[_Step], bucket: RampBucket, cfg: GuardConfig,
     sent: list[_Step] = []
     held: dict[str, str] = {}
     blocked = False
+    counted = 0
     for s in sorted(steps, key=lambda s: s.order):
         need = abs(s.command.delta_power_w)
         if s.shedding and s.target.priority == "emergency":
-            need = 0.0  # an emergency shed is not rate-limited and spends no ramp tokens
+            # Not rate-limited, spends no ramp tokens and takes no slot of the command cap:
+            # a demand-response event or an overheating fleet must be shed in one tick.
+            sent.append(s)
+            continue
         if need > 0 and (blocked or need > budget):
             blocked = True
             held[s.command.key] = (f"ramp limit: needs {need:.0f} W, {budget:.0f} W available "
                                    f"({cfg.ramp_w_per_min:.0f} W/min)")
-        elif len(sent) >= cfg.max_commands_per_tick:
+        elif counted >= cfg.max_commands_per_tick:
             held[s.command.key] = f"command cap: {cfg.max_commands_per_tick} per tick"
         else:
             budget -= need
+            counted += 1
             sent.append(s)
     return sent, held, replace(bucket, budget_w=budget)
 

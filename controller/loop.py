@@ -62,6 +62,19 @@ def _matches(expect_action: str, expect_limit: float | None, r: MinerReading) ->
     return True
 
 
+def _capped(commands: list[Command], cap: int) -> list[Command]:
+    """At most ``cap`` commands per tick, emergency sheds exempt (the guards' rule)."""
+    out: list[Command] = []
+    counted = 0
+    for c in commands:
+        if c.priority == "emergency":
+            out.append(c)
+        elif counted < cap:
+            out.append(c)
+            counted += 1
+    return out
+
+
 class Reconciler:
     """One site's controller state: config, policy, journal, drivers and the ramp bucket."""
 
@@ -107,7 +120,7 @@ class Reconciler:
             guarded = apply_guards(fleet, market, desired, memory, self.bucket,
                                    self.config.guards, now)
         commands = self._with_recommands(guarded.commands, fleet, verification)
-        commands = commands[: self.config.guards.max_commands_per_tick]
+        commands = _capped(commands, self.config.guards.max_commands_per_tick)
         dry_run = self.config.controller.dry_run or not send
         outcomes: dict[str, str] = {}
         if send:

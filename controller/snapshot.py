@@ -132,3 +132,6 @@ class Command:
     power_limit_w: float | None
     reason: str
     delta_power_w: float  # expected change in site power, negative when shedding
+    #: "emergency" sheds (thermal, demand response) are exempt from the ramp and the per-tick
+    #: command cap; see controller/guards.py
+    priority: Priority = "normal"

@@ -546,3 +546,29 @@ def test_urgent_acts_on_stale_or_missing_market(priority: str) -> None:
         assert normal.commands == []
         got = one(run([miner("A")], {"A": urgent("sleep", priority)}, mk=mk))
         assert got.action == "sleep"
+
+
+def test_emergency_sheds_take_no_slot_of_the_command_cap() -> None:
+    """A demand-response event on many machines goes out in one tick; normal ones are capped."""
+    fleet = [miner(f"E{i:03d}") for i in range(120)] + [miner(f"N{i}") for i in range(5)]
+    wants = {m.key: urgent("sleep", "emergency") for m in fleet if m.key.startswith("E")}
+    wants |= {m.key: want("sleep", -5.0) for m in fleet if m.key.startswith("N")}
+    got = run(fleet, wants, bucket=RampBucket(budget_w=1e9, updated_at=NOW),
+              config=cfg(max_commands_per_tick=3, ramp_w_per_min=1e9))
+    sent = {c.key for c in got.commands}
+    assert {k for k in sent if k.startswith("E")} == {k for k in wants if k.startswith("E")}
+    assert len([k for k in sent if k.startswith("N")]) == 3
+    assert all(c.priority == "emergency" for c in got.commands if c.key.startswith("E"))
+    assert sum(1 for r in got.held.values() if r.startswith("command cap")) == 2
+
+
+def test_loop_cap_exempts_emergency_commands() -> None:
+    from controller.loop import _capped
+
+    def c(key: str, priority: str) -> Command:
+        return Command(key=key, ip="10.0.0.1", action="sleep", power_limit_w=None, reason="",
+                       delta_power_w=-3000.0, priority=priority)  # type: ignore[arg-type]
+
+    cmds = [c("E1", "emergency"), c("N1", "normal"), c("N2", "normal"), c("E2", "emergency"),
+            c("N3", "normal")]
+    assert [x.key for x in _capped(cmds, 2)] == ["E1", "N1", "N2", "E2"]
