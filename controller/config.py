@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from controller.guards import GuardConfig
+from controller.mqtt_config import MqttConfig
 from drivers.hashprice_config import HashpriceConfig
 from drivers.tariff_config import TariffConfig
 
@@ -153,6 +154,7 @@ class Config(_Strict):
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     site: SiteConfig = Field(default_factory=SiteConfig)
+    mqtt: MqttConfig | None = None  # absent section: the MQTT bridge is off
     source_path: str | None = None
 
 
@@ -201,7 +203,8 @@ def _problems(exc: ValidationError, data: dict[str, Any]) -> list[str]:
 
 def parse_config(data: dict[str, Any], source_path: str | None = None) -> Config:
     """Validate a parsed TOML document; raises ConfigError listing every problem."""
-    from policies.base import PolicyError, load_policy
+    from policies.base import PolicyError
+    from policies.compose import build_policy_stack
 
     problems: list[str] = []
     config: Config | None = None
@@ -211,15 +214,10 @@ def parse_config(data: dict[str, Any], source_path: str | None = None) -> Config
         problems.extend(_problems(exc, data))
     policy = data.get("policy")
     if isinstance(policy, dict):
-        params = {k: v for k, v in policy.items() if k != "name"}
-        name = policy.get("name")
-        if not isinstance(name, str):
-            problems.append("policy.name: required, the policy to run (e.g. 'margin')")
-        else:
-            try:
-                load_policy(name, params)
-            except PolicyError as exc:
-                problems.extend(str(exc).splitlines())
+        try:  # the base and its layers, each validated by its own model
+            build_policy_stack(policy)
+        except PolicyError as exc:
+            problems.extend(exc.problems)
     if problems or config is None:
         raise ConfigError(problems or ["config: invalid"])
     return config

@@ -13,34 +13,39 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from controller.config import Config, ConfigError, load_config
+from controller.directives import DirectiveStore, Limits
 from controller.journal import Journal
 from controller.loop import Reconciler, TickResult
 from controller.market import MarketInputs
 from controller.metrics import MetricsExporter
 from controller.report import tick_summary
+from controller.snapshot import Directives
 from drivers.hashprice import build_hashprice_source
 from drivers.miners import MinerDriver
 from drivers.tariff import build_tariff_source
-from policies.base import load_policy
+from policies.compose import build_policy_stack
 
 log = logging.getLogger("curtaild")
+DIRECTIVES_META = "mqtt_directives"
 
 
 def build_policy(config: Config):
-    params = {k: v for k, v in config.policy.items() if k != "name"}
-    return load_policy(config.policy["name"], params)
+    """The ``[policy]`` table as a stack: the base policy plus its layers (policies/compose.py)."""
+    return build_policy_stack(config.policy)
 
 
-def build_reconciler(config: Config, journal: Journal) -> Reconciler:
+def build_reconciler(config: Config, journal: Journal,
+                     directives: Callable[[float], Directives] | None = None) -> Reconciler:
     policy = build_policy(config)
     market = MarketInputs(build_hashprice_source(config.hashprice),
                           build_tariff_source(config.tariff),
                           pool_fee=policy.config.pool_fee)
     driver = MinerDriver(config.fleet, poll_interval_s=config.controller.poll_interval_s)
-    return Reconciler(config, journal, driver, market, policy)
+    return Reconciler(config, journal, driver, market, policy, directives=directives)
 
 
 class Daemon:
@@ -48,10 +53,18 @@ class Daemon:
         self.config_path = config_path
         self.config = config
         self.journal = Journal(config.controller.state_dir)
-        self.reconciler = build_reconciler(config, self.journal)
+        # Demand-response events and overrides survive restarts in the journal (meta key).
+        self.directive_store, problems = DirectiveStore.restore(
+            self.journal.get_meta(DIRECTIVES_META), Limits.from_config(config.mqtt)
+            if config.mqtt else Limits(), time.time())
+        for line in problems:
+            log.warning("%s", line)
+        self.mqtt = None  # the MQTT bridge (controller/mqtt.py), started by run()
+        self.reconciler = build_reconciler(config, self.journal, directives=self._directives)
         self.stop = asyncio.Event()
         self.wake = asyncio.Event()
         self.reload_requested = False
+        self.mqtt_restart = False
         self.reloads = {"ok": 0, "failed": 0}
         self.metrics = MetricsExporter(config.metrics.listen)
         from controller.sdnotify import Notifier
@@ -83,6 +96,10 @@ class Daemon:
                         self.config.controller.state_dir)
             config = config.model_copy(update={"controller": config.controller.model_copy(
                 update={"state_dir": self.config.controller.state_dir})})
+        if config.mqtt != self.config.mqtt:
+            self.mqtt_restart = True  # run() reconnects with the new settings
+            if config.mqtt is not None:
+                self.directive_store.limits = Limits.from_config(config.mqtt)
         if config.metrics.listen != self.config.metrics.listen:
             log.warning("reload: metrics.listen change needs a restart; still serving %s",
                         self.config.metrics.listen)
@@ -116,13 +133,28 @@ class Daemon:
                 log.error("metrics.listen %s: cannot listen: %s", self.config.metrics.listen,
                           exc.strerror or exc)
                 return 2
+            self._start_mqtt()
+            next_regular = time.monotonic()
+            commands_seen = 0.0
             while not self.stop.is_set():
-                if self.reload_requested:
+                reloaded = self.reload_requested
+                if reloaded:
                     self._reload()
+                    if self.mqtt_restart:
+                        await self._restart_mqtt()
                 started = time.monotonic()
+                # An inbound command between regular ticks gets a fast tick: decided on the
+                # last observation, no polling first (controller/loop.py); the regular
+                # schedule is kept.
+                last_command = self.mqtt.last_command_mono if self.mqtt is not None else 0.0
+                fast = (last_command > commands_seen and not reloaded and started < next_regular
+                        and self.reconciler.last is not None)
+                commands_seen = max(commands_seen, last_command)
+                if not fast:
+                    next_regular = started + self.config.controller.poll_interval_s
                 status = "first tick failed"
                 try:
-                    result = await self.reconciler.tick()
+                    result = await self.reconciler.tick(fast=fast)
                 except Exception:
                     log.exception("tick failed; retrying next interval")
                     self.metrics.stats.tick_failed(time.monotonic() - started)
@@ -130,7 +162,9 @@ class Daemon:
                     self.metrics.stats.tick_done(result)
                     self._log_tick(result)
                     self._write_status(result)
+                    self._publish_mqtt(result)
                     status = f"{len(result.fleet.miners)} miners"
+                self._save_directives()
                 self._export()
                 if not ready:
                     # READY after the first completed tick, even a failed one: systemd should
@@ -138,13 +172,75 @@ class Daemon:
                     self.notifier.ready(status)
                     ready = True
                 self.notifier.watchdog()
-                await self._sleep_until(started + self.config.controller.poll_interval_s)
+                if self.mqtt is not None and self.mqtt.last_command_mono > commands_seen:
+                    continue  # a command arrived during the tick: act on it now
+                await self._sleep_until(next_regular)
         finally:
+            if self.mqtt is not None:
+                await self.mqtt.stop()  # explicit retained "offline", clean disconnect
+            self._save_directives()
             self.metrics.stop()
             self.notifier.stopping()
             self.journal.close()
             log.info("curtaild stopped; fleet left as it is (journal keeps ownership)")
         return 0
+
+    # ------------------------------------------------------------------------ MQTT
+    def _directives(self, now: float) -> Directives:
+        """The Reconciler's hook: what the MQTT bridge set, none without [mqtt]."""
+        if self.config.mqtt is None:
+            return Directives()
+        d = self.directive_store.directives(now)
+        for event_id, why in self.directive_store.take_released():
+            log.info("demand-response event %s released: %s", event_id, why)
+        return d
+
+    def _save_directives(self) -> None:
+        if self.directive_store.dirty:
+            try:
+                self.journal.set_meta(DIRECTIVES_META, self.directive_store.snapshot())
+                self.directive_store.dirty = False
+            except Exception:
+                log.exception("journal: saving the MQTT directives failed")
+
+    def _start_mqtt(self) -> None:
+        from controller.mqtt import MqttBridge
+
+        self.mqtt_restart = False
+        if self.config.mqtt is None:
+            return
+        self.mqtt = MqttBridge(
+            self.config.mqtt, self.directive_store, wake=self.wake.set,
+            persist=self._save_directives, on_connection_change=self._export,
+            known_miners=self._known_miners)
+        self.mqtt.start()
+
+    async def _restart_mqtt(self) -> None:
+        log.info("reload: [mqtt] changed; reconnecting with the new settings")
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+            self.mqtt = None
+        self._start_mqtt()
+
+    def _known_miners(self) -> dict[str, str] | None:
+        """Miner ids an override may name (topic id and key -> key); None before a tick."""
+        last = self.reconciler.last
+        if last is None:
+            return None
+        from controller.mqtt_payloads import miner_topic_id
+
+        out = {m.key: m.key for m in last.fleet.miners}
+        out.update({miner_topic_id(m): m.key for m in last.fleet.miners})
+        return out
+
+    def _publish_mqtt(self, result: TickResult) -> None:
+        if self.mqtt is None:
+            return
+        try:
+            self.mqtt.publish_tick(result, curtailed=len(self.journal.curtailed()),
+                                   stale_after_s=self.config.guards.stale_market_after_s)
+        except Exception:
+            log.exception("mqtt: building the tick's messages failed")
 
     def _export(self) -> None:
         """Publish the frozen snapshot the metrics collector reads (never fatal)."""
@@ -189,7 +285,8 @@ class Daemon:
             power += m.power_w
         m = r.market
         log.info(
-            "tick %.2fs: %s | %.1f kW | hashprice %s tariff %s | %d commands%s",
+            "%s %.2fs: %s | %.1f kW | hashprice %s tariff %s | %d commands%s",
+            "fast tick (inbound command)" if r.fast else "tick",
             r.duration_s,
             " ".join(f"{k}={v}" for k, v in sorted(states.items())),
             power / 1000.0,

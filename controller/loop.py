@@ -49,6 +49,7 @@ class TickResult:
     dry_run: bool
     verification: dict[str, str] = field(default_factory=dict)  # key -> verified|mismatch|flagged
     directives: Directives = field(default_factory=Directives)
+    fast: bool = False  # decided on the previous observation (an inbound command)
 
 
 def _matches(expect_action: str, expect_limit: float | None, r: MinerReading) -> bool:
@@ -103,12 +104,22 @@ class Reconciler:
         self.driver.reconfigure(config.fleet)
 
     # ------------------------------------------------------------------- tick
-    async def tick(self, *, send: bool = True) -> TickResult:
+    async def tick(self, *, send: bool = True, fast: bool = False) -> TickResult:
+        """One reconcile pass. ``fast`` (an inbound directive: a demand-response event, an
+        override) decides on the last observation and the cached market quotes instead of
+        polling every miner and source first, so the commands go out in well under a second;
+        the next regular tick observes and verifies them as usual."""
         started = time.time()
-        fleet = await self.driver.observe()
-        market = await self.market.snapshot(started)
+        fast = fast and self.last is not None
+        if fast:
+            assert self.last is not None
+            fleet = self.last.fleet
+            market = self.market.cached(started)
+        else:
+            fleet = await self.driver.observe()
+            market = await self.market.snapshot(started)
         now = time.time()
-        verification = self._verify(fleet, now) if send else {}
+        verification = self._verify(fleet, now) if send and not fast else {}
         directives = self.directives(now)
         desired = decide_stack(self.policy, fleet, market, directives, now)
         if market is None and not desired:
@@ -141,6 +152,7 @@ class Reconciler:
             dry_run=dry_run,
             verification=verification,
             directives=directives,
+            fast=fast,
         )
         if send:
             self.last = result

@@ -35,6 +35,10 @@ class MarketInputs:
         """Refresh both inputs; None only if one of them has never been obtained."""
         now = time.time() if now is None else now
         hp, tr = await asyncio.gather(self._hashprice(), self._tariff(now))
+        return self._build(hp, tr, now)
+
+    def _build(self, hp: HashpriceQuote | None, tr: TariffQuote | None,
+               now: float) -> MarketSnapshot | None:
         if hp is None or tr is None:
             return None
         return MarketSnapshot(
@@ -48,6 +52,11 @@ class MarketInputs:
             tariff_forecast=tr.forecast,
             extra={"network": dict(hp.network), **_detail(hp, tr, self.errors)},
         )
+
+    def cached(self, now: float | None = None) -> MarketSnapshot | None:
+        """The last quotes as a snapshot, without asking any source (a fast tick)."""
+        now = time.time() if now is None else now
+        return self._build(self.last_hashprice, self.last_tariff, now)
 
     async def _hashprice(self) -> HashpriceQuote | None:
         quote = await self._fetch("hashprice", self.hashprice.name, self.hashprice.fetch())

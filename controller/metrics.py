@@ -173,6 +173,17 @@ class LoopStats:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class MqttCounters:
+    """The MQTT bridge's counters (controller/mqtt.py), frozen at publication."""
+
+    connected: bool = False
+    reconnects: int = 0
+    published: tuple[tuple[str, int], ...] = ()  # (topic kind, n)
+    dropped: int = 0
+    commands: tuple[tuple[str, str, int], ...] = ()  # (command topic, result, n)
+
+
 @dataclass(frozen=True)
 class MetricsState:
     """Everything a scrape may read, frozen at publication (after each tick)."""
@@ -192,6 +203,7 @@ class MetricsState:
     fixed_costs_usd_per_day: float | None = None
     power_cap_w: float | None = None  # configured site cap ([site] power_cap_w)
     published_at: float = 0.0
+    mqtt: MqttCounters | None = None  # None: no [mqtt] section
 
 
 def state_from_daemon(daemon: Any, stats: LoopStats) -> MetricsState:
@@ -217,6 +229,7 @@ def state_from_daemon(daemon: Any, stats: LoopStats) -> MetricsState:
         fixed_costs_usd_per_day=getattr(site, "fixed_costs_usd_per_day", None),
         power_cap_w=getattr(site, "power_cap_w", None),
         published_at=time.time(),
+        mqtt=daemon.mqtt.counters() if getattr(daemon, "mqtt", None) is not None else None,
     )
 
 
@@ -462,6 +475,38 @@ def _controller(s: MetricsState) -> Iterator[Family]:
         lim.add(("hashprice",), s.stale_market_after_s)
         lim.add(("tariff",), s.stale_market_after_s)
     yield lim
+    if s.mqtt is not None:
+        yield from _mqtt(s.mqtt)
+
+
+MQTT_COMMAND_TOPICS = ("curtail", "curtail/cancel", "override", "automation", "heartbeat")
+MQTT_COMMAND_RESULTS = ("accepted", "rejected", "expired", "duplicate")
+MQTT_PUBLISH_KINDS = ("status", "state", "decisions", "miners", "response")
+
+
+def _mqtt(m: MqttCounters) -> Iterator[Family]:
+    yield from _gauge("curtaild_mqtt_connected", "1 while the MQTT bridge is connected to the "
+                      "broker.", 1.0 if m.connected else 0.0)
+    yield Family("curtaild_mqtt_reconnects", "counter", "MQTT connection attempts after the "
+                 "first (each after a failure or a lost connection).", (),
+                 [((), m.reconnects)])
+    f = _lf("curtaild_mqtt_published_messages", "MQTT messages the bridge published, by topic "
+            "kind.", ["topic"], "counter")
+    pub = dict.fromkeys(MQTT_PUBLISH_KINDS, 0)
+    pub.update(m.published)
+    for kind, n in pub.items():
+        f.add((kind,), n)
+    yield f
+    yield Family("curtaild_mqtt_dropped_messages", "counter", "Non-retained MQTT messages "
+                 "dropped because the outbox was full while the broker was away.", (),
+                 [((), m.dropped)])
+    f = _lf("curtaild_mqtt_commands", "Inbound MQTT commands, by command topic and result.",
+            ["topic", "result"], "counter")
+    cmds = {(t, r): 0 for t in MQTT_COMMAND_TOPICS for r in MQTT_COMMAND_RESULTS}
+    cmds.update({(t, r): n for t, r, n in m.commands})
+    for (t, r), n in cmds.items():
+        f.add((t, r), n)
+    yield f
 
 
 def _last_tick(t: TickResult, s: MetricsState) -> Iterator[Family]:

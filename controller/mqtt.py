@@ -1,0 +1,315 @@
+"""The MQTT bridge: site state out, demand-response events and overrides in (aiomqtt 2.x).
+
+One asyncio task per daemon. It connects with a last will (``<prefix>/status`` = ``offline``,
+retained), publishes ``online`` retained on every connection and an explicit ``offline`` on a
+clean stop, subscribes to ``<prefix>/cmd/#`` and reconnects forever with jittered exponential
+backoff. **The loop never waits on the broker**: the daemon hands each finished tick to
+:meth:`MqttBridge.publish_tick`, which only builds payloads and puts them in an outbox --
+retained topics keep only their latest payload (latest state wins), other messages go to a
+bounded queue whose oldest entries are dropped (and counted) while the broker is away. A
+writer task drains the outbox while connected.
+
+Inbound commands are validated and applied by :class:`controller.directives.DirectiveStore`
+(pure); the bridge answers on ``<topic>/response``, saves the store in the journal, and wakes
+the loop so a command takes effect at once rather than at the next poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+
+import aiomqtt
+
+from controller.directives import KINDS, DirectiveStore
+from controller.loop import TickResult
+from controller.metrics import MqttCounters
+from controller.mqtt_config import MqttConfig
+from controller.mqtt_payloads import (
+    decisions_payload,
+    dumps,
+    miner_payload,
+    miner_topic_id,
+    state_payload,
+)
+
+log = logging.getLogger("curtaild.mqtt")
+
+PUBLISH_TIMEOUT_S = 10.0
+STOP_PUBLISH_TIMEOUT_S = 3.0
+#: inbound messages buffered by the client before the bridge reads them (bounded memory)
+MAX_INBOUND_QUEUE = 1000
+
+
+class MqttBridge:
+    def __init__(self, config: MqttConfig, store: DirectiveStore, *,
+                 wake: Callable[[], None] = lambda: None,
+                 persist: Callable[[], None] = lambda: None,
+                 on_connection_change: Callable[[], None] = lambda: None,
+                 known_miners: Callable[[], dict[str, str] | None] = lambda: None):
+        self.config = config
+        self.store = store
+        self.wake = wake
+        self.persist = persist
+        self.on_connection_change = on_connection_change
+        self.known_miners = known_miners
+        p = config.topic_prefix
+        self.status_topic = f"{p}/status"
+        self.cmd_prefix = f"{p}/cmd/"
+        # outbox
+        self._responses: deque[tuple[str, bytes]] = deque(maxlen=config.publish_queue)
+        self._queue: deque[tuple[str, bytes]] = deque(maxlen=config.publish_queue)
+        self._retained: dict[str, bytes] = {}  # pending, latest wins
+        self._published_retained: dict[str, bytes] = {}  # what the broker should hold
+        self._miner_last: dict[str, bytes] = {}
+        self._pending = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._backoff = config.reconnect_min_s
+        # stats
+        self.connected = False
+        self.connects = 0
+        self.reconnects = 0
+        self.dropped = 0
+        self.published: dict[str, int] = {}
+        self.commands: dict[tuple[str, str], int] = {}
+        #: monotonic time of the last command that changed or confirmed something
+        self.last_command_mono = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="mqtt-bridge")
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Publish ``offline`` (retained) and disconnect cleanly; never hangs the shutdown."""
+        self._stopping.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace_s)
+        except (TimeoutError, asyncio.CancelledError):
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        except Exception:
+            log.exception("mqtt: bridge failed while stopping")
+
+    def counters(self) -> MqttCounters:
+        return MqttCounters(
+            connected=self.connected,
+            reconnects=self.reconnects,
+            published=tuple(sorted(self.published.items())),
+            dropped=self.dropped,
+            commands=tuple((t, r, n) for (t, r), n in sorted(self.commands.items())),
+        )
+
+    # -------------------------------------------------------------------- outbox
+    def _put(self, topic: str, payload: bytes) -> None:
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1
+        self._queue.append((topic, payload))
+        self._pending.set()
+
+    def _put_retained(self, topic: str, payload: bytes) -> None:
+        self._retained[topic] = payload
+        self._pending.set()
+
+    def publish_tick(self, result: TickResult, *, curtailed: int,
+                     stale_after_s: float | None) -> None:
+        """Queue state, decisions and changed miners of one tick (no I/O, never raises on
+        the broker's account: it does not touch the connection)."""
+        p = self.config.topic_prefix
+        view = self.store.view(time.time())
+        self._put_retained(f"{p}/state", dumps(state_payload(
+            result, view, stale_after_s=stale_after_s, curtailed=curtailed)))
+        self._put(f"{p}/decisions", dumps(decisions_payload(result)))
+        if self.config.publish_miners:
+            for m in result.fleet.miners:
+                topic = f"{p}/miners/{miner_topic_id(m)}"
+                body = dumps(miner_payload(m, result))
+                if self._miner_last.get(topic) != body:
+                    self._miner_last[topic] = body
+                    self._put_retained(topic, body)
+
+    async def _writer(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            while self._responses or self._queue or self._retained:
+                if self._responses:
+                    topic, body = self._responses.popleft()
+                    await self._send(client, topic, body, retain=False,
+                                     requeue=lambda t=topic, b=body: self._responses.appendleft(
+                                         (t, b)))
+                elif self._queue:
+                    topic, body = self._queue.popleft()
+                    await self._send(client, topic, body, retain=False,
+                                     requeue=lambda t=topic, b=body: self._queue.appendleft(
+                                         (t, b)))
+                else:
+                    topic = next(iter(self._retained))
+                    body = self._retained.pop(topic)
+                    await self._send(client, topic, body, retain=True,
+                                     requeue=lambda t=topic, b=body: self._retained.setdefault(
+                                         t, b))
+                    self._published_retained[topic] = body
+
+    async def _send(self, client: aiomqtt.Client, topic: str, body: bytes, *, retain: bool,
+                    requeue: Callable[[], object]) -> None:
+        try:
+            await client.publish(topic, body, qos=1, retain=retain, timeout=PUBLISH_TIMEOUT_S)
+        except BaseException:
+            requeue()  # sent again after the reconnect
+            raise
+        kind = self._kind(topic)
+        self.published[kind] = self.published.get(kind, 0) + 1
+
+    def _kind(self, topic: str) -> str:
+        rest = topic[len(self.config.topic_prefix) + 1:]
+        if rest.startswith("miners/"):
+            return "miners"
+        if rest.startswith("cmd/"):
+            return "response"
+        return rest
+
+    # -------------------------------------------------------------------- inbound
+    def handle_message(self, topic: str, payload: object, *, retained: bool) -> None:
+        """Validate, apply, answer, save, wake. Never raises (a bad message is answered)."""
+        if not topic.startswith(self.cmd_prefix):
+            return
+        kind = topic[len(self.cmd_prefix):]
+        if kind == "response" or kind.endswith("/response"):
+            return  # our own answers (we subscribe to cmd/#)
+        if isinstance(payload, bytes | bytearray):
+            body = bytes(payload)
+        elif payload is None:
+            body = b""
+        else:
+            body = str(payload).encode()
+        try:
+            resp = self.store.handle(kind, body, time.time(), retained=retained,
+                                     known_miners=self.known_miners())
+        except Exception:  # a bug in validation must not kill the bridge
+            log.exception("mqtt: command on %s failed to process", topic)
+            from controller.directives import Response
+
+            resp = Response(None, "rejected", "internal error while processing the command")
+        label = kind if kind in KINDS else "unknown"
+        result = "accepted" if resp is None else ("duplicate" if resp.duplicate else resp.status)
+        self.commands[(label, result)] = self.commands.get((label, result), 0) + 1
+        if resp is not None:
+            log.log(logging.WARNING if resp.status == "rejected" else logging.INFO,
+                    "mqtt %s %s: %s (%s)", label, resp.id or "-", resp.status, resp.reason)
+            self._responses.append((f"{topic}/response", dumps(resp.payload())))
+            self._pending.set()
+        for event_id, why in self.store.take_released():
+            log.info("mqtt event %s released: %s", event_id, why)
+        if self.store.dirty:
+            self.persist()
+        if result in ("accepted", "expired") and kind != "heartbeat":
+            self.last_command_mono = time.monotonic()
+            self.wake()
+
+    async def _reader(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self.handle_message(str(message.topic), message.payload, retained=message.retain)
+
+    # --------------------------------------------------------------- connection
+    def _client(self) -> aiomqtt.Client:
+        cfg = self.config
+        tls_params = None
+        if cfg.tls is not None:
+            tls_params = aiomqtt.TLSParameters(
+                ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file,
+                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        return aiomqtt.Client(
+            cfg.host, cfg.port, identifier=cfg.effective_client_id, username=cfg.username,
+            password=cfg.read_password(), keepalive=cfg.keepalive_s,
+            timeout=cfg.connect_timeout_s,
+            will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
+            tls_params=tls_params, tls_insecure=cfg.tls.insecure if cfg.tls else None,
+            max_queued_incoming_messages=MAX_INBOUND_QUEUE, clean_session=True,
+        )
+
+    def _set_connected(self, value: bool) -> None:
+        if self.connected != value:
+            self.connected = value
+            with contextlib.suppress(Exception):
+                self.on_connection_change()
+
+    async def _session(self, client: aiomqtt.Client) -> bool:
+        """One connection; True when it ended because of a stop."""
+        async with client:
+            self.connects += 1
+            self._backoff = self.config.reconnect_min_s  # it is up: the next outage starts over
+            self._set_connected(True)
+            log.info("mqtt connected to %s:%d as %s", self.config.host, self.config.port,
+                     self.config.effective_client_id)
+            await client.publish(self.status_topic, b"online", qos=1, retain=True,
+                                 timeout=PUBLISH_TIMEOUT_S)
+            self.published["status"] = self.published.get("status", 0) + 1
+            await client.subscribe(f"{self.cmd_prefix}#", qos=1)
+            # A broker that restarted without persistence lost our retained topics.
+            for topic, body in self._published_retained.items():
+                self._retained.setdefault(topic, body)
+            self._pending.set()
+            tasks = {asyncio.create_task(self._reader(client)),
+                     asyncio.create_task(self._writer(client))}
+            stopper = asyncio.create_task(self._stopping.wait())
+            try:
+                done, _ = await asyncio.wait({*tasks, stopper},
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (*tasks, stopper):
+                    t.cancel()
+                for t in (*tasks, stopper):
+                    with contextlib.suppress(BaseException):
+                        await t
+            if stopper in done:
+                try:
+                    await client.publish(self.status_topic, b"offline", qos=1, retain=True,
+                                         timeout=STOP_PUBLISH_TIMEOUT_S)
+                    self.published["status"] = self.published.get("status", 0) + 1
+                except Exception as exc:
+                    log.warning("mqtt: could not publish offline on stop: %s", exc)
+                return True
+            for t in done:
+                if t is not stopper and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            raise aiomqtt.MqttError("message stream ended")
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect forever (until stop)."""
+        cfg = self.config
+        self._backoff = cfg.reconnect_min_s
+        first = True
+        while not self._stopping.is_set():
+            if not first:
+                self.reconnects += 1
+            first = False
+            try:
+                client = self._client()
+                if await self._session(client):
+                    break
+            except aiomqtt.MqttError as exc:
+                log.warning("mqtt %s:%d: %s", cfg.host, cfg.port, exc)
+            except (OSError, ValueError) as exc:  # password file, TLS files (never the secret)
+                log.error("mqtt: cannot connect: %s", exc)
+            except Exception:
+                log.exception("mqtt: unexpected error; reconnecting")
+            finally:
+                self._set_connected(False)
+            if self._stopping.is_set():
+                break
+            delay = self._backoff * random.uniform(0.5, 1.0)
+            self._backoff = min(cfg.reconnect_max_s, self._backoff * 2)
+            log.info("mqtt: reconnecting in %.1f s", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+        log.info("mqtt bridge stopped")

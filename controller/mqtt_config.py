@@ -1,0 +1,132 @@
+"""``[mqtt]``: the MQTT bridge's settings (absent section = bridge off).
+
+Strict like every other section, so a typo is an error naming the key. Secrets never live in
+the config: the password is read, at each connection, from ``password_file`` or from the
+systemd credential ``password_credential`` (``$CREDENTIALS_DIRECTORY/<name>``, set by
+``LoadCredential=``), and never logged or shown in a repr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,255}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttTlsConfig(_Strict):
+    """``[mqtt.tls]``: TLS to the broker (a CA to trust; a client certificate if required)."""
+
+    ca_file: str | None = Field(None, description="CA bundle to verify the broker; unset: system")
+    cert_file: str | None = Field(None, description="client certificate (PEM)")
+    key_file: str | None = Field(None, description="client key (PEM); needs cert_file")
+    insecure: bool = Field(False, description="skip broker host name verification (tests only)")
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> MqttTlsConfig:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the client certificate it belongs to)")
+        return self
+
+
+class MqttConfig(_Strict):
+    host: str = Field(..., min_length=1, description="broker host name or address")
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str = Field(..., description="e.g. 'curtaild/site1'; every topic starts here")
+    client_id: str | None = Field(None, max_length=128,
+                                  description="MQTT client id; default 'curtaild-<prefix>'")
+    username: str | None = Field(None, min_length=1)
+    password_file: str | None = Field(None, description="file holding the password (one line)")
+    password_credential: str | None = Field(
+        None, description="systemd credential name holding the password ($CREDENTIALS_DIRECTORY)")
+    tls: MqttTlsConfig | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    connect_timeout_s: float = Field(10.0, gt=0, le=300)
+    reconnect_min_s: float = Field(1.0, gt=0, le=3600)
+    reconnect_max_s: float = Field(60.0, gt=0, le=86400)
+    max_payload_bytes: int = Field(4096, ge=256, le=262144,
+                                   description="inbound commands larger than this are rejected")
+    publish_miners: bool = Field(True, description="retained <prefix>/miners/<id> on change")
+    publish_queue: int = Field(1000, ge=10, le=100000,
+                               description="non-retained messages kept while disconnected")
+    # ---- demand-response events and overrides
+    max_target_power_w: float = Field(1e9, gt=0, description="largest target_power_w accepted")
+    max_event_duration_s: float = Field(
+        86400.0, gt=0, description="longest event accepted; also the end of an event without one")
+    max_event_lead_s: float = Field(7 * 86400.0, ge=0,
+                                    description="how far ahead an event may start")
+    max_override_s: float = Field(
+        86400.0, gt=0, description="longest override or pause; also their length when no "
+        "until/duration_s is given")
+    # ---- inbound watchdog
+    event_heartbeat_s: float | None = Field(
+        None, gt=0, description="during an event, silence longer than this is a signal loss")
+    on_signal_loss: Literal["hold", "release", "end_after_s"] = "hold"
+    signal_loss_end_after_s: float | None = Field(
+        None, ge=0, description="with on_signal_loss = 'end_after_s': the event ends this long "
+        "after the signal was lost")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_a_topic(cls, v: str) -> str:
+        if not v or len(v) > 200:
+            raise ValueError("must be 1 to 200 characters, e.g. 'curtaild/site1'")
+        if any(c in v for c in "+#\x00") or v.startswith("/") or v.endswith("/") or "//" in v:
+            raise ValueError(f"{v!r}: no wildcards (+ #), no leading, trailing or doubled '/'")
+        if v.startswith("$"):
+            raise ValueError(f"{v!r}: topics starting with '$' are reserved by the broker")
+        return v
+
+    @field_validator("password_credential")
+    @classmethod
+    def _credential_name(cls, v: str | None) -> str | None:
+        if v is not None and not _CREDENTIAL_NAME.match(v):
+            raise ValueError(f"{v!r} is not a systemd credential name (letters, digits, _.@-)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttConfig:
+        if self.password_file and self.password_credential:
+            raise ValueError("give password_file or password_credential, not both")
+        if (self.password_file or self.password_credential) and not self.username:
+            raise ValueError("a password needs a username")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        if self.on_signal_loss == "end_after_s" and self.signal_loss_end_after_s is None:
+            raise ValueError("on_signal_loss = 'end_after_s' needs signal_loss_end_after_s")
+        if self.on_signal_loss != "hold" and self.event_heartbeat_s is None:
+            raise ValueError(f"on_signal_loss = {self.on_signal_loss!r} needs event_heartbeat_s "
+                             "(without a heartbeat there is no signal to lose)")
+        return self
+
+    @property
+    def effective_client_id(self) -> str:
+        return self.client_id or "curtaild-" + re.sub(r"[^A-Za-z0-9_-]", "-", self.topic_prefix)
+
+    def read_password(self) -> str | None:
+        """The password, read now (a rotated file is picked up at the next connection).
+
+        Raises OSError/ValueError with a message that names the source, never the secret.
+        """
+        if self.password_file:
+            path = Path(self.password_file)
+        elif self.password_credential:
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise ValueError(f"mqtt.password_credential {self.password_credential!r}: "
+                                 "$CREDENTIALS_DIRECTORY is not set (LoadCredential= missing?)")
+            path = Path(directory) / self.password_credential
+        else:
+            return None
+        text = path.read_text(encoding="utf-8").strip("\r\n")
+        if not text:
+            raise ValueError(f"mqtt password from {path} is empty")
+        return text

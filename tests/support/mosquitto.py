@@ -1,0 +1,202 @@
+"""A real mosquitto broker for tests: the shipped deploy/mosquitto/ config and ACL, a generated
+password file, a free port on 127.51.0.1. Missing binary: skip, unless CI=true (then fail).
+
+Also a small synchronous client (paho, in its own network thread) that tests use to play the
+EMS and to read what curtaild publishes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "deploy" / "mosquitto" / "mosquitto.conf"
+ACL = REPO / "deploy" / "mosquitto" / "acl"
+HOST = "127.51.0.1"
+PREFIX = "curtaild/site1"  # the shipped ACL's prefix
+USERS = {"curtaild": "curtaild-secret", "ems": "ems-secret", "dashboard": "dash-secret"}
+
+
+def binary(name: str, paths: tuple[str, ...]) -> str:
+    found = shutil.which(name) or next((p for p in paths if os.access(p, os.X_OK)), None)
+    if found:
+        return found
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{name} is not installed (CI=true: apt-get install mosquitto)")
+    pytest.skip(f"{name} is not installed (apt-get install mosquitto)")
+    raise AssertionError  # unreachable
+
+
+def free_port(host: str = HOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class MosquittoProcess:
+    """``/usr/sbin/mosquitto -c <conf>`` built from the shipped conf (paths and listener
+    replaced); restartable on the same port, with or without persistence."""
+
+    def __init__(self, *, port: int | None = None) -> None:
+        self.mosquitto = binary("mosquitto", ("/usr/sbin/mosquitto",))
+        self.passwd_tool = binary("mosquitto_passwd", ("/usr/bin/mosquitto_passwd",))
+        self.port = port or free_port()
+        self._tmp = tempfile.TemporaryDirectory(prefix="curtaild-mqtt-")
+        self.dir = Path(self._tmp.name)
+        self.passwd = self.dir / "passwd"
+        self.acl = self.dir / "acl"
+        shutil.copy(ACL, self.acl)
+        for i, (user, pw) in enumerate(USERS.items()):
+            subprocess.run([self.passwd_tool, "-b", *(["-c"] if i == 0 else []),
+                            str(self.passwd), user, pw], check=True, capture_output=True)
+        self.conf = self.dir / "mosquitto.conf"
+        lines = []
+        for line in CONF.read_text().splitlines():
+            word = line.split(" ", 1)[0]
+            if word == "password_file":
+                line = f"password_file {self.passwd}"
+            elif word == "acl_file":
+                line = f"acl_file {self.acl}"
+            elif word == "listener":
+                line = f"listener {self.port} {HOST}"
+            lines.append(line)
+        lines.append("log_dest stderr")
+        lines.append("log_type all")
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.log_path = self.dir / "mosquitto.log"
+        # Started as root, mosquitto drops to the `mosquitto` user: it must read these files.
+        os.chmod(self.dir, 0o755)
+        for f in (self.passwd, self.acl, self.conf):
+            os.chmod(f, 0o644)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 15.0) -> MosquittoProcess:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([self.mosquitto, "-c", str(self.conf)],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited {self.proc.returncode}: {self.log(4000)}")
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto not listening after {timeout}s: {self.log(4000)}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
+
+    def log(self, tail: int | None = None) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+            return text[-tail:] if tail else text
+        except OSError:
+            return ""
+
+    def __enter__(self) -> MosquittoProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._tmp.cleanup()
+
+    def mqtt_toml(self, state_dir: Path, **extra: object) -> str:
+        """An ``[mqtt]`` section for a curtaild under test (password in a file)."""
+        pw = state_dir.parent / "mqtt-password"
+        pw.write_text(USERS["curtaild"] + "\n")
+        values: dict[str, object] = {
+            "host": HOST, "port": self.port, "topic_prefix": PREFIX, "username": "curtaild",
+            "password_file": str(pw), "reconnect_min_s": 0.2, "reconnect_max_s": 1.0,
+            "keepalive_s": 5, **extra}
+        out = ["[mqtt]"]
+        for k, v in values.items():
+            if isinstance(v, bool):
+                out.append(f"{k} = {'true' if v else 'false'}")
+            elif isinstance(v, str):
+                out.append(f'{k} = "{v}"')
+            else:
+                out.append(f"{k} = {v!r}")
+        return "\n".join(out) + "\n"
+
+
+class Client:
+    """A paho client in its own thread that records every message it receives."""
+
+    def __init__(self, broker: MosquittoProcess, user: str = "ems",
+                 password: str | None = None, subscribe: str = f"{PREFIX}/#") -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.connected = threading.Event()
+        self.rc: object = None
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
+                                  client_id=f"test-{user}-{time.monotonic_ns()}")
+        self.client.username_pw_set(user, USERS.get(user) if password is None else password)
+        self.subscribe = subscribe
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.broker = broker
+
+    def _on_connect(self, client, userdata, flags, rc, props=None) -> None:
+        self.rc = rc
+        if not rc.is_failure:
+            client.subscribe(self.subscribe, qos=1)
+            self.connected.set()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def start(self, timeout: float = 10.0, *, expect_ok: bool = True) -> Client:
+        self.client.connect(HOST, self.broker.port, keepalive=10)
+        self.client.loop_start()
+        if expect_ok and not self.connected.wait(timeout):
+            raise AssertionError(f"test client could not connect: {self.rc}")
+        time.sleep(0.2)  # subscription in place
+        return self
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def __enter__(self) -> Client:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def publish(self, topic: str, payload: bytes | str, *, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(5)
+
+    def on(self, topic: str) -> list[bytes]:
+        with self.lock:
+            return [p for t, p, _r in self.messages if t == topic]
+
+    def last(self, topic: str) -> bytes | None:
+        got = self.on(topic)
+        return got[-1] if got else None
+
+    def clear(self) -> None:
+        with self.lock:
+            self.messages.clear()
