@@ -19,13 +19,14 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.drivers.fakeapi import FakeApi, Reply, js, mempool_routes
 from tests.support.daemon import DaemonProcess, journal_rows, write_config
 from tests.support.emulator import EmulatorProcess
+from tests.support.mosquitto import PREFIX, Client, MosquittoProcess
 
 #: Real-time tariff feed prices, USD/MWh. With the mempool fake's 0.0634 USD/TH/day and a 2 %
 #: pool fee, breakeven is 86 J/TH at 30 and 27 J/TH at 95: every machine earns when "cheap";
@@ -145,9 +146,9 @@ class SoakPlan:
 class Soak:
     plan: SoakPlan
     tmp: Path
-    #: restarts the MQTT broker, if the test runs one (and returns a config fragment for it)
-    broker_restart: Callable[[], None] | None = None
-    mqtt_config: str = ""
+    #: the MQTT broker, if the test runs one: restarted under the daemon, and the road for
+    #: demand-response events
+    broker: MosquittoProcess | None = None
     log: list[str] = field(default_factory=list)
     operator_slept: dict[str, float] = field(default_factory=dict)  # ip -> when
     daemons: list[DaemonProcess] = field(default_factory=list)
@@ -163,6 +164,7 @@ class Soak:
         self.emu = EmulatorProcess(count=self.plan.miners, first_ip=self.plan.first_ip,
                                    time_scale=0.01)
         self.ips: list[str] = []
+        self.dr_end = 0.0  # when the last demand-response event ends (unix s)
 
     def _write_good(self) -> None:
         extra = f"""
@@ -176,7 +178,7 @@ refresh_s = 5
 max_age_s = 20
 timeout_s = 2
 deadline_s = 4
-""" + self.mqtt_config
+""" + (self.broker.mqtt_toml(self.state) if self.broker is not None else "")
         write_config(self.cfg, ranges=[f"{self.ips[0]}-{self.ips[-1]}"], hashprice=0.0,
                      tariff=0.0, state_dir=self.state,
                      poll_interval_s=self.plan.poll_interval_s,
@@ -245,8 +247,8 @@ deadline_s = 4
         """One random fault (or repair) from the menu."""
         events = [("miner_fault", 30), ("miner_heal", 20), ("regime", 10), ("market", 12),
                   ("sighup_broken", 8), ("kill9", 6), ("operator_sleep", 4)]
-        if self.broker_restart is not None:
-            events.append(("broker_restart", 6))
+        if self.broker is not None:
+            events += [("broker_restart", 6), ("dr_event", 6)]
         kind = self.rng.choices([e for e, _ in events], [w for _, w in events])[0]
         getattr(self, f"_{kind}")()
 
@@ -308,9 +310,29 @@ deadline_s = 4
             self.note(f"operator_sleep {ip}")
 
     def _broker_restart(self) -> None:
-        assert self.broker_restart is not None
-        self.broker_restart()
+        assert self.broker is not None
+        self.broker.stop()
+        time.sleep(self.rng.uniform(0.5, 4.0))
+        self.broker.start()
         self.note("broker_restart")
+
+    def _dr_event(self) -> None:
+        """A demand-response event: shed to a fraction of the fleet's power for a while."""
+        assert self.broker is not None
+        full_w = sum(m["nameplate_power_w"] for m in self.emu.miners())
+        n = self.counts.get("dr_event", 0) + 1
+        start = time.time()
+        end = start + self.rng.uniform(5.0, 20.0)
+        payload = {"id": f"soak-{self.plan.seed}-{n}",
+                   "target_power_w": round(full_w * self.rng.uniform(0.3, 0.8)),
+                   "start": _iso(start), "end": _iso(end)}
+        try:
+            with Client(self.broker) as ems:
+                ems.publish(f"{PREFIX}/cmd/curtail", json.dumps(payload))
+        except (OSError, AssertionError):
+            return  # the broker is down right now: an EMS would retry, so do we, later
+        self.dr_end = max(self.dr_end, end)
+        self.note(f"dr_event {payload['target_power_w']} W for {end - start:.0f}s")
 
     def run_chaos(self) -> None:
         deadline = time.monotonic() + self.plan.chaos_s
@@ -323,7 +345,11 @@ deadline_s = 4
 
     # -------------------------------------------------------------- converge
     def heal_all(self) -> None:
-        """Take every fault away and make every machine profitable."""
+        """Take every fault away, make every machine profitable, let every event end."""
+        if self.broker is not None and (self.broker.proc is None
+                                        or self.broker.proc.poll() is not None):
+            self.broker.start()
+        time.sleep(max(0.0, self.dr_end - time.time()))
         self.market.heal()
         self.market.tariff_usd_per_mwh = CHEAP_USD_PER_MWH
         for m in self.emu.miners():
@@ -394,6 +420,10 @@ deadline_s = 4
                 "max_watchdog_gap_s": round(self.notify.max_watchdog_gap_s(), 2),
                 "intents": journal_rows(self.state,
                                         "SELECT COUNT(*) FROM events WHERE kind='intent'")[0][0]}
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
 def dump(soak: Soak, path: Path, problems: list[str]) -> None:

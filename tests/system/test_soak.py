@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import wait_for
+from tests.support.mosquitto import MosquittoProcess
 from tests.support.soak import Soak, SoakPlan, dump
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,8 @@ def test_soak_keeps_control_through_faults(tmp_path: Path, request: pytest.Fixtu
     plan = SoakPlan(miners=request.config.getoption("--soak-miners"),
                     chaos_s=request.config.getoption("--soak-seconds"),
                     seed=seed if seed is not None else random.randrange(1_000_000))
-    soak = Soak(plan, tmp_path)
+    broker = MosquittoProcess().start()
+    soak = Soak(plan, tmp_path, broker=broker)
     try:
         soak.start()
         soak.run_chaos()
@@ -50,3 +52,5 @@ def test_soak_keeps_control_through_faults(tmp_path: Path, request: pytest.Fixtu
         assert summary["events"].get("miner_fault", 0) > 0, summary
     finally:
         soak.close()
+        broker.stop()
+        broker._tmp.cleanup()
