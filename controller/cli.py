@@ -137,6 +137,10 @@ def cmd_status(config_path: str, as_json: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "run" in (sys.argv[1:] if argv is None else argv):
+        from controller.signals import hold_reload_signal
+
+        hold_reload_signal()  # before the slow imports: a reload must never kill the daemon
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)

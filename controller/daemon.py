@@ -122,6 +122,11 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        from controller.signals import take_early_reload
+
+        if take_early_reload():
+            log.info("SIGHUP arrived while starting: reloading %s", self.config_path)
+            self.request_reload()
         log.info("curtaild starting: %d addresses, policy %s, dry_run=%s, journal %s",
                  len(self.config.fleet.addresses()), self.config.policy["name"],
                  self.config.controller.dry_run, self.journal.path)

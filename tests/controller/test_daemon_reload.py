@@ -88,3 +88,23 @@ def test_sighup_invalid_files_keep_running_config_valid_one_applies(tmp_path: Pa
             wait_for(lambda: emu.miner(LOSER)["state"] == "mining", 60,
                      what="the valid reload's hash price wakes the loser")
             assert daemon.stop() == 0
+
+
+def test_sighup_while_starting_reloads_instead_of_killing(tmp_path: Path) -> None:
+    """SIGHUP's default action is to terminate: one sent while the daemon is still importing
+    and building its drivers must be held and turned into a reload once the loop is up."""
+    state = tmp_path / "state"
+    cfg = tmp_path / "config.toml"
+    with EmulatorProcess(fleet_toml=FLEET, first_ip="127.21.1.1", time_scale=0.01) as emu:
+        write_config(cfg, ranges=["127.21.1.1-127.21.1.2"], hashprice=0.045, tariff=0.07,
+                     state_dir=state)
+        with DaemonProcess(cfg, tmp_path / "daemon.log") as daemon:
+            time.sleep(0.4)  # past interpreter start-up, long before the event loop exists
+            assert "curtaild starting" not in daemon.log()
+            daemon.proc.send_signal(1)
+            wait_for(lambda: "reloaded" in daemon.log(), 30, what="the held reload")
+            assert daemon.alive()
+            assert "SIGHUP arrived while starting" in daemon.log()
+            wait_for(lambda: emu.miner("127.21.1.2")["state"] == "sleeping", 60,
+                     what="the daemon still controls the fleet")
+            assert daemon.stop() == 0

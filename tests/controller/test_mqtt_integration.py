@@ -226,6 +226,7 @@ def test_broker_restart_mid_run(tmp_path: Path) -> None:
                               if ln.startswith("curtaild_mqtt_reconnects_total ")]
                 assert reconnects and float(reconnects[0].split()[1]) >= 1
                 assert d.stop() == 0
+                assert "exception was never retrieved" not in d.log()
     finally:
         broker.stop()
         broker._tmp.cleanup()

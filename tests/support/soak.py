@@ -405,7 +405,7 @@ deadline_s = 4
                     out.append(f"{ip}: client {action} at {when:.1f} without a journaled intent")
         for d in self.daemons:
             text = d.log()
-            for marker in ("Traceback", "Task exception was never retrieved", "tick failed"):
+            for marker in ("Traceback", "exception was never retrieved", "tick failed"):
                 if marker in text:
                     line = next(x for x in text.splitlines() if marker in x)
                     out.append(f"{d.log_path.name}: {marker}: {line[:200]}")
