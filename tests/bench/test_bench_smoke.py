@@ -1,0 +1,51 @@
+"""The bench scripts still run end to end at a tiny size and print their figures.
+
+They are not timed tests: only that each script exits 0 against a real emulator and prints its
+table with every miner polled is checked, so a refactor of the driver, the emulator or the
+daemon cannot silently break the benchmarks documented in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+def run(script: str, *args: str, timeout: float = 50.0) -> str:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{script} exit {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    assert "pyasic" in proc.stdout and "0.79" in proc.stdout  # the machine block
+    return proc.stdout
+
+
+def test_sweep_prints_both_sides_for_the_whole_fleet() -> None:
+    out = run("sweep.py", "--counts", "16", "--sweeps", "1", "--first-ip", "127.130.0.1")
+    assert re.search(r"^curtaild sweep 1\s+16/16\s", out, re.M), out
+    assert re.search(r"^baseline get_data 1\s+16/16\s", out, re.M), out
+    row = re.search(r"^16\s+(\d+)\s+(\d+)\s+([\d.]+)x\s", out, re.M)
+    assert row, out
+    assert int(row.group(1)) > 0 and int(row.group(2)) > 0
+
+
+def test_hung_miners_cost_at_most_one_deadline() -> None:
+    out = run("hung.py", "--count", "20", "--hung-pct", "10", "--poll-timeout", "1.5",
+              "--clean-sweeps", "1", "--hung-sweeps", "2", "--first-ip", "127.130.1.1")
+    assert re.search(r"^sweep 1, 2 hung\s+18/20\s", out, re.M), out
+    assert "timeout" in out  # the driver counted the hung miners' deadlines
+    assert re.search(r"against a budget of one deadline \(1\.5 s\): met", out), out
+
+
+def test_memory_reports_rss_and_a_scrape_of_a_running_daemon() -> None:
+    out = run("memory.py", "--count", "16", "--ticks", "2", "--poll-interval", "2",
+              "--scrapes", "2", "--first-ip", "127.130.2.1")
+    assert re.search(r"^RSS after 2 ticks\s+\d+ MB", out, re.M), out
+    assert re.search(r"^/metrics size, gzip\s+[\d.]+ MB", out, re.M), out
+    assert re.search(r"^daemon exit code on SIGTERM\s+0$", out, re.M), out
