@@ -60,8 +60,17 @@ IDENTITY_FIELDS = [DataOptions.MAC, DataOptions.SERIAL_NUMBER]
 POWER_LIMIT_FAMILIES = {"whatsminer", "luxos", "braiins", "vnish", "epic"}
 #: Families whose pyasic backend has no source for is_mining (always True).
 NO_IS_MINING_FAMILIES = {"luxos"}
+#: firmware whose power target is a choice among presets (profiles) rather than any wattage
+PRESET_FAMILIES = {"luxos"}
 #: Families pyasic cannot stop (hobby miners with no sleep command).
 NO_SLEEP_FAMILIES = {"bitaxe"}
+
+
+def _bound(table_w: float | None, firmware_w: float | None, pick) -> float | None:
+    """Combine the model table's limit with the firmware's own (max for a floor, min for a
+    ceiling); either may be unknown."""
+    known = [v for v in (table_w, firmware_w) if v is not None]
+    return pick(known) if known else None
 
 
 class CommandFailed(Exception):
@@ -153,6 +162,10 @@ class _Tracked:
     discovery_attempts: int = 0
     last: MinerReading | None = None
     errors: dict[str, int] = field(default_factory=dict)
+    #: the lowest and highest power target the firmware really takes, where that is a ladder
+    #: of presets (LuxOS profiles) rather than any watt figure; read once per discovery
+    preset_floor_w: float | None = None
+    preset_ceiling_w: float | None = None
 
 
 class MinerDriver:
@@ -237,7 +250,24 @@ class MinerDriver:
         t.rpc_only = is_stock_antminer(miner)
         t.discovery_attempts = 0
         t.failures = 0
+        if t.family in PRESET_FAMILIES:
+            await self._read_presets(t, miner)
         return True
+
+    async def _read_presets(self, t: _Tracked, miner: Any) -> None:
+        """LuxOS takes a power target as "the highest profile at or below it": a target under
+        its lowest profile is refused (pyasic's set_power_limit returns False). Its real range
+        comes from the profile ladder, not from the model's nameplate table."""
+        try:
+            config = await asyncio.wait_for(miner.get_config(), self.cfg.poll_timeout_s)
+            watts = [float(p.power) for p in
+                     getattr(config.mining_mode, "available_presets", None) or ()
+                     if isinstance(getattr(p, "power", None), int | float) and p.power > 0]
+        except Exception as exc:  # a firmware without profiles keeps the nameplate range
+            log.debug("%s: reading power presets failed: %r", t.ip, exc)
+            return
+        if watts:
+            t.preset_floor_w, t.preset_ceiling_w = min(watts), max(watts)
 
     async def _observe_one(self, ip: str) -> MinerReading | None:
         t = self._tracked.get(ip)
@@ -333,7 +363,13 @@ class MinerDriver:
         if data.serial_number and not t.serial:
             t.serial = str(data.serial_number)
         hashrate = data.hashrate
-        hashrate_ths = float(hashrate) if hashrate is not None else 0.0
+        if hashrate is None:
+            # pyasic's get_data swallows every failed call and leaves the field unset; an
+            # asleep machine still answers with 0. Without a hashrate nothing is known: an
+            # unanswered poll read as "not hashing" would call a machine that answers garbage
+            # asleep (found by tests/drivers/test_miners.py with the emulator's garbage fault).
+            return self._unreachable(t, "garbage: no hashrate in the reply")
+        hashrate_ths = float(hashrate)
         if not math.isfinite(hashrate_ths) or hashrate_ths < 0:
             return self._unreachable(t, f"garbage: hashrate {hashrate_ths!r}")
         model = str(getattr(miner, "raw_model", None) or miner.model or "")
@@ -374,8 +410,10 @@ class MinerDriver:
             nameplate_power_w=self._nameplate_power(t, model, plate),
             supports_sleep=family not in NO_SLEEP_FAMILIES,
             supports_power_limit=supports_limit,
-            min_power_limit_w=(plate.min_limit_w if plate and supports_limit else None),
-            max_power_limit_w=(plate.max_limit_w if plate and supports_limit else None),
+            min_power_limit_w=_bound(plate.min_limit_w if plate and supports_limit else None,
+                                     t.preset_floor_w if supports_limit else None, max),
+            max_power_limit_w=_bound(plate.max_limit_w if plate and supports_limit else None,
+                                     t.preset_ceiling_w if supports_limit else None, min),
             observed_at=time.time(),
             mac=t.mac,
             serial=t.serial,
@@ -433,7 +471,10 @@ class MinerDriver:
                 if observed_state != "mining":
                     steps.append(("resume_mining", miner.resume_mining))
                 if cmd.power_limit_w is not None:
-                    watts = round(cmd.power_limit_w)
+                    # Under a preset ladder's floor the firmware refuses: its lowest profile
+                    # is the closest it can get (the next tick sees the result and, under a
+                    # power cap, sheds more).
+                    watts = round(max(cmd.power_limit_w, t.preset_floor_w or 0.0))
                     steps.append(("set_power_limit", lambda: miner.set_power_limit(watts)))
             done = []
             for name, call in steps:

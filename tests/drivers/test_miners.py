@@ -1,0 +1,165 @@
+"""The miner driver (drivers/miners.py): unmodified pyasic against the emulated firmware.
+
+Judged by the emulator's physical truth (its control API), one machine per firmware family:
+what a reading says, commands that really change the machine, a firmware whose power targets
+are a ladder of presets, and the faults a real fleet throws (hang, garbage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from controller.config import FleetConfig
+from controller.snapshot import Command
+from drivers.miners import CommandFailed, MinerDriver
+from tests.support.emulator import EmulatorProcess
+
+pytestmark = pytest.mark.integration
+
+FLEET = """
+[[miner]]
+model = "S19"
+[[miner]]
+model = "M30S"
+[[miner]]
+model = "S19 XP"
+[[miner]]
+model = "S19j Pro LuxOS"
+[[miner]]
+model = "BitAxe Gamma"
+"""
+FIRST = "127.67.0.1"
+S19, M30S, XP, LUX, AXE = (f"127.67.0.{i}" for i in range(1, 6))
+
+
+@pytest.fixture(scope="module")
+def emu():
+    with EmulatorProcess(fleet_toml=FLEET, first_ip=FIRST, time_scale=0.01) as e:
+        yield e
+
+
+def driver(poll_timeout_s: float = 5.0) -> MinerDriver:
+    cfg = FleetConfig(ranges=[f"{FIRST}-127.67.0.5"], poll_timeout_s=poll_timeout_s,
+                      discovery_timeout_s=8.0, rediscover_after_failures=2)
+    return MinerDriver(cfg, poll_interval_s=1.0)
+
+
+def cmd(ip: str, action: str, limit: float | None = None) -> Command:
+    return Command(key=ip, ip=ip, action=action, power_limit_w=limit,  # type: ignore[arg-type]
+                   reason="test", delta_power_w=0.0)
+
+
+async def test_readings_match_the_truth(emu: EmulatorProcess) -> None:
+    snap = await driver().observe()
+    got = {r.ip: r for r in snap.miners}
+    truth = {m["ip"]: m for m in emu.miners()}
+    assert set(got) == set(truth)
+    for ip, r in got.items():
+        t = truth[ip]
+        assert r.state == "mining", (ip, r.error)
+        assert r.hashrate_ths == pytest.approx(t["hashrate_ths"], rel=0.1), ip
+        assert r.temp_c is not None and r.temp_c > 30, ip
+        if ip in (XP, LUX):  # pyasic reads no MAC or serial from LuxOS: keyed by address
+            assert r.key == ip
+        else:
+            assert r.key == t["mac"] or r.key == t["serial"], (ip, r.key)
+    # Stock Antminer firmware reports no wattage: the model table stands in, and says so.
+    assert got[S19].power_source in ("model_table", "nameplate")
+    assert got[S19].power_w == 3250.0
+    for ip in (M30S, XP, LUX, AXE):
+        assert got[ip].power_source == "firmware", ip
+        assert got[ip].power_w == pytest.approx(truth[ip]["power_w"], rel=0.1), ip
+    assert not got[S19].supports_power_limit and not got[AXE].supports_sleep
+    assert got[M30S].supports_power_limit and got[LUX].supports_power_limit
+    # LuxOS power targets are its profile ladder: the floor is its lowest profile, not the
+    # model table's 1200 W (a target under it is refused by the firmware).
+    assert got[LUX].min_power_limit_w == 1227.0
+    assert got[XP].min_power_limit_w == 1203.0
+    assert got[M30S].min_power_limit_w == 1500.0
+
+
+async def test_sleep_and_wake_each_family_for_real(emu: EmulatorProcess) -> None:
+    d = driver()
+    await d.observe()
+    for ip in (S19, M30S, LUX):
+        await d.execute(cmd(ip, "sleep"), observed_state="mining", timeout_s=20, attempts=3)
+        assert emu.wait_state(ip, "sleeping", 10)["state"] == "sleeping"
+    seen = {r.ip: r for r in (await d.observe()).miners}
+    assert {ip: seen[ip].state for ip in (S19, M30S, LUX)} == dict.fromkeys(
+        (S19, M30S, LUX), "sleeping")
+    assert seen[S19].power_source == "idle_estimate"
+    for ip in (S19, M30S, LUX):
+        await d.execute(cmd(ip, "run"), observed_state="sleeping", timeout_s=20, attempts=3)
+        assert emu.wait_state(ip, "mining", 30)["state"] == "mining"
+    seen = {r.ip: r for r in (await d.observe()).miners}
+    assert all(seen[ip].state == "mining" for ip in (S19, M30S, LUX))
+
+
+async def test_luxos_target_under_its_lowest_profile_takes_the_lowest(
+        emu: EmulatorProcess) -> None:
+    d = driver()
+    await d.observe()
+    out = await d.execute(cmd(LUX, "limit", 1000.0), observed_state="mining", timeout_s=20,
+                          attempts=2)
+    assert "set_power_limit" in out
+    assert emu.miner(LUX)["power_limit_w"] == 1227.0
+    r = {m.ip: m for m in (await d.observe()).miners}[LUX]
+    assert r.power_limit_w == pytest.approx(1227.0, abs=30)
+    await d.execute(cmd(M30S, "limit", 2000.0), observed_state="mining", timeout_s=20, attempts=2)
+    assert emu.miner(M30S)["power_limit_w"] == 2000.0
+    # A target a firmware cannot take at all is a clear failure, not a silent success.
+    with pytest.raises(CommandFailed, match="set_power_limit returned False"):
+        await d.execute(cmd(S19, "limit", 2000.0), observed_state="mining", timeout_s=10,
+                        attempts=1)
+    for ip, full in ((LUX, 3068.0), (M30S, 3344.0)):
+        await d.execute(cmd(ip, "run", full), observed_state="mining", timeout_s=20, attempts=2)
+
+
+async def test_a_hung_miner_costs_one_deadline_and_is_marked(emu: EmulatorProcess) -> None:
+    d = driver(poll_timeout_s=2.0)
+    await d.observe()
+    emu.set_fault(M30S, "hang")
+    try:
+        started = time.monotonic()
+        snap = await d.observe()
+        took = time.monotonic() - started
+        r = {m.ip: m for m in snap.miners}
+        assert r[M30S].state == "unreachable" and "timeout" in (r[M30S].error or "")
+        assert all(r[ip].state == "mining" for ip in (S19, XP, LUX, AXE))
+        assert took < 2.0 + 3.0  # one deadline, plus the healthy polls alongside it
+    finally:
+        emu.set_fault(M30S, "none")
+    recovered = None
+    for _ in range(10):
+        recovered = {m.ip: m for m in (await d.observe()).miners}.get(M30S)
+        if recovered is not None and recovered.state == "mining":
+            break
+        await asyncio.sleep(0.5)
+    assert recovered is not None and recovered.state == "mining"
+
+
+async def test_garbage_is_marked_and_retried_never_raised(emu: EmulatorProcess) -> None:
+    d = driver()
+    await d.observe()
+    for ip in (S19, M30S, LUX, AXE):
+        emu.set_fault(ip, "garbage")
+    try:
+        for _ in range(3):  # past rediscover_after_failures: re-discovery under garbage too
+            r = {m.ip: m for m in (await d.observe()).miners}
+            for ip in (S19, M30S, LUX, AXE):
+                assert r[ip].state == "unreachable" and r[ip].error, ip
+            assert r[XP].state == "mining"
+    finally:
+        for ip in (S19, M30S, LUX, AXE):
+            emu.set_fault(ip, "none")
+    states: dict[str, str] = {}
+    for _ in range(20):
+        states = {m.ip: m.state for m in (await d.observe()).miners}
+        if all(s == "mining" for s in states.values()) and len(states) == 5:
+            break
+        await asyncio.sleep(0.5)
+    assert states == dict.fromkeys((S19, M30S, XP, LUX, AXE), "mining")
+    assert d.error_counts.get("garbage", 0) + d.error_counts.get("error", 0) > 0
