@@ -221,7 +221,10 @@ class Daemon:
         self.mqtt.start()
 
     async def _restart_mqtt(self) -> None:
-        log.info("reload: [mqtt] changed; reconnecting with the new settings")
+        if self.config.mqtt is None:
+            log.info("reload: [mqtt] removed; stopping the MQTT bridge")
+        else:
+            log.info("reload: [mqtt] changed; reconnecting with the new settings")
         if self.mqtt is not None:
             await self.mqtt.stop()
             self.mqtt = None

@@ -30,7 +30,7 @@ import aiomqtt
 from controller.directives import KINDS, DirectiveStore
 from controller.loop import TickResult
 from controller.metrics import MqttCounters
-from controller.mqtt_config import MqttConfig
+from controller.mqtt_config import MqttConfig, MqttTlsConfig
 from controller.mqtt_payloads import (
     decisions_payload,
     dumps,
@@ -40,6 +40,7 @@ from controller.mqtt_payloads import (
 )
 
 log = logging.getLogger("curtaild.mqtt")
+client_log = logging.getLogger("curtaild.mqtt.client")
 
 PUBLISH_TIMEOUT_S = 10.0
 STOP_PUBLISH_TIMEOUT_S = 3.0
@@ -225,6 +226,7 @@ class MqttBridge:
         cfg = self.config
         tls_params = None
         if cfg.tls is not None:
+            _check_readable(cfg.tls)
             tls_params = aiomqtt.TLSParameters(
                 ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file,
                 cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
@@ -235,6 +237,9 @@ class MqttBridge:
             will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
             tls_params=tls_params, tls_insecure=cfg.tls.insecure if cfg.tls else None,
             max_queued_incoming_messages=MAX_INBOUND_QUEUE, clean_session=True,
+            # paho's own reports (e.g. a TLS alert from a broker that wants a client
+            # certificate) are the only place the real reason of some refusals shows up.
+            logger=client_log,
         )
 
     def _set_connected(self, value: bool) -> None:
@@ -315,6 +320,21 @@ class MqttBridge:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
         log.info("mqtt bridge stopped")
+
+
+def _check_readable(tls: MqttTlsConfig) -> None:
+    """Fail with the key and the path: ssl's own error for a missing CA or certificate file is
+    a bare "[Errno 2] No such file or directory" that names neither."""
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, key)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"mqtt.tls.{key}: cannot read {path}: {exc.strerror or exc}") \
+                from None
 
 
 def _reap(client: aiomqtt.Client | None) -> None:

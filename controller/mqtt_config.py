@@ -114,19 +114,24 @@ class MqttConfig(_Strict):
     def read_password(self) -> str | None:
         """The password, read now (a rotated file is picked up at the next connection).
 
-        Raises OSError/ValueError with a message that names the source, never the secret.
+        Raises ValueError with a message that names the setting and the path, never the secret.
         """
         if self.password_file:
             path = Path(self.password_file)
+            source = "mqtt.password_file"
         elif self.password_credential:
+            source = f"mqtt.password_credential {self.password_credential!r}"
             directory = os.environ.get("CREDENTIALS_DIRECTORY")
             if not directory:
-                raise ValueError(f"mqtt.password_credential {self.password_credential!r}: "
+                raise ValueError(f"{source}: "
                                  "$CREDENTIALS_DIRECTORY is not set (LoadCredential= missing?)")
             path = Path(directory) / self.password_credential
         else:
             return None
-        text = path.read_text(encoding="utf-8").strip("\r\n")
+        try:
+            text = path.read_text(encoding="utf-8").strip("\r\n")
+        except OSError as exc:  # name the setting, not only the path systemd made up
+            raise ValueError(f"{source}: cannot read {path}: {exc.strerror or exc}") from None
         if not text:
-            raise ValueError(f"mqtt password from {path} is empty")
+            raise ValueError(f"{source}: {path} is empty")
         return text

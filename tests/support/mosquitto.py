@@ -1,5 +1,6 @@
 """A real mosquitto broker for tests: the shipped deploy/mosquitto/ config and ACL, a generated
-password file, a free port on 127.51.0.1. Missing binary: skip, unless CI=true (then fail).
+password file, a free port on 127.51.0.1 (or ``host=``), optionally a second, TLS listener
+(``tls=TlsListener(...)``). Missing binary: skip, unless CI=true (then fail).
 
 Also a small synchronous client (paho, in its own network thread) that tests use to play the
 EMS and to read what curtaild publishes.
@@ -14,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -43,19 +45,39 @@ def free_port(host: str = HOST) -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class TlsListener:
+    """PEM files for a TLS listener (copied into the broker's directory, which the
+    unprivileged `mosquitto` user can read); ``require_certificate``: clients must present a
+    certificate signed by ``ca_file``."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = False
+
+
 class MosquittoProcess:
     """``/usr/sbin/mosquitto -c <conf>`` built from the shipped conf (paths and listener
-    replaced); restartable on the same port, with or without persistence."""
+    replaced); restartable on the same port, with or without persistence. With ``tls`` it
+    also listens with TLS on ``tls_port`` (same users and ACL: ``per_listener_settings
+    false``). ``prefix`` rewrites the shipped ACL's topic prefix."""
 
-    def __init__(self, *, port: int | None = None) -> None:
+    def __init__(self, *, port: int | None = None, host: str = HOST,
+                 tls: TlsListener | None = None, tls_port: int | None = None,
+                 prefix: str = PREFIX) -> None:
         self.mosquitto = binary("mosquitto", ("/usr/sbin/mosquitto",))
         self.passwd_tool = binary("mosquitto_passwd", ("/usr/bin/mosquitto_passwd",))
-        self.port = port or free_port()
+        self.host = host
+        self.prefix = prefix
+        self.port = port or free_port(host)
+        self.tls = tls
+        self.tls_port = (tls_port or free_port(host)) if tls else None
         self._tmp = tempfile.TemporaryDirectory(prefix="curtaild-mqtt-")
         self.dir = Path(self._tmp.name)
         self.passwd = self.dir / "passwd"
         self.acl = self.dir / "acl"
-        shutil.copy(ACL, self.acl)
+        self.acl.write_text(ACL.read_text().replace(PREFIX, prefix))
         for i, (user, pw) in enumerate(USERS.items()):
             subprocess.run([self.passwd_tool, "-b", *(["-c"] if i == 0 else []),
                             str(self.passwd), user, pw], check=True, capture_output=True)
@@ -68,15 +90,26 @@ class MosquittoProcess:
             elif word == "acl_file":
                 line = f"acl_file {self.acl}"
             elif word == "listener":
-                line = f"listener {self.port} {HOST}"
+                line = f"listener {self.port} {host}"
             lines.append(line)
+        readable = [self.passwd, self.acl]
+        if tls is not None:
+            names = {"cafile": "tls-ca.crt", "certfile": "tls-server.crt",
+                     "keyfile": "tls-server.key"}
+            lines.append(f"listener {self.tls_port} {host}")
+            for word, src in zip(names, (tls.ca_file, tls.cert_file, tls.key_file), strict=True):
+                dst = self.dir / names[word]
+                shutil.copy(src, dst)
+                readable.append(dst)
+                lines.append(f"{word} {dst}")
+            lines.append(f"require_certificate {'true' if tls.require_certificate else 'false'}")
         lines.append("log_dest stderr")
         lines.append("log_type all")
         self.conf.write_text("\n".join(lines) + "\n")
         self.log_path = self.dir / "mosquitto.log"
         # Started as root, mosquitto drops to the `mosquitto` user: it must read these files.
         os.chmod(self.dir, 0o755)
-        for f in (self.passwd, self.acl, self.conf):
+        for f in (*readable, self.conf):
             os.chmod(f, 0o644)
         self.proc: subprocess.Popen | None = None
 
@@ -89,8 +122,10 @@ class MosquittoProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited {self.proc.returncode}: {self.log(4000)}")
             try:
-                with socket.create_connection((HOST, self.port), timeout=0.5):
-                    return self
+                for port in filter(None, (self.port, self.tls_port)):
+                    with socket.create_connection((self.host, port), timeout=0.5):
+                        pass
+                return self
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"mosquitto not listening after {timeout}s: {self.log(4000)}")
@@ -126,11 +161,14 @@ class MosquittoProcess:
         pw = state_dir.parent / "mqtt-password"
         pw.write_text(USERS["curtaild"] + "\n")
         values: dict[str, object] = {
-            "host": HOST, "port": self.port, "topic_prefix": PREFIX, "username": "curtaild",
+            "host": self.host, "port": self.port, "topic_prefix": self.prefix,
+            "username": "curtaild",
             "password_file": str(pw), "reconnect_min_s": 0.2, "reconnect_max_s": 1.0,
             "keepalive_s": 5, **extra}
         out = ["[mqtt]"]
         for k, v in values.items():
+            if v is None:  # e.g. password_file=None to use password_credential instead
+                continue
             if isinstance(v, bool):
                 out.append(f"{k} = {'true' if v else 'false'}")
             elif isinstance(v, str):
@@ -144,7 +182,11 @@ class Client:
     """A paho client in its own thread that records every message it receives."""
 
     def __init__(self, broker: MosquittoProcess, user: str = "ems",
-                 password: str | None = None, subscribe: str = f"{PREFIX}/#") -> None:
+                 password: str | None = None, subscribe: str = f"{PREFIX}/#", *,
+                 tls_ca: Path | None = None, tls_cert: Path | None = None,
+                 tls_key: Path | None = None) -> None:
+        """``tls_ca``: connect to the broker's TLS listener, trusting that CA (and presenting
+        ``tls_cert``/``tls_key`` if given)."""
         self.messages: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.connected = threading.Event()
@@ -156,6 +198,12 @@ class Client:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.broker = broker
+        self.port = broker.port
+        if tls_ca is not None:
+            assert broker.tls_port is not None, "the broker has no TLS listener"
+            self.client.tls_set(ca_certs=str(tls_ca), certfile=tls_cert and str(tls_cert),
+                                keyfile=tls_key and str(tls_key))
+            self.port = broker.tls_port
 
     def _on_connect(self, client, userdata, flags, rc, props=None) -> None:
         self.rc = rc
@@ -168,7 +216,7 @@ class Client:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     def start(self, timeout: float = 10.0, *, expect_ok: bool = True) -> Client:
-        self.client.connect(HOST, self.broker.port, keepalive=10)
+        self.client.connect(self.broker.host, self.port, keepalive=10)
         self.client.loop_start()
         if expect_ok and not self.connected.wait(timeout):
             raise AssertionError(f"test client could not connect: {self.rc}")
