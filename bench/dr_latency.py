@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import Emulator, print_machine, raise_nofile, table
 
-from tests.support.daemon import write_config
+from tests.support.daemon import wait_for, write_config
 from tests.support.mosquitto import PREFIX, Client, MosquittoProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,16 +55,6 @@ def _true_power_w(emu: Emulator) -> float:
 
     with urllib.request.urlopen(f"http://{emu.control}/miners", timeout=30) as resp:
         return sum(m["power_w"] for m in json.loads(resp.read()))
-
-
-def _wait(pred, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def run_events(count: int, events: int, first_ip: str) -> list[list[object]]:
@@ -88,7 +78,7 @@ def run_events(count: int, events: int, first_ip: str) -> list[list[object]]:
                 def mining() -> bool:
                     raw = ems.last(f"{PREFIX}/state")
                     return bool(raw) and json.loads(raw).get("states", {}).get("mining") == count
-                _wait(mining, 600, "the first tick with every miner mining", 0.5)
+                wait_for(mining, 600, what="the first tick with every miner mining")
                 db = state / "journal.sqlite"
                 for n in range(1, events + 1):
                     full_w = _true_power_w(emu)
@@ -97,8 +87,9 @@ def run_events(count: int, events: int, first_ip: str) -> list[list[object]]:
                     t0 = time.time()
                     ems.publish(f"{PREFIX}/cmd/curtail",
                                 json.dumps({"id": event_id, "target_power_w": target}))
-                    under = _wait(lambda t=target: time.time() if _true_power_w(emu) < t else None,
-                                  60, "true power under target", 0.02)
+                    under = wait_for(
+                        lambda t=target: time.time() if _true_power_w(emu) < t else None,
+                        60, interval=0.02, what="true power under target")
                     # Every required command: wait until no new intent for 3 s.
                     last_n, stable_since = -1, time.monotonic()
                     while time.monotonic() - stable_since < 3.0:
@@ -123,7 +114,7 @@ def run_events(count: int, events: int, first_ip: str) -> list[list[object]]:
                         s = json.loads(raw) if raw else {}
                         return s.get("mode") == "normal" and \
                             s.get("states", {}).get("mining") == count
-                    _wait(restored, 900, "the fleet restored after the event", 0.5)
+                    wait_for(restored, 900, what="the fleet restored after the event")
         finally:
             daemon.terminate()
             daemon.wait(60)

@@ -28,6 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import addresses
+
 REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -62,15 +66,6 @@ def start(count: int, first_ip: str) -> tuple[subprocess.Popen, float, str]:
         if line.startswith("control: "):
             return proc, time.monotonic() - t0, control
     raise RuntimeError(f"emulator did not start: {proc.stderr.read() if proc.stderr else ''}")
-
-
-def addresses(first_ip: str, n: int) -> list[str]:
-    out, a = [], int.from_bytes(socket.inet_aton(first_ip), "big")
-    while len(out) < n:
-        if a & 0xFF not in (0, 255):
-            out.append(socket.inet_ntoa(a.to_bytes(4, "big")))
-        a += 1
-    return out
 
 
 async def poll(ips: list[str], concurrency: int) -> tuple[int, int, float, float]:

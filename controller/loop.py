@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controller.config import Config
-from controller.guards import GuardResult, RampBucket, apply_guards
+from controller.guards import GuardResult, RampBucket, apply_guards, limit_tolerance_w
 from controller.journal import Journal
 from controller.market import MarketInputs
 from controller.snapshot import (
@@ -29,9 +29,6 @@ from drivers.miners import CommandFailed, MinerDriver
 from policies.compose import decide_stack
 
 log = logging.getLogger("curtaild.loop")
-
-LIMIT_TOLERANCE_W = 25.0
-
 
 @dataclass(frozen=True)
 class TickResult:
@@ -52,14 +49,16 @@ class TickResult:
     fast: bool = False  # decided on the previous observation (an inbound command)
 
 
-def _matches(expect_action: str, expect_limit: float | None, r: MinerReading) -> bool:
+def matches_expectation(expect_action: str, expect_limit: float | None,
+                        r: MinerReading) -> bool:
+    """Is the machine in the state the last command asked for? (Limits within the guards'
+    tolerance count as reached.)"""
     if expect_action == "sleep":
         return r.state == "sleeping"
     if r.state != "mining":
         return False
     if expect_limit is not None and r.power_limit_w is not None:
-        tol = max(LIMIT_TOLERANCE_W, 0.02 * expect_limit)
-        return abs(r.power_limit_w - expect_limit) <= tol
+        return abs(r.power_limit_w - expect_limit) <= limit_tolerance_w(expect_limit)
     return True
 
 
@@ -169,7 +168,7 @@ class Reconciler:
             r = by_key.get(key)
             if r is None or r.state == "unreachable":
                 continue
-            if _matches(exp.action, exp.power_limit_w, r):
+            if matches_expectation(exp.action, exp.power_limit_w, r):
                 row = curtailed.get(key)
                 if exp.failures or exp.flagged or (
                     exp.action == "run" and (row is None or row.releasing)

@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from controller.guards import MinerMemory
-from controller.snapshot import Command, FleetSnapshot, MinerReading
-
-LIMIT_TOLERANCE_W = 25.0
+from controller.loop import matches_expectation
+from controller.snapshot import Command, FleetSnapshot
 
 
 @dataclass(slots=True)
@@ -34,17 +33,6 @@ class _Expect:
     last_change_at: float
     failures: int = 0
     flagged: bool = False
-
-
-def _matches(action: str, limit: float | None, r: MinerReading) -> bool:
-    """controller.loop._matches: is the machine in the state the last command asked for?"""
-    if action == "sleep":
-        return r.state == "sleeping"
-    if r.state != "mining":
-        return False
-    if limit is not None and r.power_limit_w is not None:
-        return abs(r.power_limit_w - limit) <= max(LIMIT_TOLERANCE_W, 0.02 * limit)
-    return True
 
 
 class SimJournal:
@@ -104,7 +92,7 @@ class SimJournal:
             r = by_key.get(key)
             if r is None or r.state == "unreachable":
                 continue
-            if _matches(e.action, e.power_limit_w, r):
+            if matches_expectation(e.action, e.power_limit_w, r):
                 row = self.curtailed.get(key)
                 if e.failures or e.flagged or (e.action == "run"
                                                and (row is None or row.releasing)):
