@@ -87,9 +87,19 @@ def run_events(count: int, events: int, first_ip: str) -> list[list[object]]:
                     t0 = time.time()
                     ems.publish(f"{PREFIX}/cmd/curtail",
                                 json.dumps({"id": event_id, "target_power_w": target}))
-                    under = wait_for(
-                        lambda t=target: time.time() if _true_power_w(emu) < t else None,
-                        60, interval=0.02, what="true power under target")
+                    seen: list[float] = []
+
+                    def under_target(t: float = target, seen: list[float] = seen) -> float | None:
+                        seen.append(_true_power_w(emu))
+                        return time.time() if seen[-1] < t else None
+
+                    try:
+                        under = wait_for(under_target, 60, interval=0.02,
+                                         what="true power under target")
+                    except AssertionError:
+                        raise SystemExit(f"true power never under {target} W in 60 s: "
+                                         f"{[round(w) for w in seen[::max(1, len(seen) // 20)]]}"
+                                         ) from None
                     # Every required command: wait until no new intent for 3 s.
                     last_n, stable_since = -1, time.monotonic()
                     while time.monotonic() - stable_since < 3.0:

@@ -111,13 +111,28 @@ class MqttBridge:
         )
 
     # -------------------------------------------------------------------- outbox
+    def _fits(self, topic: str, payload: bytes) -> bool:
+        """A message over ``max_publish_bytes`` is dropped (and counted) here: sent, the broker
+        would close the connection, and the requeued message would do it again after every
+        reconnect."""
+        if len(payload) <= self.config.max_publish_bytes:
+            return True
+        self.dropped += 1
+        log.warning("mqtt: %s not published: %d bytes > max_publish_bytes %d", topic,
+                    len(payload), self.config.max_publish_bytes)
+        return False
+
     def _put(self, topic: str, payload: bytes) -> None:
+        if not self._fits(topic, payload):
+            return
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
         self._queue.append((topic, payload))
         self._pending.set()
 
     def _put_retained(self, topic: str, payload: bytes) -> None:
+        if not self._fits(topic, payload):
+            return
         self._retained[topic] = payload
         self._pending.set()
 

@@ -54,6 +54,11 @@ class MqttConfig(_Strict):
     reconnect_max_s: float = Field(60.0, gt=0, le=86400)
     max_payload_bytes: int = Field(4096, ge=256, le=262144,
                                    description="inbound commands larger than this are rejected")
+    max_publish_bytes: int = Field(
+        131072, ge=1024, le=268435455,
+        description="outbound messages larger than this are dropped and counted; keep it "
+                    "under the broker's max_packet_size (256 KiB in deploy/mosquitto), which "
+                    "closes the connection on a larger packet")
     publish_miners: bool = Field(True, description="retained <prefix>/miners/<id> on change")
     publish_queue: int = Field(1000, ge=10, le=100000,
                                description="non-retained messages kept while disconnected")

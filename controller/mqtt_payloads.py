@@ -77,10 +77,24 @@ def state_payload(result: TickResult, directives_view: dict, *, stale_after_s: f
     }
 
 
-def decisions_payload(result: TickResult) -> dict[str, Any]:
+#: Commands listed in one decision record at most (the rest are counted): a demand-response
+#: event on a large site sends thousands in one tick, and a broker refuses a packet over its
+#: max_packet_size (256 KiB in deploy/mosquitto/mosquitto.conf) by dropping the connection.
+MAX_DECISION_COMMANDS = 200
+
+
+def reason_category(reason: str) -> str:
+    """A held reason without its per-machine numbers ("ramp limit: needs 3210 W ..." ->
+    "ramp limit"), so counts by reason stay a handful of keys on any fleet size."""
+    return reason.split(":", 1)[0].strip()[:80] or "unspecified"
+
+
+def decisions_payload(result: TickResult,
+                      max_commands: int = MAX_DECISION_COMMANDS) -> dict[str, Any]:
     held: dict[str, int] = {}
     for reason in result.held.values():
-        held[reason] = held.get(reason, 0) + 1
+        cat = reason_category(reason)
+        held[cat] = held.get(cat, 0) + 1
     desired: dict[str, int] = {}
     for d in result.desired.values():
         desired[d.action] = desired.get(d.action, 0) + 1
@@ -96,7 +110,9 @@ def decisions_payload(result: TickResult) -> dict[str, Any]:
             {"miner": miner_topic_id(by_key[c.key]) if c.key in by_key else c.key,
              "action": c.action, "power_limit_w": c.power_limit_w, "reason": c.reason,
              "delta_power_w": round(c.delta_power_w, 1), "outcome": result.outcomes.get(c.key)}
-            for c in result.commands],
+            for c in result.commands[:max_commands]],
+        "commands_total": len(result.commands),
+        "commands_truncated": len(result.commands) > max_commands,
         "held": len(result.held),
         "held_by_reason": held,
     }
