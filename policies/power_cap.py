@@ -18,8 +18,11 @@ idle)^efficiency_exponent, a lower target is more efficient, so it keeps more re
 watt); otherwise it is slept. Machines decided by a higher layer (operator overrides, thermal)
 are counted but never shed by the cap.
 
-Sheds forced by a demand-response event have priority "emergency" (they act at once, ahead of
-the ramp and through stale market inputs); sheds for a fixed or scheduled cap are "normal".
+Every shed has priority "emergency" (it acts at once, ahead of the ramp and the command cap,
+with no dwell or hysteresis, and through stale market inputs): a cap is a physical or
+contractual limit -- a feeder, a transformer, a demand-response obligation -- not an economic
+choice, and a price feed going stale must not let the site grow past it. Restores under the
+cap stay ramped.
 """
 
 from __future__ import annotations
@@ -146,7 +149,7 @@ class PowerCapPolicy:
         excess = total - budget
         if excess <= 0:
             return out
-        priority = "emergency" if cap.demand_response else "normal"
+        priority = "emergency"  # see the module docstring: a cap is not a price decision
         scored = [(self._order(r, out.get(r.key), market), r) for r in fleet.miners
                   if r.key not in pinned and r.state != "unreachable"]
         for order, r in sorted(scored, key=lambda x: x[0]):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from controller.snapshot import Desired, Directives
@@ -36,7 +38,7 @@ def test_sheds_worst_first_until_under_the_cap(mk) -> None:
     # 9000 W under "everything runs", budget 6500: one sleep (2960 W) is enough -> the worst.
     out = run(cap(cap_w=7000, headroom_w=500), A, B, C, mk=mk)
     assert {k: d.action for k, d in out.items()} == {"A": "sleep", "B": "run", "C": "run"}
-    assert out["A"].priority == "normal"
+    assert out["A"].priority == "emergency"  # a cap is a limit, not a price decision
     assert "power cap 7000 W (cap_w)" in out["A"].reason
     assert "site ~9000 W" in out["A"].reason and "budget 6500 W" in out["A"].reason
     assert out["A"].run_margin_usd_per_day is None  # the hysteresis band must not veto it
@@ -86,9 +88,9 @@ def test_demand_response_event_is_emergency_and_names_the_event() -> None:
     out = run(cap(), A, B, C, directives=dr)  # no cap configured: the DR event alone
     assert out["A"].action == "sleep" and out["A"].priority == "emergency"
     assert "demand-response event ev-42" in out["A"].reason
-    # The lower of a fixed cap and an event is in force, and sets the priority.
+    # The lower of a fixed cap and an event is in force, and names itself in the reason.
     out = run(cap(cap_w=3500), A, B, C, directives=dr)
-    assert out["A"].priority == "normal" and "(cap_w)" in out["A"].reason
+    assert out["A"].priority == "emergency" and "(cap_w)" in out["A"].reason
     # An event past its end is ignored.
     old = Directives(power_cap_w=100.0, power_cap_event_id="old", power_cap_until=NOW - 1)
     assert all(d.action == "run" for d in run(cap(), A, B, C, directives=old).values())
@@ -122,3 +124,22 @@ def test_config_rejects_bad_windows() -> None:
         PowerCapConfig(schedule=[{"start": "14:00", "end": "15:00"}])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="time zone"):
         PowerCapConfig(timezone="Mars/Olympus")
+
+
+def test_a_fixed_cap_holds_through_stale_prices_and_the_ramp() -> None:
+    """The stale-market fail-safe releases economic curtailment only: a feeder cap is shed
+    through stale inputs, an empty ramp bucket and a recent change (minimum dwell)."""
+    from controller.guards import GuardConfig, MinerMemory, RampBucket, apply_guards
+    from policies.compose import build_policy_stack, decide_stack
+
+    stack = build_policy_stack({"name": "margin", "power_cap": {"cap_w": 7000}})
+    f = fleet(A, B, C)
+    stale = dataclasses.replace(market(hashprice=0.5), hashprice_age_s=7200.0)  # 2 h old
+    want = decide_stack(stack, f, stale, Directives(), NOW)
+    assert [k for k, d in want.items() if d.action != "run"] == ["A"]
+    recent = {"A": MinerMemory(key="A", curtailed_by_us=False, curtailed_action=None,
+                               restore_power_limit_w=None, last_change_at=NOW - 5,
+                               flagged=False)}
+    got = apply_guards(f, stale, want, recent, RampBucket(budget_w=0.0, updated_at=NOW),
+                       GuardConfig(stale_market_after_s=1800, min_dwell_s=600), NOW)
+    assert [(c.key, c.action) for c in got.commands] == [("A", "sleep")]
