@@ -26,6 +26,7 @@ import yaml
 from tests.drivers.fakeapi import FakeApi, mempool_routes
 from tests.support.daemon import DaemonProcess, wait_for, write_config
 from tests.support.emulator import EmulatorProcess, free_port
+from tests.support.mosquitto import MosquittoProcess
 from tests.support.prometheus import DASHBOARD, RULES, PrometheusProcess, promtool, tool
 
 pytestmark = pytest.mark.integration
@@ -62,14 +63,16 @@ def _hashprice_table(a: FakeApi, b: FakeApi) -> str:
     )
 
 
-def _config(tmp_path: Path, api_a: FakeApi, api_b: FakeApi, metrics_port: int) -> Path:
+def _config(tmp_path: Path, api_a: FakeApi, api_b: FakeApi, metrics_port: int,
+            mqtt: str) -> Path:
     cfg = write_config(
         tmp_path / "config.toml", ranges=[RANGE], hashprice=0.045, tariff=0.07,
         state_dir=tmp_path / "state", poll_interval_s=1.0,
         guards={"ramp_w_per_min": 100_000.0},
         policy={"use_power_limits": True},
         extra=(f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
-               f"[site]\nfixed_costs_usd_per_day = 40.0\npower_cap_w = {POWER_CAP_W}\n"))
+               f"[site]\nfixed_costs_usd_per_day = 40.0\npower_cap_w = {POWER_CAP_W}\n"
+               + mqtt))
     text = cfg.read_text()
     # write_config writes a fixed hash price; swap in the two live (loopback) sources
     text = re.sub(r"\[hashprice\]\n(?:[^\[\n][^\n]*\n)*", _hashprice_table(api_a, api_b), text)
@@ -105,7 +108,8 @@ def stack(tmp_path: Path):
     mempool_routes(api_a, price=PRICE_A)
     mempool_routes(api_b, price=PRICE_B)
     port = free_port()
-    cfg = _config(tmp_path, api_a, api_b, port)
+    broker = MosquittoProcess().start()  # the MQTT series (and their alert) exist too
+    cfg = _config(tmp_path, api_a, api_b, port, broker.mqtt_toml(tmp_path / "state"))
     try:
         with EmulatorProcess(count=COUNT, first_ip=FIRST, time_scale=0.01) as emu, \
                 DaemonProcess(cfg, tmp_path / "curtaild.log") as daemon, \
@@ -114,6 +118,8 @@ def stack(tmp_path: Path):
     finally:
         api_a.stop()
         api_b.stop()
+        broker.stop()
+        broker._tmp.cleanup()
 
 
 def test_dashboard_and_alerts_against_real_prometheus(stack) -> None:
@@ -189,7 +195,7 @@ def _run(emu: EmulatorProcess, daemon: DaemonProcess, prom: PrometheusProcess,
     # ------------------------------------------------------------ every alert rule
     rules = yaml.safe_load(RULES.read_text())
     alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
-    assert len(alerts) >= 9
+    assert len(alerts) >= 10
     for rule in alerts:
         answer = prom.query(rule["expr"])
         assert answer.get("status") == "success", f"{rule['alert']}: {answer}"
