@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,8 +67,11 @@ def run_events(count: int, events: int, first_ip: str) -> list[list[object]]:
         cfg = write_config(
             tmp / "config.toml", ranges=[f"{ips[0]}-{ips[-1]}"], hashprice=0.09, tariff=0.03,
             state_dir=state, poll_interval_s=30.0,
-            guards={"min_dwell_s": 0.0, "ramp_w_per_min": 1e9, "max_commands_per_tick": 50},
-            controller={"command_concurrency": 200, "verify_grace_s": 60.0},
+            guards={"min_dwell_s": 0.0, "ramp_w_per_min": 1e9, "max_commands_per_tick": 5000},
+            # verify_grace_s stays at its default (240 s): a Whatsminer restarts btminer for
+            # every new power limit (120 s of boot), and a shorter grace would re-command it
+            # while it boots
+            controller={"command_concurrency": 200},
             extra=broker.mqtt_toml(state, publish_miners=False))
         log = open(tmp / "daemon.log", "wb")
         daemon = subprocess.Popen(
@@ -117,13 +121,14 @@ def run_events(count: int, events: int, first_ip: str) -> list[list[object]]:
                                  f"{target / 1000:.1f}", f"{intents[0] - t0:.3f}",
                                  f"{intents[1] - t0:.3f}", f"{acked[0] - t0:.3f}",
                                  f"{under - t0:.3f}", int(acked[1] or 0)])
+                    cancelled = datetime.now(UTC).isoformat(timespec="seconds")[:19] + "Z"
                     ems.publish(f"{PREFIX}/cmd/curtail/cancel", json.dumps({"id": event_id}))
 
-                    def restored() -> bool:
+                    def restored(after: str = cancelled) -> bool:
                         raw = ems.last(f"{PREFIX}/state")
                         s = json.loads(raw) if raw else {}
-                        return s.get("mode") == "normal" and \
-                            s.get("states", {}).get("mining") == count
+                        return (s.get("mode") == "normal" and s.get("observed_at", "") > after
+                                and s.get("states", {}).get("mining") == count)
                     wait_for(restored, 900, what="the fleet restored after the event")
         finally:
             daemon.terminate()

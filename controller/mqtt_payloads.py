@@ -56,6 +56,9 @@ def state_payload(result: TickResult, directives_view: dict, *, stale_after_s: f
     mk = result.market
     return {
         "at": iso(result.started_at + result.duration_s),
+        # when the fleet figures below were read: a fast tick (an inbound command) decides on
+        # the previous observation, so "at" can be newer than the readings
+        "observed_at": iso(result.fleet.taken_at),
         "mode": site_mode(result, directives_view, stale_after_s),
         "power_target_w": result.directives.power_cap_w,
         "measured_power_w": round(sum(m.power_w for m in result.fleet.miners), 1),
