@@ -109,7 +109,10 @@ class Reconciler:
         polling every miner and source first, so the commands go out in well under a second;
         the next regular tick observes and verifies them as usual."""
         started = time.time()
-        fast = fast and self.last is not None
+        # Only on an observation no command of ours has changed since: deciding on readings
+        # that predate our own last commands would undo them (a release right after a shed
+        # would see every machine still running). Otherwise observe first, as usual.
+        fast = fast and self.last is not None and (self.last.dry_run or not self.last.commands)
         if fast:
             assert self.last is not None
             fleet = self.last.fleet

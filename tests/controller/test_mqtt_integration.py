@@ -165,7 +165,8 @@ def test_event_acts_at_once_not_at_the_next_poll(tmp_path: Path) -> None:
         state_dir = tmp_path / "state"
         cfg = write_config(tmp_path / "config.toml", ranges=["127.51.7.1-127.51.7.5"],
                            hashprice=HASHPRICE, tariff=TARIFF, state_dir=state_dir,
-                           poll_interval_s=60.0, extra=broker.mqtt_toml(state_dir))
+                           poll_interval_s=60.0, guards={"ramp_w_per_min": 1e9},
+                           extra=broker.mqtt_toml(state_dir))
         with DaemonProcess(cfg, tmp_path / "d.log") as d:
             wait_for(lambda: state(ems).get("states", {}).get("mining") == 5, 60,
                      what="first tick published")
@@ -179,6 +180,11 @@ def test_event_acts_at_once_not_at_the_next_poll(tmp_path: Path) -> None:
             assert "fast tick (inbound command)" in d.log()
             wait_for(lambda: true_power_w(emu) < target, 20, what="true power under target")
             assert ticks(d) == 1  # no regular tick was pulled forward
+            # Cancelled right away: the readings predate the sheds, so this one observes first
+            # (a fast tick would see every machine still running and restore nothing).
+            ems.publish(f"{CURTAIL}/cancel", json.dumps({"id": "dr-fast"}))
+            wait_for(lambda: all(m["state"] == "mining" for m in emu.miners()), 30,
+                     what="fleet restored at once after the cancel, not at the next poll")
             assert d.stop() == 0
 
 
