@@ -68,10 +68,10 @@ def run_events(count: int, events: int, first_ip: str) -> list[list[object]]:
             tmp / "config.toml", ranges=[f"{ips[0]}-{ips[-1]}"], hashprice=0.09, tariff=0.03,
             state_dir=state, poll_interval_s=30.0,
             guards={"min_dwell_s": 0.0, "ramp_w_per_min": 1e9, "max_commands_per_tick": 5000},
-            # verify_grace_s stays at its default (240 s): a Whatsminer restarts btminer for
+            # verify_grace_s as shipped (240 s): a Whatsminer restarts btminer for
             # every new power limit (120 s of boot), and a shorter grace would re-command it
             # while it boots
-            controller={"command_concurrency": 200},
+            controller={"command_concurrency": 200, "verify_grace_s": 240.0},
             extra=broker.mqtt_toml(state, publish_miners=False))
         log = open(tmp / "daemon.log", "wb")
         daemon = subprocess.Popen(
