@@ -160,8 +160,6 @@ class Daemon:
                 status = "first tick failed"
                 try:
                     result = await self.reconciler.tick(fast=fast)
-                    if fast and not result.fast:  # it had to observe first: a regular tick
-                        next_regular = started + self.config.controller.poll_interval_s
                 except Exception:
                     log.exception("tick failed; retrying next interval")
                     self.metrics.stats.tick_failed(time.monotonic() - started)

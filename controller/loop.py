@@ -11,10 +11,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from controller import economics
 from controller.config import Config
-from controller.guards import GuardResult, RampBucket, apply_guards, limit_tolerance_w
+from controller.guards import (
+    IDLE_ESTIMATE_W,
+    GuardResult,
+    RampBucket,
+    apply_guards,
+    limit_tolerance_w,
+)
 from controller.journal import Journal
 from controller.market import MarketInputs
 from controller.snapshot import (
@@ -60,6 +67,38 @@ def matches_expectation(expect_action: str, expect_limit: float | None,
     if expect_limit is not None and r.power_limit_w is not None:
         return abs(r.power_limit_w - expect_limit) <= limit_tolerance_w(expect_limit)
     return True
+
+
+def predicted(last: TickResult) -> FleetSnapshot:
+    """``last``'s fleet as its successful commands should have left it: what a fast tick
+    decides on. A slept machine at idle draw, a woken or limited one mining at its target
+    (hashrate from the nameplate along the efficiency curve). The next regular tick observes
+    the truth and verifies; a command that did not take is re-sent from there."""
+    if last.dry_run:
+        return last.fleet
+    sent = {c.key: c for c in last.commands
+            if last.outcomes.get(c.key, "").startswith("ok")}
+    if not sent:
+        return last.fleet
+    miners = []
+    for r in last.fleet.miners:
+        c = sent.get(r.key)
+        if c is not None and c.action == "sleep":
+            r = replace(r, state="sleeping", hashrate_ths=0.0, power_w=IDLE_ESTIMATE_W,
+                        power_source="idle_estimate")
+        elif c is not None:
+            plate_w = r.nameplate_power_w or r.power_w
+            target_w = c.power_limit_w or plate_w
+            hashrate = r.nameplate_hashrate_ths or r.hashrate_ths
+            if plate_w and target_w < plate_w and r.nameplate_hashrate_ths:
+                hashrate = economics.hashrate_at_power_ths(
+                    power_w=target_w, ref_power_w=plate_w,
+                    ref_hashrate_ths=r.nameplate_hashrate_ths, idle_power_w=IDLE_ESTIMATE_W,
+                    exponent=0.75)
+            r = replace(r, state="mining", power_w=target_w, hashrate_ths=hashrate,
+                        power_limit_w=c.power_limit_w if c.power_limit_w else r.power_limit_w)
+        miners.append(r)
+    return FleetSnapshot(tuple(miners), last.fleet.taken_at)
 
 
 def _capped(commands: list[Command], cap: int) -> list[Command]:
@@ -109,13 +148,13 @@ class Reconciler:
         polling every miner and source first, so the commands go out in well under a second;
         the next regular tick observes and verifies them as usual."""
         started = time.time()
-        # Only on an observation no command of ours has changed since: deciding on readings
-        # that predate our own last commands would undo them (a release right after a shed
-        # would see every machine still running). Otherwise observe first, as usual.
-        fast = fast and self.last is not None and (self.last.dry_run or not self.last.commands)
+        fast = fast and self.last is not None
         if fast:
             assert self.last is not None
-            fleet = self.last.fleet
+            # The last observation with our own last commands applied: deciding on readings
+            # that predate them would undo them (a release right after a shed would see every
+            # machine still running and restore nothing).
+            fleet = predicted(self.last)
             market = self.market.cached(started)
         else:
             fleet = await self.driver.observe()

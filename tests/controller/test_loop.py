@@ -1,0 +1,46 @@
+"""Pure parts of the loop: what a fast tick decides on."""
+
+from __future__ import annotations
+
+from controller.loop import TickResult, predicted
+from controller.snapshot import Command, FleetSnapshot, MinerReading
+
+
+def _r(key: str, state: str = "mining", power_w: float = 3250.0,
+       limit: float | None = None) -> MinerReading:
+    return MinerReading(key=key, ip=f"10.0.0.{len(key)}", make="WhatsMiner", model="M50",
+                        firmware="whatsminer", state=state,  # type: ignore[arg-type]
+                        hashrate_ths=114.0 if state == "mining" else 0.0, power_w=power_w,
+                        power_source="firmware", power_limit_w=limit, temp_c=70.0,
+                        nameplate_hashrate_ths=114.0, nameplate_power_w=3306.0,
+                        supports_power_limit=True, observed_at=100.0)
+
+
+def _c(key: str, action: str, limit: float | None = None) -> Command:
+    return Command(key=key, ip="10.0.0.1", action=action, power_limit_w=limit,  # type: ignore[arg-type]
+                   reason="t", delta_power_w=0.0)
+
+
+def _tick(miners, commands, outcomes, dry_run=False) -> TickResult:
+    return TickResult(started_at=100.0, duration_s=1.0, fleet=FleetSnapshot(tuple(miners), 100.0),
+                      market=None, desired={}, effective={}, held={}, commands=tuple(commands),
+                      outcomes=outcomes, dry_run=dry_run)
+
+
+def test_a_fast_tick_sees_its_own_last_commands_applied() -> None:
+    last = _tick([_r("A"), _r("B"), _r("C", "sleeping", 35.0), _r("D"), _r("E")],
+                 [_c("A", "sleep"), _c("B", "limit", 1500.0), _c("C", "run", 3306.0),
+                  _c("D", "sleep")],
+                 {"A": "ok: stop_mining", "B": "ok: set_power_limit", "C": "ok: resume_mining",
+                  "D": "failed: no answer within 5s"})
+    got = {m.key: m for m in predicted(last).miners}
+    assert (got["A"].state, got["A"].hashrate_ths) == ("sleeping", 0.0)
+    assert got["A"].power_w < 100
+    assert (got["B"].state, got["B"].power_w, got["B"].power_limit_w) == ("mining", 1500.0, 1500.0)
+    assert 40 < got["B"].hashrate_ths < 114.0  # along the efficiency curve, not nameplate
+    assert (got["C"].state, got["C"].power_w, got["C"].hashrate_ths) == ("mining", 3306.0, 114.0)
+    assert got["D"] == last.fleet.by_key()["D"]  # failed: unknown, left as observed
+    assert got["E"] == last.fleet.by_key()["E"]
+    # A dry run changed nothing.
+    dry = _tick(last.fleet.miners, last.commands, dict.fromkeys("ABC", "dry-run"), dry_run=True)
+    assert predicted(dry) == dry.fleet
