@@ -24,6 +24,7 @@ from controller.metrics import (
     LoopStats,
     MetricsExporter,
     MetricsState,
+    MqttCounters,
     live_families,
     parse_listen,
     render_text,
@@ -414,7 +415,9 @@ def _full_state() -> MetricsState:
         **market().extra, "hashprice": {**market().extra["hashprice"], "disagreement": 0.02}})))
     stats = LoopStats()
     stats.tick_done(s.tick)  # type: ignore[arg-type]
-    return state(s.tick, counters=stats.snapshot())
+    mqtt = MqttCounters(connected=True, reconnects=1, published=(("state", 3),), dropped=0,
+                        commands=(("curtail", "accepted", 1),))
+    return state(s.tick, counters=stats.snapshot(), mqtt=mqtt)
 
 
 def test_promtool_check_metrics_on_generated_exposition() -> None:
