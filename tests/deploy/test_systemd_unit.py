@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tools import missing
+
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = ROOT / "deploy" / "systemd"
 UNIT = SYSTEMD_DIR / "curtaild.service"
@@ -25,21 +27,11 @@ MAX_EXPOSURE = 2.0
 EXPOSURE_RE = re.compile(r"Overall exposure level for \S+:\s+(\d+(?:\.\d+)?)")
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _missing(what: str) -> None:
-    if _in_ci():
-        pytest.fail(f"{what} (CI=true: this must not be skipped)")
-    pytest.skip(what)
-
-
 @pytest.fixture(scope="module")
 def systemd_analyze() -> str:
     path = shutil.which("systemd-analyze")
     if path is None:
-        _missing("systemd-analyze not installed (Debian: apt-get install systemd)")
+        missing("systemd-analyze not installed (Debian: apt-get install systemd)")
     return path
 
 
@@ -51,7 +43,7 @@ def curtaild_bin() -> str:
         return str(beside)
     found = shutil.which("curtaild")
     if found is None:
-        _missing("curtaild console script not installed (pip install -e .)")
+        missing("curtaild console script not installed (pip install -e .)")
     return found
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as paho
-import pytest
+
+from tests.support.tools import binary, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "deploy" / "mosquitto" / "mosquitto.conf"
@@ -27,16 +28,6 @@ ACL = REPO / "deploy" / "mosquitto" / "acl"
 HOST = "127.51.0.1"
 PREFIX = "curtaild/site1"  # the shipped ACL's prefix
 USERS = {"curtaild": "curtaild-secret", "ems": "ems-secret", "dashboard": "dash-secret"}
-
-
-def binary(name: str, paths: tuple[str, ...]) -> str:
-    found = shutil.which(name) or next((p for p in paths if os.access(p, os.X_OK)), None)
-    if found:
-        return found
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{name} is not installed (CI=true: apt-get install mosquitto)")
-    pytest.skip(f"{name} is not installed (apt-get install mosquitto)")
-    raise AssertionError  # unreachable
 
 
 def free_port(host: str = HOST) -> int:
@@ -66,8 +57,8 @@ class MosquittoProcess:
     def __init__(self, *, port: int | None = None, host: str = HOST,
                  tls: TlsListener | None = None, tls_port: int | None = None,
                  prefix: str = PREFIX) -> None:
-        self.mosquitto = binary("mosquitto", ("/usr/sbin/mosquitto",))
-        self.passwd_tool = binary("mosquitto_passwd", ("/usr/bin/mosquitto_passwd",))
+        self.mosquitto = binary("mosquitto", "mosquitto")
+        self.passwd_tool = binary("mosquitto_passwd", "mosquitto")
         self.host = host
         self.prefix = prefix
         self.port = port or free_port(host)
@@ -131,13 +122,7 @@ class MosquittoProcess:
         raise RuntimeError(f"mosquitto not listening after {timeout}s: {self.log(4000)}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10)
         if getattr(self, "_log", None) is not None:
             self._log.close()
             self._log = None

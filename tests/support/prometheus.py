@@ -4,8 +4,6 @@ run a private Prometheus server on loopback with a temporary config and storage.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -15,9 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support.emulator import free_port
+from tests.support.tools import binary, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "rules" / "curtaild.rules.yml"
@@ -29,14 +26,7 @@ DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "curtaild.json"
 def tool(name: str) -> str:
     """Path of a Prometheus binary. Missing: skip, unless CI=true (then the test fails:
     `.ci/run` installs it and a silent skip would hide a broken setup)."""
-    path = shutil.which(name) or next(
-        (p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}") if os.access(p, os.X_OK)), None)
-    if path:
-        return path
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{name} is not installed (CI=true: apt-get install prometheus)")
-    pytest.skip(f"{name} is not installed (apt-get install prometheus)")
-    raise AssertionError  # unreachable
+    return binary(name, "prometheus")
 
 
 def promtool(*args: str, stdin: bytes | None = None,
@@ -88,13 +78,7 @@ class PrometheusProcess:
         raise RuntimeError(f"prometheus not ready after {timeout}s: {self.log()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 20)
         if getattr(self, "_log", None) is not None:
             self._log.close()
             self._log = None
