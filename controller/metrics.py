@@ -352,6 +352,18 @@ def _lf(name: str, help: str, labels: Iterable[str], kind: str = "gauge") -> Fam
     return Family(name, kind, help, tuple(labels))
 
 
+def _counts(name: str, help: str, label: str, known: Iterable[str],
+            seen: Iterable[tuple[str, int]]) -> Family:
+    """A counter by one label, every known value present from the start (at 0), so a rate()
+    or an alert on a value that has not happened yet still has a series to read."""
+    f = _lf(name, help, [label], "counter")
+    values = dict.fromkeys(known, 0)
+    values.update(seen)
+    for v, n in values.items():
+        f.add((v,), n)
+    return f
+
+
 def _le(x: float) -> str:
     return repr(float(x))
 
@@ -435,30 +447,16 @@ def _controller(s: MetricsState) -> Iterator[Family]:
     for (a, r), n in cmds.items():
         f.add((a, r), n)
     yield f
-    f = _lf("curtaild_verification_failures", "Observations of a miner not in its commanded "
-            "state after the grace time: mismatch (re-commanded) or flagged (gave up).",
-            ["verdict"], "counter")
-    vf = dict.fromkeys(VERDICTS, 0)
-    vf.update(c.verification_failures)
-    for v, n in vf.items():
-        f.add((v,), n)
-    yield f
-    f = _lf("curtaild_poll_errors", "Failed miner polls since start, by kind.", ["kind"],
-            "counter")
-    errors = dict.fromkeys(POLL_ERROR_KINDS, 0)
-    errors.update(s.poll_errors)
-    for kind, n in errors.items():
-        f.add((kind,), n)
-    yield f
+    yield _counts("curtaild_verification_failures", "Observations of a miner not in its "
+                  "commanded state after the grace time: mismatch (re-commanded) or flagged "
+                  "(gave up).", "verdict", VERDICTS, c.verification_failures)
+    yield _counts("curtaild_poll_errors", "Failed miner polls since start, by kind.", "kind",
+                  POLL_ERROR_KINDS, s.poll_errors)
     yield Family("curtaild_journal_writes", "counter",
                  "Journal (SQLite) write transactions since start.", (), [((), s.journal_writes)])
-    f = _lf("curtaild_config_reloads", "Configuration reloads (SIGHUP) since start, by result; "
-            "a failed reload keeps the running configuration.", ["result"], "counter")
-    reloads = dict.fromkeys(RELOAD_RESULTS, 0)
-    reloads.update(s.reloads)
-    for res, n in reloads.items():
-        f.add((res,), n)
-    yield f
+    yield _counts("curtaild_config_reloads", "Configuration reloads (SIGHUP) since start, by "
+                  "result; a failed reload keeps the running configuration.", "result",
+                  RELOAD_RESULTS, s.reloads)
     yield from _gauge("curtaild_poll_interval_seconds",
                       "Configured time between reconcile ticks, seconds.", s.poll_interval_s)
     yield from _gauge("curtaild_dry_run", "1 when curtaild decides and journals but sends "
@@ -490,15 +488,11 @@ def _mqtt(m: MqttCounters) -> Iterator[Family]:
     yield Family("curtaild_mqtt_reconnects", "counter", "MQTT connection attempts after the "
                  "first (each after a failure or a lost connection).", (),
                  [((), m.reconnects)])
-    f = _lf("curtaild_mqtt_published_messages", "MQTT messages the bridge published, by topic "
-            "kind.", ["topic"], "counter")
-    pub = dict.fromkeys(MQTT_PUBLISH_KINDS, 0)
-    pub.update(m.published)
-    for kind, n in pub.items():
-        f.add((kind,), n)
-    yield f
-    yield Family("curtaild_mqtt_dropped_messages", "counter", "Non-retained MQTT messages "
-                 "dropped because the outbox was full while the broker was away.", (),
+    yield _counts("curtaild_mqtt_published_messages", "MQTT messages the bridge published, "
+                  "by topic kind.", "topic", MQTT_PUBLISH_KINDS, m.published)
+    yield Family("curtaild_mqtt_dropped_messages", "counter", "MQTT messages dropped: "
+                 "the outbox was full while the broker was away, or a message was over "
+                 "[mqtt] max_publish_bytes.", (),
                  [((), m.dropped)])
     f = _lf("curtaild_mqtt_commands", "Inbound MQTT commands, by command topic and result.",
             ["topic", "result"], "counter")
