@@ -306,10 +306,15 @@ class Daemon:
 
 
 def run(config_path: str) -> int:
+    """Start the daemon, or refuse (exit 2) with one journal line per config problem.
+
+    The lines name the file, so an operator reading `journalctl -u curtaild` after a failed
+    restart sees which edit broke it without running `curtaild check`.
+    """
     try:
         config = load_config(config_path)
     except ConfigError as exc:
         for line in exc.problems:
-            log.error("%s", line)
+            log.error("refusing to start, invalid configuration %s: %s", config_path, line)
         return 2
     return asyncio.run(Daemon(config_path, config).run())

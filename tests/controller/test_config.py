@@ -86,3 +86,13 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     garbled.write_text("[fleet\nhosts = ")
     res = _cli("--config", str(garbled), "check")
     assert res.returncode == 2 and "not valid TOML" in res.stderr
+
+
+def test_run_refuses_a_broken_config_and_says_which_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text((REPO / "config.toml").read_text().replace(
+        "[guards]\n", "[guards]\nhysteresys_usd_per_day = 0.1\n", 1))
+    res = _cli("--config", str(bad), "run")
+    assert res.returncode == 2
+    assert (f"refusing to start, invalid configuration {bad}: guards.hysteresys_usd_per_day"
+            in res.stderr), res.stderr

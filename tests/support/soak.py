@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.drivers.fakeapi import FakeApi, Reply, js, mempool_routes
-from tests.support.daemon import DaemonProcess, journal_rows, write_config
+from tests.support.daemon import DaemonProcess, journal_rows, wait_for, write_config
 from tests.support.emulator import EmulatorProcess
 from tests.support.mosquitto import PREFIX, Client, MosquittoProcess
 
@@ -37,6 +37,11 @@ FAULTS = ("hang", "refuse", "garbage", "slow", "ignore_sleep")
 #: How long (s) before a client-side change its journaled intent may be: the command deadline
 #: plus the retries' backoff, generously.
 INTENT_WINDOW_S = 60.0
+#: Faults every run must inject whatever the seed, and by when (fraction of the chaos time):
+#: if the random schedule has not drawn one by then, it is injected next.
+MUST_HAPPEN = ((0.25, "dr_event"), (0.35, "kill9"), (0.45, "sighup_broken"),
+               (0.55, "broker_restart"), (0.65, "market"), (0.75, "operator_sleep"))
+BROKER_EVENTS = {"dr_event", "broker_restart"}
 
 
 class NotifyListener:
@@ -153,6 +158,8 @@ class Soak:
     operator_slept: dict[str, float] = field(default_factory=dict)  # ip -> when
     daemons: list[DaemonProcess] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    #: daemons that exited on their own for a reason other than a broken config at start
+    deaths: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ set-up
     def __post_init__(self) -> None:
@@ -237,9 +244,12 @@ deadline_s = 4
         key = text.split(" ", 1)[0]
         self.counts[key] = self.counts.get(key, 0) + 1
 
+    def _owned_rows(self) -> list[tuple]:
+        return journal_rows(self.state, "SELECT ip FROM curtailed")
+
     def _owned(self) -> set[str]:
         try:
-            return {r[0] for r in journal_rows(self.state, "SELECT ip FROM curtailed")}
+            return {r[0] for r in self._owned_rows()}
         except Exception:
             return set(self.ips)  # journal not there yet: treat everything as claimed
 
@@ -334,14 +344,59 @@ deadline_s = 4
         self.dr_end = max(self.dr_end, end)
         self.note(f"dr_event {payload['target_power_w']} W for {end - start:.0f}s")
 
+    def warm_up(self, timeout_s: float = 90.0) -> None:
+        """Make the fleet dear on healthy inputs and wait for the daemon's first curtailment.
+
+        Chaos on a daemon that has never commanded anything proves little: a random schedule
+        can keep the market stale for the whole run (each "stale" outage lasts 45 s), and then
+        no intent is ever journaled. Starting from a curtailed fleet makes every seed exercise
+        restores, re-sheds and wakes under faults.
+        """
+        self.market.tariff_usd_per_mwh = DEAR_USD_PER_MWH
+        self.note("regime dear (warm-up)")
+
+        def curtailed() -> int:
+            try:
+                return len(self._owned_rows())
+            except Exception:
+                return 0
+        wait_for(curtailed, timeout_s, interval=1.0,
+                 what="the daemon's first curtailment on a dear, healthy market")
+
     def run_chaos(self) -> None:
-        deadline = time.monotonic() + self.plan.chaos_s
+        start = time.monotonic()
+        deadline = start + self.plan.chaos_s
         while time.monotonic() < deadline:
-            self.step()
-            if not self.daemon.alive():
-                self.note("daemon_died")
-                self._start_daemon()
+            due = [kind for at, kind in MUST_HAPPEN
+                   if self.counts.get(kind, 0) == 0
+                   and time.monotonic() - start >= at * self.plan.chaos_s
+                   and (kind not in BROKER_EVENTS or self.broker is not None)]
+            if due:
+                getattr(self, f"_{due[0]}")()
+            else:
+                self.step()
+            self._check_alive()
             time.sleep(self.rng.uniform(0.5, 2.5))
+
+    def _check_alive(self) -> None:
+        """Restart a daemon that exited on its own, as systemd's Restart=on-failure would.
+
+        The one death that is expected: a daemon (re)started while a broken config file is
+        in place (``_sighup_broken`` can land during a restart's start-up) refuses to start,
+        with exit status 2 and the config error in its log. Any other exit is recorded and
+        reported as a violation.
+        """
+        if self.daemon.alive():
+            return
+        d = self.daemon
+        rc = d.proc.wait() if d.proc is not None else None
+        tail = d.log().strip().splitlines()[-3:]
+        if rc == 2 and any("refusing to start, invalid configuration" in x for x in tail):
+            self.note(f"daemon_refused_config rc={rc}")
+        else:
+            self.note(f"daemon_died rc={rc}")
+            self.deaths.append(f"{d.log_path.name} exited rc={rc}: " + " | ".join(tail)[-300:])
+        self._start_daemon()
 
     # -------------------------------------------------------------- converge
     def heal_all(self) -> None:
@@ -355,8 +410,7 @@ deadline_s = 4
         for m in self.emu.miners():
             if m["fault"] != "none":
                 self.emu.set_fault(m["ip"], "none")
-        if not self.daemon.alive():
-            self._start_daemon()
+        self._check_alive()
 
     def converged(self) -> dict[str, str] | None:
         states = {m["ip"]: m["state"] for m in self.emu.miners()}
@@ -409,13 +463,15 @@ deadline_s = 4
                 if marker in text:
                     line = next(x for x in text.splitlines() if marker in x)
                     out.append(f"{d.log_path.name}: {marker}: {line[:200]}")
+        out.extend(f"daemon died on its own: {d}" for d in self.deaths)
         gap = self.notify.max_watchdog_gap_s()
         if gap > self.plan.watchdog_s:
             out.append(f"watchdog starved: {gap:.1f} s between pings > {self.plan.watchdog_s} s")
         return out
 
     def summary(self) -> dict:
-        return {"miners": len(self.ips), "events": dict(sorted(self.counts.items())),
+        return {"seed": self.plan.seed, "miners": len(self.ips),
+                "events": dict(sorted(self.counts.items())),
                 "daemons": len(self.daemons), "operator_slept": sorted(self.operator_slept),
                 "max_watchdog_gap_s": round(self.notify.max_watchdog_gap_s(), 2),
                 "intents": journal_rows(self.state,
