@@ -69,9 +69,13 @@ def _load_or_report(config_path: str):
 
 def cmd_check(config_path: str) -> int:
 
+    from controller.config import advisories
+
     config = _load_or_report(config_path)
     if config is None:
         return 2
+    for line in advisories(config):
+        print(f"warning: {line}", file=sys.stderr)
     print(f"{config_path}: OK ({len(config.fleet.addresses())} addresses, policy "
           f"{config.policy['name']}, hashprice {config.hashprice.source}, tariff "
           f"{config.tariff.kind}, dry_run={config.controller.dry_run})")

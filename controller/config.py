@@ -235,3 +235,25 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{p}: not valid TOML: {exc}"]) from None
     return parse_config(data, str(p))
+
+
+#: The slowest a supported machine takes to hash again after a command, in seconds: a
+#: Whatsminer restarts btminer (~2 min) on every new power limit; an Antminer cold-boots its
+#: hash boards in ~1.5 min.
+SLOWEST_BOOT_S = 120.0
+
+
+def advisories(config: Config) -> list[str]:
+    """Valid settings that are probably a mistake at a real site, one ``key: why`` line each.
+
+    They do not stop the daemon (the test fleets boot in seconds and use short timings on
+    purpose); ``check`` prints them and ``run`` logs them as warnings at start and reload.
+    """
+    out: list[str] = []
+    grace = config.controller.verify_grace_s
+    if grace < SLOWEST_BOOT_S:
+        out.append(
+            f"controller.verify_grace_s: {grace:g} s is shorter than a real machine's boot "
+            f"(up to {SLOWEST_BOOT_S:g} s; a Whatsminer restarts on every new power limit): "
+            "machines still booting will be re-commanded and may restart again")
+    return out

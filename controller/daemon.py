@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from controller.config import Config, ConfigError, load_config
+from controller.config import Config, ConfigError, advisories, load_config
 from controller.directives import DirectiveStore, Limits
 from controller.journal import Journal
 from controller.loop import Reconciler, TickResult
@@ -108,6 +108,8 @@ class Daemon:
         self.reconciler.market = market
         self.reloads["ok"] += 1
         log.info("reloaded %s (policy %s)", self.config_path, config.policy["name"])
+        for line in advisories(config):
+            log.warning("%s", line)
         self.notifier.ready("reloaded")
 
     def _write_status(self, result: TickResult) -> None:
@@ -317,4 +319,6 @@ def run(config_path: str) -> int:
         for line in exc.problems:
             log.error("refusing to start, invalid configuration %s: %s", config_path, line)
         return 2
+    for line in advisories(config):
+        log.warning("%s", line)
     return asyncio.run(Daemon(config_path, config).run())

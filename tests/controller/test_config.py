@@ -96,3 +96,19 @@ def test_run_refuses_a_broken_config_and_says_which_key(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert (f"refusing to start, invalid configuration {bad}: guards.hysteresys_usd_per_day"
             in res.stderr), res.stderr
+
+
+def test_a_verify_grace_shorter_than_a_boot_is_an_advisory_not_an_error(tmp_path: Path) -> None:
+    from controller.config import SLOWEST_BOOT_S, advisories, load_config
+
+    shipped = load_config(REPO / "config.toml")
+    assert advisories(shipped) == []
+    short = tmp_path / "short.toml"
+    short.write_text((REPO / "config.toml").read_text().replace(
+        "verify_grace_s = 240", "verify_grace_s = 30"))
+    lines = advisories(load_config(short))
+    assert len(lines) == 1 and lines[0].startswith("controller.verify_grace_s: 30 s")
+    assert f"{SLOWEST_BOOT_S:g} s" in lines[0]
+    res = _cli("--config", str(short), "check")
+    assert res.returncode == 0, res.stderr
+    assert "warning: controller.verify_grace_s: 30 s is shorter" in res.stderr
