@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Emulator, print_machine, raise_nofile, table
 from sweep import HEADER, Phase, fleet_config, measure
 
+from controller.limits import tune_gc
 from drivers.miners import MinerDriver
 
 
@@ -71,6 +72,7 @@ def main() -> int:
         hung = ips[step - 1::step] if step else []
         print(f"\n== {args.count} miners at {args.first_ip}+, {len(hung)} hung "
               f"({len(hung) / len(ips):.1%}), per-miner deadline {args.poll_timeout:g} s ==")
+        tune_gc()  # as `curtaild run` does
         clean, with_hung, driver = asyncio.run(
             phases(emu, hung, args.clean_sweeps, hung_sweeps, args.poll_timeout))
     table(HEADER, [p.row() for p in clean + with_hung])

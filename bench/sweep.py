@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Emulator, cpu_s, print_machine, raise_nofile, table
 
 from controller.config import FleetConfig
+from controller.limits import tune_gc
 from drivers.miners import MinerDriver
 
 
@@ -87,9 +88,14 @@ async def curtaild_phases(ips: list[str], emu_pid: int, sweeps: int,
         snap = await driver.observe()
         return snap, sum(1 for r in snap.miners if r.state != "unreachable")
 
-    out = [(await measure("curtaild discovery+sweep", emu_pid, len(ips), observe))[0]]
-    for i in range(sweeps):
-        out.append((await measure(f"curtaild sweep {i + 1}", emu_pid, len(ips), observe))[0])
+    before = tune_gc()  # as `curtaild run` does; the naive baseline keeps CPython's default
+    try:
+        out = [(await measure("curtaild discovery+sweep", emu_pid, len(ips), observe))[0]]
+        for i in range(sweeps):
+            out.append((await measure(f"curtaild sweep {i + 1}", emu_pid, len(ips),
+                                      observe))[0])
+    finally:
+        gc.set_threshold(*before)
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 from controller.config import Config, ConfigError, advisories, load_config
 from controller.directives import DirectiveStore, Limits
 from controller.journal import Journal
+from controller.limits import open_files_needed, raise_open_files_limit, tune_gc
 from controller.loop import Reconciler, TickResult
 from controller.market import MarketInputs
 from controller.metrics import MetricsExporter
@@ -110,6 +112,7 @@ class Daemon:
         log.info("reloaded %s (policy %s)", self.config_path, config.policy["name"])
         for line in advisories(config):
             log.warning("%s", line)
+        ensure_open_files(config)
         self.notifier.ready("reloaded")
 
     def _write_status(self, result: TickResult) -> None:
@@ -307,6 +310,21 @@ class Daemon:
         )
 
 
+def ensure_open_files(config: Config) -> int:
+    """Raise the soft descriptor limit for the configured pools; warn if the hard one is short.
+
+    Returns the soft limit now in force.
+    """
+    soft, needed = raise_open_files_limit(open_files_needed(
+        poll_concurrency=config.fleet.poll_concurrency,
+        discovery_concurrency=config.fleet.discovery_concurrency,
+        command_concurrency=config.controller.command_concurrency))
+    if soft < needed:
+        log.warning("open files limit %d is under the %d the configured concurrency can hold: "
+                    "raise LimitNOFILE= or lower fleet.poll_concurrency", soft, needed)
+    return soft
+
+
 def run(config_path: str) -> int:
     """Start the daemon, or refuse (exit 2) with one journal line per config problem.
 
@@ -321,4 +339,7 @@ def run(config_path: str) -> int:
         return 2
     for line in advisories(config):
         log.warning("%s", line)
+    soft = ensure_open_files(config)
+    tune_gc()
+    log.info("process: open files limit %d, gc thresholds %s", soft, gc.get_threshold())
     return asyncio.run(Daemon(config_path, config).run())

@@ -177,6 +177,7 @@ class MinerDriver:
         self._tracked: dict[str, _Tracked] = {}
         self._discover_sem = asyncio.Semaphore(cfg.discovery_concurrency)
         self._poll_sem = asyncio.Semaphore(cfg.poll_concurrency)
+        self._suspect_sem = asyncio.Semaphore(cfg.poll_concurrency)
         #: poll errors by kind since start (timeout, refused, garbage, discovery)
         self.error_counts: dict[str, int] = {}
         #: background re-discoveries by address (a sweep never waits on one)
@@ -186,6 +187,7 @@ class MinerDriver:
         self.cfg = cfg
         self._discover_sem = asyncio.Semaphore(cfg.discovery_concurrency)
         self._poll_sem = asyncio.Semaphore(cfg.poll_concurrency)
+        self._suspect_sem = asyncio.Semaphore(cfg.poll_concurrency)
 
     # ------------------------------------------------------------------ observe
     async def observe(self) -> FleetSnapshot:
@@ -198,9 +200,10 @@ class MinerDriver:
                 task = self._rediscovering.pop(ip, None)
                 if task is not None:
                     task.cancel()
-        # Addresses that failed last time go first: the semaphore admits in creation order, so
-        # a miner that hangs again spends its deadline while the healthy ones are polled,
-        # instead of starting it at the end of the sweep. The snapshot keeps config order.
+        # Addresses that failed last time go first, in their own pool of slots (see
+        # _observe_one): a miner that hangs again spends its deadline while the healthy ones
+        # are polled, instead of starting it at the end of the sweep, and suspects never hold
+        # the slots healthy miners need. The snapshot keeps config order.
         tracked = self._tracked
         order = sorted(range(len(addresses)),
                        key=lambda i: not (t := tracked.get(addresses[i])) or t.failures == 0)
@@ -279,8 +282,13 @@ class MinerDriver:
             self._rediscover_later(t)
             return self._unreachable(t, "not discovered") if t.last else None
         miner = t.miner
+        # A miner that failed its last poll is likely to hang for the whole deadline again:
+        # it costs a socket, not CPU, so it waits in a pool of its own. Sharing one pool, 500
+        # hung miners of 10,000 took all 400 slots for a deadline before any healthy miner
+        # was polled (bench/hung.py: +5 s on every sweep after the first).
+        sem = self._suspect_sem if t.failures else self._poll_sem
         try:
-            async with self._poll_sem:
+            async with sem:
                 data = await asyncio.wait_for(self._poll(t, miner),
                                               timeout=self.cfg.poll_timeout_s)
         except TimeoutError:

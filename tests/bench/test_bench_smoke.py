@@ -49,3 +49,12 @@ def test_memory_reports_rss_and_a_scrape_of_a_running_daemon() -> None:
     assert re.search(r"^RSS after 2 ticks\s+\d+ MB", out, re.M), out
     assert re.search(r"^/metrics size, gzip\s+[\d.]+ MB", out, re.M), out
     assert re.search(r"^daemon exit code on SIGTERM\s+0$", out, re.M), out
+
+
+def test_gc_ab_alternates_default_and_daemon_thresholds() -> None:
+    from controller.limits import GC_THRESHOLDS
+
+    out = run("gc_ab.py", "--count", "16", "--pairs", "1", "--first-ip", "127.130.3.1")
+    assert re.search(r"^\(700, 10, 10\)\s+16\s", out, re.M), out
+    assert re.search(rf"^{re.escape(str(GC_THRESHOLDS))}\s+16\s", out, re.M), out
+    assert re.search(r"^daemon\s+mean ctl CPU [\d.]+ s, gc [\d.]+ s per sweep", out, re.M), out

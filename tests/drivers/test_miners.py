@@ -141,6 +141,33 @@ async def test_a_hung_miner_costs_one_deadline_and_is_marked(emu: EmulatorProces
     assert recovered is not None and recovered.state == "mining"
 
 
+async def test_miners_that_hung_last_sweep_do_not_hold_the_healthy_ones_slots(
+        emu: EmulatorProcess) -> None:
+    deadline_s = 4.0
+    cfg = FleetConfig(ranges=[f"{FIRST}-127.67.0.5"], poll_timeout_s=deadline_s,
+                      discovery_timeout_s=8.0, rediscover_after_failures=10,
+                      poll_concurrency=2)
+    d = MinerDriver(cfg, poll_interval_s=1.0)
+    await d.observe()
+    hung = (S19, M30S)  # as many as there are poll slots
+    for ip in hung:
+        emu.set_fault(ip, "hang")
+    try:
+        await d.observe()  # they fail once: suspects from now on
+        started = time.time()
+        snap = await d.observe()
+    finally:
+        for ip in hung:
+            emu.set_fault(ip, "none")
+    r = {m.ip: m for m in snap.miners}
+    assert all(r[ip].state == "unreachable" for ip in hung)
+    # Healthy machines are polled at once, not after the suspects' deadline (with one shared
+    # pool the two hung miners took both slots for the whole deadline first).
+    for ip in (XP, LUX, AXE):
+        assert r[ip].state == "mining", ip
+        assert r[ip].observed_at - started < deadline_s / 2, (ip, r[ip].observed_at - started)
+
+
 async def test_garbage_is_marked_and_retried_never_raised(emu: EmulatorProcess) -> None:
     d = driver()
     await d.observe()
