@@ -1,18 +1,17 @@
 """Process limits and runtime tuning the daemon needs at fleet scale.
 
-Descriptors:
-
-Every poll, discovery and command holds a socket. With the default pools (400 polls, 400
-polls of miners that failed last sweep, 100 discoveries, 50 commands) that is ~950
+Descriptors: every poll, discovery and command holds a socket. With the default pools (400
+polls, 400 polls of miners that failed last sweep, 100 discoveries, 50 commands) that is ~950
 descriptors before the journal, the exporter and MQTT, and systemd starts services with a
 soft RLIMIT_NOFILE of 1024 (hard 524288). Running out shows up as EMFILE on connect: miners
-read "unreachable" for no reason of their own. So the daemon raises its soft limit towards
-the hard one at start, as systemd's documentation advises programs that need more to do.
+read "unreachable" for no reason of their own. So the daemon raises its soft limit to what
+its pools can hold (never above the hard limit), as systemd's documentation advises programs
+that need more than 1024 to do.
 
 Garbage collector: a sweep allocates ~700,000 container objects per 10,000 miners (pyasic's
 data models, asyncio tasks and futures), so CPython's default gen-0 threshold of 700 runs
-~1,000 collections per sweep, each walking the survivors of a large young generation: 4-5 s of
-a 19 s sweep at 10,000 miners (bench/gc_ab.py). Raising the thresholds cuts that to ~0.3 s;
+~1,000 collections per sweep, each walking the survivors of a large young generation: ~5 s of
+a ~25 s sweep at 10,000 miners (bench/gc_ab.py). Raising the thresholds cuts that to ~0.3 s;
 the third threshold stays low enough that a full collection still runs every few minutes, so
 cyclic garbage cannot pile up over months.
 """
