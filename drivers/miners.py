@@ -172,18 +172,16 @@ class MinerDriver:
     """Owns the pyasic miner objects of one fleet."""
 
     def __init__(self, cfg: FleetConfig, *, poll_interval_s: float = 30.0):
-        self.cfg = cfg
+        self.reconfigure(cfg)
         self.poll_interval_s = poll_interval_s
         self._tracked: dict[str, _Tracked] = {}
-        self._discover_sem = asyncio.Semaphore(cfg.discovery_concurrency)
-        self._poll_sem = asyncio.Semaphore(cfg.poll_concurrency)
-        self._suspect_sem = asyncio.Semaphore(cfg.poll_concurrency)
         #: poll errors by kind since start (timeout, refused, garbage, discovery)
         self.error_counts: dict[str, int] = {}
         #: background re-discoveries by address (a sweep never waits on one)
         self._rediscovering: dict[str, asyncio.Task[bool]] = {}
 
     def reconfigure(self, cfg: FleetConfig) -> None:
+        """Take a (re)loaded fleet config: its pools are sized from it."""
         self.cfg = cfg
         self._discover_sem = asyncio.Semaphore(cfg.discovery_concurrency)
         self._poll_sem = asyncio.Semaphore(cfg.poll_concurrency)

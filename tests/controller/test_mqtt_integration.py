@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.daemon import DaemonProcess, journal_rows, wait_for, write_config
+from tests.support.daemon import DaemonProcess, journal_rows, ticks, wait_for, write_config
 from tests.support.emulator import EmulatorProcess
-from tests.support.mosquitto import PREFIX, Client, MosquittoProcess, free_port
+from tests.support.mosquitto import PREFIX, Client, MosquittoProcess, free_port, retained
 
 pytestmark = pytest.mark.integration
 
@@ -42,21 +42,6 @@ def config(tmp: Path, broker: MosquittoProcess, ranges: list[str], *, guards: di
                         state_dir=state, poll_interval_s=1.0, guards=guards, extra=extra)
 
 
-def fresh_retained(broker: MosquittoProcess, topic: str, timeout: float = 5.0) -> bytes | None:
-    """What the broker holds retained on ``topic`` now (a new subscriber's first message)."""
-    c = Client(broker, user="dashboard", subscribe=topic).start()
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = c.last(topic)
-            if got is not None:
-                return got
-            time.sleep(0.05)
-        return None
-    finally:
-        c.stop()
-
-
 def state(client: Client) -> dict:
     raw = client.last(STATE)
     return json.loads(raw) if raw else {}
@@ -66,10 +51,6 @@ def next_state(client: Client, timeout: float = 15.0) -> dict:
     """The state published after the client's last clear(): the daemon logs a tick before
     the bridge has published it, so a test must wait for the message, not the log line."""
     return wait_for(lambda: state(client), timeout, interval=0.1, what="a state message")
-
-
-def ticks(daemon: DaemonProcess) -> int:
-    return daemon.log().count("INFO curtaild: tick ")
 
 
 def true_power_w(emu: EmulatorProcess) -> float:
@@ -82,12 +63,12 @@ def test_status_online_will_after_kill9_and_explicit_offline_on_stop(tmp_path: P
             EmulatorProcess(count=2, first_ip="127.51.3.1", time_scale=0.01):
         cfg = config(tmp_path, broker, ["127.51.3.1-127.51.3.2"])
         with DaemonProcess(cfg, tmp_path / "d1.log") as d:
-            wait_for(lambda: fresh_retained(broker, STATUS) == b"online", 30,
+            wait_for(lambda: retained(broker, STATUS, 5.0) == b"online", 30,
                      what="retained online")
-            wait_for(lambda: fresh_retained(broker, STATE), 30, what="retained state")
+            wait_for(lambda: retained(broker, STATE, 5.0), 30, what="retained state")
             d.kill9()
         # The broker publishes the last will when the TCP connection dies.
-        wait_for(lambda: fresh_retained(broker, STATUS) == b"offline", 15,
+        wait_for(lambda: retained(broker, STATUS, 5.0) == b"offline", 15,
                  what="last will 'offline' after kill -9")
 
         with Client(broker, user="dashboard", subscribe=STATUS) as watcher, \
@@ -97,7 +78,7 @@ def test_status_online_will_after_kill9_and_explicit_offline_on_stop(tmp_path: P
             wait_for(lambda: watcher.on(STATUS)[-1:] == [b"offline"], 10,
                      what="explicit offline on SIGTERM")
             assert "could not publish offline" not in d.log()
-        assert fresh_retained(broker, STATUS) == b"offline"
+        assert retained(broker, STATUS, 5.0) == b"offline"
         # A clean DISCONNECT discards the will: the broker logged a clean disconnect.
         assert "curtaild-curtaild-site1 disconnected" in broker.log()
 
@@ -221,15 +202,15 @@ def test_broker_restart_mid_run(tmp_path: Path) -> None:
         with EmulatorProcess(count=2, first_ip="127.51.6.1", time_scale=0.01):
             cfg = config(tmp_path, broker, ["127.51.6.1-127.51.6.2"], metrics=metrics)
             with DaemonProcess(cfg, tmp_path / "d.log") as d:
-                wait_for(lambda: fresh_retained(broker, STATE), 30, what="state")
+                wait_for(lambda: retained(broker, STATE, 5.0), 30, what="state")
                 broker.stop()  # no persistence in the test broker: retained topics are lost
                 before = ticks(d)
                 wait_for(lambda: ticks(d) >= before + 3, 20, what="ticks without a broker")
                 assert d.alive()
                 broker.start()
-                wait_for(lambda: fresh_retained(broker, STATUS) == b"online", 30,
+                wait_for(lambda: retained(broker, STATUS, 5.0) == b"online", 30,
                          what="online after the broker restart")
-                got = wait_for(lambda: fresh_retained(broker, STATE), 10, what="state again")
+                got = wait_for(lambda: retained(broker, STATE, 5.0), 10, what="state again")
                 assert json.loads(got)["miners"] == 2
                 text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5).read()
                 text = text.decode()

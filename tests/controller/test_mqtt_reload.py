@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.daemon import DaemonProcess, wait_for, write_config
 from tests.support.emulator import EmulatorProcess
-from tests.support.mosquitto import Client, MosquittoProcess, free_port
+from tests.support.mosquitto import Client, MosquittoProcess, free_port, retained
 
 pytestmark = pytest.mark.integration
 
@@ -33,20 +33,6 @@ def hup(d: DaemonProcess) -> None:
 def connects(broker: MosquittoProcess) -> int:
     return sum(1 for line in broker.log().splitlines()
                if "New client connected" in line and " as curtaild-" in line)
-
-
-def fresh(broker: MosquittoProcess, topic: str, timeout: float = 3.0) -> bytes | None:
-    """The broker's retained payload on ``topic`` now, as a new dashboard subscriber sees it."""
-    c = Client(broker, user="dashboard", subscribe=topic).start()
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if (got := c.last(topic)) is not None:
-                return got
-            time.sleep(0.05)
-        return None
-    finally:
-        c.stop()
 
 
 def test_sighup_moves_the_bridge_rejects_bad_mqtt_and_stops_it_when_removed(
@@ -72,7 +58,7 @@ def test_sighup_moves_the_bridge_rejects_bad_mqtt_and_stops_it_when_removed(
             assert "reload: [mqtt] changed; reconnecting with the new settings" in d.log()
             # The old bridge stopped cleanly: explicit retained offline, clean disconnect.
             assert on_old.on(f"{OLD}/status")[-1:] == [b"offline"]
-            assert fresh(old, f"{OLD}/status") == b"offline"
+            assert retained(old, f"{OLD}/status") == b"offline"
             assert "curtaild-curtaild-site1 disconnected" in old.log()
             on_old.clear()
             time.sleep(2.5)
@@ -89,7 +75,7 @@ def test_sighup_moves_the_bridge_rejects_bad_mqtt_and_stops_it_when_removed(
                      what="state still published after the rejected reload")
             assert on_new.on(f"{NEW}/status") == []  # no offline, no reconnect
             assert connects(new) == 1
-            assert fresh(new, f"{NEW}/status") == b"online"
+            assert retained(new, f"{NEW}/status") == b"online"
 
             # 3. [mqtt] removed: the bridge says offline and stops; the loop goes on.
             write(tmp_path, "")

@@ -8,7 +8,6 @@ wrong trust anchor."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.support.daemon import DaemonProcess, wait_for, write_config
+from tests.support.daemon import DaemonProcess, ticks, wait_for, write_config
 from tests.support.emulator import EmulatorProcess
 from tests.support.mosquitto import (
     PREFIX,
@@ -26,6 +25,7 @@ from tests.support.mosquitto import (
     MosquittoProcess,
     TlsListener,
     free_port,
+    retained,
 )
 
 pytestmark = pytest.mark.integration
@@ -130,25 +130,13 @@ def daemon_config(path: Path, broker: MosquittoProcess, miner_ip: str, *, tls: d
                         poll_interval_s=1.0, extra=extra)
 
 
-def retained(broker: MosquittoProcess, topic: str, pki: Pki, timeout: float = 3.0) -> bytes | None:
+def tls_retained(broker: MosquittoProcess, topic: str, pki: Pki,
+                 timeout: float = 3.0) -> bytes | None:
     """What the broker holds retained on ``topic``, read by a TLS client (dashboard user)."""
-    c = Client(broker, user="dashboard", subscribe=topic, tls_ca=pki.ca_file,
-               tls_cert=pki.dir / "dashboard.crt" if broker.tls.require_certificate else None,
-               tls_key=pki.dir / "dashboard.key" if broker.tls.require_certificate else None)
-    c.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if (got := c.last(topic)) is not None:
-                return got
-            time.sleep(0.05)
-        return None
-    finally:
-        c.stop()
-
-
-def ticks(d: DaemonProcess) -> int:
-    return d.log().count("INFO curtaild: tick ")
+    cert = broker.tls.require_certificate
+    return retained(broker, topic, timeout, tls_ca=pki.ca_file,
+                    tls_cert=pki.dir / "dashboard.crt" if cert else None,
+                    tls_key=pki.dir / "dashboard.key" if cert else None)
 
 
 def connects(broker: MosquittoProcess) -> int:
@@ -187,7 +175,7 @@ def test_tls_online_then_wrong_ca_refused_and_daemon_keeps_ticking(tmp_path: Pat
             line = next(x for x in log.splitlines() if "certificate verify failed" in x)
             assert f"{HOST}:{broker.tls_port}" in line, line
             assert d.stop() == 0
-        assert retained(broker, STATUS, pki) is None  # never published anything
+        assert tls_retained(broker, STATUS, pki) is None  # never published anything
 
         # A CA file that is not there: the error names the key and the path.
         missing = tmp_path / "no-such-ca.crt"
@@ -202,12 +190,12 @@ def test_tls_online_then_wrong_ca_refused_and_daemon_keeps_ticking(tmp_path: Pat
         cfg = daemon_config(tmp_path / "right", broker, "127.54.1.1",
                             tls={"ca_file": pki.ca_file})
         with DaemonProcess(cfg, tmp_path / "right.log") as d:
-            wait_for(lambda: retained(broker, STATUS, pki) == b"online", 30,
+            wait_for(lambda: tls_retained(broker, STATUS, pki) == b"online", 30,
                      what="retained online over TLS")
-            wait_for(lambda: retained(broker, STATE, pki), 30, what="retained state over TLS")
+            wait_for(lambda: tls_retained(broker, STATE, pki), 30, what="retained state over TLS")
             assert f"mqtt connected to {HOST}:{broker.tls_port}" in d.log()
             assert d.stop() == 0
-        assert retained(broker, STATUS, pki) == b"offline"
+        assert tls_retained(broker, STATUS, pki) == b"offline"
 
 
 def test_tls_client_certificate_required(tmp_path: Path, pki: Pki) -> None:
@@ -225,14 +213,14 @@ def test_tls_client_certificate_required(tmp_path: Path, pki: Pki) -> None:
             log = assert_keeps_ticking_without_mqtt(d, broker, "alert certificate required")
             assert "ERROR curtaild.mqtt.client: " in log
             assert d.stop() == 0
-        assert retained(broker, STATUS, pki) is None
+        assert tls_retained(broker, STATUS, pki) is None
 
         # With the client certificate (and still the password and the ACL): connected.
         cfg = daemon_config(tmp_path / "cert", broker, "127.54.2.1",
                             tls={"ca_file": pki.ca_file, "cert_file": client_crt,
                                  "key_file": client_key})
         with DaemonProcess(cfg, tmp_path / "cert.log") as d:
-            wait_for(lambda: retained(broker, STATUS, pki) == b"online", 30,
+            wait_for(lambda: tls_retained(broker, STATUS, pki) == b"online", 30,
                      what="retained online with a client certificate")
             assert d.stop() == 0
         assert connects(broker) == 1

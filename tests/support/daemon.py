@@ -95,6 +95,11 @@ class DaemonProcess:
             self._log.close()
 
 
+def ticks(daemon: DaemonProcess) -> int:
+    """Reconcile ticks the daemon has logged so far."""
+    return daemon.log().count("INFO curtaild: tick ")
+
+
 def journal_rows(state_dir: Path, sql: str, params: tuple = ()) -> list[tuple]:
     db = sqlite3.connect(state_dir / "journal.sqlite")
     try:

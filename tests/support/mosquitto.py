@@ -233,3 +233,20 @@ class Client:
     def clear(self) -> None:
         with self.lock:
             self.messages.clear()
+
+
+def retained(broker: MosquittoProcess, topic: str, timeout: float = 3.0,
+             **client_kw: object) -> bytes | None:
+    """What the broker holds retained on ``topic`` now, as a new subscriber (the dashboard
+    user) sees it first; None if nothing arrives within ``timeout``. ``client_kw`` goes to
+    :class:`Client` (TLS files)."""
+    c = Client(broker, user="dashboard", subscribe=topic, **client_kw).start()  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (got := c.last(topic)) is not None:
+                return got
+            time.sleep(0.05)
+        return None
+    finally:
+        c.stop()
