@@ -19,6 +19,9 @@ File format::
     delay_s = 2.0              # optional; the "slow" delay in real seconds
     ambient_c = 35.0           # optional
     power_limit_w = 3000       # optional; only models whose firmware accepts a limit
+    password = "s3cret"        # optional; the site's firmware password (stock Antminer web
+                               # UI root password, Whatsminer API admin password); default:
+                               # the factory one. LuxOS and Bitaxe have none to change.
 """
 
 from __future__ import annotations
@@ -26,17 +29,17 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from emulator.models import MODELS
-from emulator.physics import FAULT_KINDS, EmulatedMiner, Fault
+from emulator.physics import FACTORY_PASSWORDS, FAULT_KINDS, EmulatedMiner, Fault
 
 DEFAULT_FIRST_IP = "127.1.0.1"
 DEFAULT_AMBIENT_C = 25.0
 TOP_KEYS = {"time_scale", "ambient_c", "miner"}
 MINER_KEYS = {"model", "ip", "firmware", "count", "fault", "delay_s", "ambient_c",
-              "power_limit_w"}
+              "power_limit_w", "password"}
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 
@@ -54,6 +57,7 @@ class MinerPlan:
     delay_s: float | None = None
     ambient_c: float | None = None
     power_limit_w: float | None = None
+    password: str | None = field(default=None, repr=False)  # None: factory password
 
 
 @dataclass(slots=True)
@@ -167,7 +171,7 @@ def plan_fleet_text(text: str, first_ip: str = DEFAULT_FIRST_IP,
             plan.miners.append(MinerPlan(
                 ip=ip, model=table["model"], fault=table.get("fault", "none"),
                 delay_s=table.get("delay_s"), ambient_c=table.get("ambient_c"),
-                power_limit_w=table.get("power_limit_w")))
+                power_limit_w=table.get("power_limit_w"), password=table.get("password")))
     return plan
 
 
@@ -215,7 +219,22 @@ def _table(where: str, table: dict) -> tuple[str, dict]:
             raise FleetError(f"{where}.power_limit_w: {limit:g} W outside what {model!r} "
                              f"accepts ({spec.min_power_w:g}-{spec.max_power_w:g} W)")
         out["power_limit_w"] = limit
+    if "password" in table:
+        out["password"] = _password(where, spec.firmware, table["password"])
     return where, out
+
+
+def _password(where: str, firmware: str, value: object) -> str:
+    """A firmware password, checked without ever echoing it (fleet files hold test secrets
+    that the driver tests grep every output for)."""
+    if FACTORY_PASSWORDS.get(firmware) is None:
+        raise FleetError(f"{where}.password: {firmware} firmware has no password to change "
+                         "(LuxOS logon carries none; AxeOS v2.4 has no authentication)")
+    if not isinstance(value, str) or not value:
+        raise FleetError(f"{where}.password: expected a non-empty string")
+    if not value.isprintable():
+        raise FleetError(f"{where}.password: contains control characters")
+    return value
 
 
 def plan_fleet_file(path: str | Path, first_ip: str = DEFAULT_FIRST_IP) -> FleetPlan:
@@ -240,6 +259,8 @@ def build_miners(plan: FleetPlan, time_scale: float,
             miner.fault = Fault(kind=p.fault)
             if p.delay_s is not None:
                 miner.fault.delay_s = p.delay_s
+        if p.password is not None:
+            miner.password = p.password
         if p.power_limit_w is not None:
             miner.actor = "fleet-file"
             miner.set_power_limit(p.power_limit_w)

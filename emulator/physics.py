@@ -27,6 +27,20 @@ ALPHA = 0.75
 MODE_FACTORS = {"normal": 1.0, "low": 0.75, "high": 1.1}
 THERMAL_TAU_S = 120.0
 
+#: Factory credentials per firmware family: what a machine accepts until the site changes its
+#: password, and what pyasic sends when told nothing (pyasic.settings defaults). LuxOS's
+#: ``logon`` carries no password at all (pyasic sends a bare ``logon``); Bitaxe AxeOS v2.4 has
+#: no authentication. A family with ``None`` has nothing to change.
+FACTORY_PASSWORDS: dict[str, str | None] = {
+    "antminer": "root",  # web UI digest auth, user root
+    # btminer API v2 admin password. API v3 (port 4433) signs with account "super", whose
+    # factory password pyasic 0.79 assumes is "super": a v3 family uses ``password`` when set
+    # and that default otherwise.
+    "whatsminer": "admin",
+    "luxos": None,
+    "bitaxe": None,
+}
+
 
 @dataclass(slots=True)
 class Fault:
@@ -82,6 +96,11 @@ class EmulatedMiner:
     #: Settings a firmware family keeps for itself (e.g. the Antminer "miner-mode" it was
     #: told), so that what the firmware *says* can differ from the physics (ignore_sleep).
     firmware_state: dict = field(default_factory=dict)
+    #: The firmware password the site set (web UI root password on a stock Antminer, admin
+    #: password of the btminer API on a Whatsminer, v2 and v3); None while the factory one
+    #: (``FACTORY_PASSWORDS``) is in place. Never shown by ``truth()``, ``GET /miners`` or repr:
+    #: the emulator must not become the place a test finds the secret it is checking for.
+    password: str | None = field(default=None, repr=False)
     _boot_done_at: float = 0.0
     _next_state: str = "mining"
     _booted_at: float = 0.0
@@ -110,6 +129,13 @@ class EmulatedMiner:
         self._hashing_since = self._booted_at
         self._temp_c = self._target_temp(self.state)
         self._temp_at = now
+
+    @property
+    def effective_password(self) -> str | None:
+        """The password the firmware accepts now: the site's, else the family's factory one."""
+        if self.password is not None:
+            return self.password
+        return FACTORY_PASSWORDS.get(self.spec.firmware)
 
     # ----------------------------------------------------------------- state changes
     def _settle(self) -> None:
