@@ -70,6 +70,12 @@ def work_mode(miner: EmulatedMiner) -> int:
     return 3 if miner.mode == "low" else 0
 
 
+@lru_cache(maxsize=4096)
+def _ha1(username: str, realm: str, password: str) -> str:
+    """HA1 of RFC 2617; cached because a fleet has few distinct passwords and many requests."""
+    return _md5(f"{username}:{realm}:{password}")
+
+
 class DigestAuth:
     """Server side of RFC 2617 digest (MD5, qop=auth), as lighttpd on the control board does.
 
@@ -81,7 +87,7 @@ class DigestAuth:
     def __init__(self, realm: str, username: str, password: str) -> None:
         self.realm = realm
         self.username = username
-        self._ha1 = _md5(f"{username}:{realm}:{password}")
+        self._password = password  # the factory password, for miners that kept it
         self._secret = secrets.token_bytes(16)
 
     def nonce(self) -> str:
@@ -93,7 +99,9 @@ class DigestAuth:
         good = hmac.new(self._secret, rand.encode(), "sha1").hexdigest()[:16]
         return len(nonce) == 32 and hmac.compare_digest(mac, good)
 
-    def authorized(self, req: HttpRequest) -> bool:
+    def authorized(self, req: HttpRequest, password: str | None = None) -> bool:
+        """True when the request's digest matches ``password`` (the miner's own, so every
+        machine of a site can have its own; None: the factory one)."""
         header = req.headers.get("authorization", "")
         if header[:7].lower() != "digest ":
             return False
@@ -108,13 +116,15 @@ class DigestAuth:
         target = req.path + (f"?{req.query}" if req.query else "")
         if uri != target:
             return False
+        ha1 = _ha1(self.username, self.realm, password if password is not None
+                   else self._password)
         ha2 = _md5(f"{req.method}:{uri}")
         qop = p.get("qop")
         if qop:
-            expected = _md5(f"{self._ha1}:{nonce}:{p.get('nc', '')}:{p.get('cnonce', '')}:"
+            expected = _md5(f"{ha1}:{nonce}:{p.get('nc', '')}:{p.get('cnonce', '')}:"
                             f"{qop}:{ha2}")
         else:
-            expected = _md5(f"{self._ha1}:{nonce}:{ha2}")
+            expected = _md5(f"{ha1}:{nonce}:{ha2}")
         return hmac.compare_digest(expected, p.get("response", ""))
 
     def challenge(self) -> HttpResponse:
@@ -532,7 +542,7 @@ class AntminerFamily:
 
     def handle_http(self, miner: EmulatedMiner, request: HttpRequest) -> HttpResponse:
         """Everything on :80 sits behind digest auth (lighttpd), including the 404s."""
-        if not self.auth.authorized(request):
+        if not self.auth.authorized(request, miner.effective_password):
             return self.auth.challenge()
         route = WEB_ROUTES.get(request.path)
         if route is None:

@@ -25,6 +25,7 @@ import random
 import string
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -88,6 +89,12 @@ def _cg(section: str, code: int, msg: str, rows: list[dict]) -> dict:
 def _md5crypt_hash(word: str, salt: str) -> str:
     """The 22-character hash part of ``$1$salt$hash``, as the token derivation uses it."""
     return md5_crypt.using(salt=salt).hash(word).split("$")[3]
+
+
+@lru_cache(maxsize=4096)
+def _passwd_md5(password: str, salt: str) -> str:
+    """Cached: md5crypt costs a thousand MD5 rounds and every privileged request needs it."""
+    return _md5crypt_hash(password, salt)
 
 
 def belief(miner: EmulatedMiner) -> tuple[float, str]:
@@ -316,10 +323,11 @@ class WhatsminerFamily:
         return "".join(_SALT_CHARS[b % len(_SALT_CHARS)] for b in digest[:8])
 
     def _host_passwd_md5(self, miner: EmulatedMiner) -> str:
-        fw = self._fw(miner)
-        if "passwd_md5" not in fw:
-            fw["passwd_md5"] = _md5crypt_hash(self._password, self._salt(miner))
-        return fw["passwd_md5"]
+        """md5crypt of the machine's admin password: the miner's own once the site changed it
+        (``miner.password``; the factory ``admin`` is then refused like any wrong password),
+        else the family's (``admin``, what pyasic assumes)."""
+        password = miner.password if miner.password is not None else self._password
+        return _passwd_md5(password, self._salt(miner))
 
     def _get_token(self, miner: EmulatedMiner) -> dict:
         newsalt = "".join(random.choices(_SALT_CHARS, k=8))
