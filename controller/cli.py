@@ -55,12 +55,27 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _load_or_report(config_path: str):
-    """Load the config, or print one `key: reason` line per problem to stderr."""
-    from controller.config import ConfigError, load_config
+def _load_or_report(config_path: str, build: bool = False):
+    """Load the config, or print one `key: reason` line per problem to stderr.
+
+    ``build``: also build the policy stack and the market sources, as `run` does at start, so
+    that a file `check` accepts is one the daemon starts with (every failure is a config
+    error, exit 2, never a traceback).
+    """
+    from controller.config import ConfigError, config_errors, load_config
 
     try:
-        return load_config(config_path)
+        config = load_config(config_path)
+        if build:
+            from controller.daemon import build_policy
+            from drivers.hashprice import build_hashprice_source
+            from drivers.tariff import build_tariff_source
+
+            with config_errors(config_path):
+                build_policy(config)
+                build_hashprice_source(config.hashprice)
+                build_tariff_source(config.tariff)
+        return config
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
@@ -71,7 +86,7 @@ def cmd_check(config_path: str) -> int:
 
     from controller.config import advisories
 
-    config = _load_or_report(config_path)
+    config = _load_or_report(config_path, build=True)
     if config is None:
         return 2
     for line in advisories(config):
@@ -87,7 +102,7 @@ async def _plan(config_path: str, as_json: bool) -> int:
     from controller.journal import Journal
     from controller.report import plan_table, tick_summary
 
-    config = _load_or_report(config_path)
+    config = _load_or_report(config_path, build=True)
     if config is None:
         return 2
     # Read the daemon's journal if there is one (ownership matters to the guards); never

@@ -7,9 +7,12 @@ print one line per problem. Policy parameters are validated by the policy's own 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +30,70 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+#: A config file larger than this is refused before it is read: a site's file is a few KB (a
+#: 100,000-address fleet in ``hosts`` is about 2 MB); reading an arbitrary file whole could
+#: take the daemon's memory on a reload.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+#: Arrays and tables nested deeper than this are refused. curtaild's deepest key is five levels
+#: (``policy.power_cap.schedule[0].days[0]``); a pathological file nested thousands deep would
+#: otherwise reach code that recurses (the parser, validation, comparisons on reload).
+MAX_NESTING = 64
+
+_KEYED = re.compile(r"^[A-Za-z_][\w.\[\]-]*: ")
+
+
+def as_config_error(exc: BaseException, where: str) -> ConfigError:
+    """Any exception met while loading, validating or building from a config, as a
+    ConfigError: every load failure is a configuration problem (exit 2 at start, a rejected
+    reload), never a crash, whatever raised it (a parser recursing, a plug-in policy, a source
+    constructor). A message that already names its key (``key: reason``) is kept as it is;
+    anything else is prefixed with ``where`` (the file) and the exception's type."""
+    if isinstance(exc, ConfigError):
+        return exc
+    problems = getattr(exc, "problems", None)  # PolicyError and friends: already key: reason
+    if isinstance(problems, list) and problems and all(isinstance(p, str) for p in problems):
+        return ConfigError(list(problems))
+    if isinstance(exc, RecursionError):
+        return ConfigError([f"{where}: nested too deeply to process (arrays or tables inside "
+                            f"each other; at most {MAX_NESTING} levels)"])
+    if isinstance(exc, MemoryError):
+        return ConfigError([f"{where}: too large to process (out of memory)"])
+    text = " ".join(str(exc).split())[:300]
+    if _KEYED.match(text):
+        return ConfigError([text])
+    return ConfigError([f"{where}: {type(exc).__name__}" + (f": {text}" if text else "")])
+
+
+@contextlib.contextmanager
+def config_errors(where: str) -> Iterator[None]:
+    """``with config_errors(path):`` turns whatever the block raises into a ConfigError
+    (see :func:`as_config_error`); KeyboardInterrupt/SystemExit pass through."""
+    try:
+        yield
+    except Exception as exc:
+        raise as_config_error(exc, where) from exc
+
+
+def _nesting(data: object) -> int:
+    """Depth of nested lists/dicts, counted without recursion (the input may be deep)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            return depth
+        stack.extend((c, depth) for c in children)
+    return deepest
 
 
 class _Strict(BaseModel):
@@ -208,33 +275,58 @@ def parse_config(data: dict[str, Any], source_path: str | None = None) -> Config
 
     problems: list[str] = []
     config: Config | None = None
+    where = source_path or "config"
     try:
         config = Config.model_validate({**data, "source_path": source_path})
     except ValidationError as exc:
         problems.extend(_problems(exc, data))
+    except Exception as exc:  # a validator that raised something pydantic does not wrap
+        problems.extend(as_config_error(exc, where).problems)
     policy = data.get("policy")
     if isinstance(policy, dict):
         try:  # the base and its layers, each validated by its own model
             build_policy_stack(policy)
         except PolicyError as exc:
             problems.extend(exc.problems)
+        except Exception as exc:  # a plug-in policy's constructor, say
+            problems.extend(as_config_error(exc, "policy").problems)
     if problems or config is None:
         raise ConfigError(problems or ["config: invalid"])
     return config
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a TOML file."""
+    """Read and validate a TOML file.
+
+    Raises ConfigError, and nothing else, for anything wrong with the file: unreadable (a
+    directory, no permission), too large, not UTF-8, not TOML, nested too deeply, invalid.
+    """
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        with open(p, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{p}: larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
+                           "not a curtaild configuration"])
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{p}: not UTF-8 text (byte {exc.start}): save it as UTF-8"]) \
+            from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{p}: not valid TOML: {exc}"]) from None
-    return parse_config(data, str(p))
+    except Exception as exc:  # RecursionError on deeply nested arrays, and anything else
+        raise as_config_error(exc, f"{p}: not valid TOML") from None
+    depth = _nesting(data)
+    if depth > MAX_NESTING:
+        raise ConfigError([f"{p}: arrays or tables nested more than {MAX_NESTING} levels "
+                           "deep; no curtaild key nests that deep"])
+    with config_errors(str(p)):
+        return parse_config(data, str(p))
 
 
 #: The slowest a supported machine takes to hash again after a command, in seconds: a

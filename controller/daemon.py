@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from controller.config import Config, ConfigError, advisories, load_config
+from controller.config import Config, ConfigError, advisories, config_errors, load_config
 from controller.directives import DirectiveStore, Limits
 from controller.journal import Journal
 from controller.limits import open_files_needed, raise_open_files_limit, tune_gc
@@ -62,7 +62,8 @@ class Daemon:
         for line in problems:
             log.warning("%s", line)
         self.mqtt = None  # the MQTT bridge (controller/mqtt.py), started by run()
-        self.reconciler = build_reconciler(config, self.journal, directives=self._directives)
+        with config_errors(config_path):  # a source or policy that cannot be built: exit 2
+            self.reconciler = build_reconciler(config, self.journal, directives=self._directives)
         self.stop = asyncio.Event()
         self.wake = asyncio.Event()
         self.reload_requested = False
@@ -81,12 +82,13 @@ class Daemon:
         """Validate the new file completely before swapping anything."""
         self.reload_requested = False
         self.notifier.reloading()
-        try:
-            config = load_config(self.config_path)
-            policy = build_policy(config)
-            market = MarketInputs(build_hashprice_source(config.hashprice),
-                                  build_tariff_source(config.tariff),
-                                  pool_fee=policy.config.pool_fee)
+        try:  # any exception while loading or building is a rejected file, never a crash
+            with config_errors(self.config_path):
+                config = load_config(self.config_path)
+                policy = build_policy(config)
+                market = MarketInputs(build_hashprice_source(config.hashprice),
+                                      build_tariff_source(config.tariff),
+                                      pool_fee=policy.config.pool_fee)
         except ConfigError as exc:
             self.reloads["failed"] += 1
             for line in exc.problems:
@@ -342,4 +344,10 @@ def run(config_path: str) -> int:
     soft = ensure_open_files(config)
     tune_gc()
     log.info("process: open files limit %d, gc thresholds %s", soft, gc.get_threshold())
-    return asyncio.run(Daemon(config_path, config).run())
+    try:
+        daemon = Daemon(config_path, config)
+    except ConfigError as exc:  # valid keys, but a source or policy could not be built
+        for line in exc.problems:
+            log.error("refusing to start, invalid configuration %s: %s", config_path, line)
+        return 2
+    return asyncio.run(daemon.run())
