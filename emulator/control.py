@@ -11,7 +11,9 @@ Endpoints::
                                         power_w, power_limit_w, temp_c, ...}, ...]
     GET  /miners/{ip}                 one of those
     POST /miners/{ip}/fault           {"kind": "hang"|"refuse"|"garbage"|"slow"|
-                                        "ignore_sleep"|"none", "delay_s": 5.0}
+                                        "ignore_sleep"|"endless"|"huge"|"nested"|
+                                        "accept_close"|"drip"|"none", "delay_s": 5.0,
+                                        "size_bytes": 52428800}
     POST /miners/{ip}/action          {"action": "sleep"|"wake"|"reboot"|"off"|"on"}
 
 Errors are JSON ``{"error": "..."}`` with 400 (bad body), 404 (unknown miner or path),
@@ -30,6 +32,8 @@ from emulator.physics import FAULT_KINDS, Fault
 from emulator.server import BindError, FleetServer, HttpProtocol, MinerEndpoint, bind_listener
 
 ACTIONS = ("sleep", "wake", "reboot", "off", "on")
+#: Largest ``huge`` reply (64 GiB): streamed lazily, so only the client's patience limits it.
+MAX_SIZE_BYTES = 64 * 1024**3
 
 
 class ControlAddressError(ValueError):
@@ -68,6 +72,7 @@ def miner_view(endpoint: MinerEndpoint) -> dict:
     view = miner.truth()
     view.update({
         "fault_delay_s": miner.fault.delay_s,
+        "fault_size_bytes": miner.fault.size_bytes,
         "listening": endpoint.listening,
         "led_on": miner.led_on,
         "pools": [p["url"] for p in miner.pools],
@@ -152,8 +157,13 @@ class ControlApi:
                                   or not 0 <= delay <= 3600):
             return _error(400, f"'delay_s' must be a number of seconds in [0, 3600]; "
                                f"got {delay!r}")
+        size = data.get("size_bytes")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                                 or not 0 <= size <= MAX_SIZE_BYTES):
+            return _error(400, f"'size_bytes' must be an integer number of bytes in "
+                               f"[0, {MAX_SIZE_BYTES}]; got {size!r}")
         try:
-            self.fleet.set_fault(endpoint.ip, kind, delay)
+            self.fleet.set_fault(endpoint.ip, kind, delay, size)
         except BindError as exc:
             return _error(409, str(exc))
         return HttpResponse.json(miner_view(endpoint))

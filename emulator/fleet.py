@@ -15,8 +15,10 @@ File format::
     ip = "127.1.0.10"          # optional; default: next free consecutive address
     firmware = "antminer"      # optional; must equal the model's firmware family
     count = 3                  # optional; this many consecutive machines
-    fault = "slow"             # optional; none|hang|refuse|garbage|slow|ignore_sleep
-    delay_s = 2.0              # optional; the "slow" delay in real seconds
+    fault = "slow"             # optional; none|hang|refuse|garbage|slow|ignore_sleep|
+                               #   endless|huge|nested|accept_close|drip
+    delay_s = 2.0              # optional; the "slow" delay (the "drip" interval) in seconds
+    size_bytes = 1048576       # optional; the "huge" reply length (default 50 MB)
     ambient_c = 35.0           # optional
     power_limit_w = 3000       # optional; only models whose firmware accepts a limit
     password = "s3cret"        # optional; the site's firmware password (stock Antminer web
@@ -38,7 +40,7 @@ from emulator.physics import FACTORY_PASSWORDS, FAULT_KINDS, EmulatedMiner, Faul
 DEFAULT_FIRST_IP = "127.1.0.1"
 DEFAULT_AMBIENT_C = 25.0
 TOP_KEYS = {"time_scale", "ambient_c", "miner"}
-MINER_KEYS = {"model", "ip", "firmware", "count", "fault", "delay_s", "ambient_c",
+MINER_KEYS = {"model", "ip", "firmware", "count", "fault", "delay_s", "size_bytes", "ambient_c",
               "power_limit_w", "password"}
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
@@ -55,6 +57,7 @@ class MinerPlan:
     model: str  # key of MODELS
     fault: str = "none"
     delay_s: float | None = None
+    size_bytes: int | None = None
     ambient_c: float | None = None
     power_limit_w: float | None = None
     password: str | None = field(default=None, repr=False)  # None: factory password
@@ -170,7 +173,8 @@ def plan_fleet_text(text: str, first_ip: str = DEFAULT_FIRST_IP,
         for ip in block:
             plan.miners.append(MinerPlan(
                 ip=ip, model=table["model"], fault=table.get("fault", "none"),
-                delay_s=table.get("delay_s"), ambient_c=table.get("ambient_c"),
+                delay_s=table.get("delay_s"), size_bytes=table.get("size_bytes"),
+                ambient_c=table.get("ambient_c"),
                 power_limit_w=table.get("power_limit_w"), password=table.get("password")))
     return plan
 
@@ -208,6 +212,12 @@ def _table(where: str, table: dict) -> tuple[str, dict]:
         out["fault"] = table["fault"]
     if "delay_s" in table:
         out["delay_s"] = _number(f"{where}.delay_s", table["delay_s"], low=0, high=3600)
+    if "size_bytes" in table:
+        size = table["size_bytes"]
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= 64 * 1024**3:
+            raise FleetError(f"{where}.size_bytes: expected an integer number of bytes in "
+                             f"[0, {64 * 1024**3}], got {size!r}")
+        out["size_bytes"] = size
     if "ambient_c" in table:
         out["ambient_c"] = _number(f"{where}.ambient_c", table["ambient_c"], low=-40, high=60)
     if "power_limit_w" in table:
@@ -255,10 +265,12 @@ def build_miners(plan: FleetPlan, time_scale: float,
         miner = EmulatedMiner(
             ip=p.ip, spec=MODELS[p.model], time_scale=time_scale,
             ambient_c=p.ambient_c if p.ambient_c is not None else default_ambient)
-        if p.fault != "none" or p.delay_s is not None:
+        if p.fault != "none" or p.delay_s is not None or p.size_bytes is not None:
             miner.fault = Fault(kind=p.fault)
             if p.delay_s is not None:
                 miner.fault.delay_s = p.delay_s
+            if p.size_bytes is not None:
+                miner.fault.size_bytes = p.size_bytes
         if p.password is not None:
             miner.password = p.password
         if p.power_limit_w is not None:

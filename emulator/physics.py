@@ -18,7 +18,13 @@ from emulator.models import ModelSpec
 MAX_CHANGES = 200
 
 STATES = ("mining", "sleeping", "booting", "off")
-FAULT_KINDS = ("none", "hang", "refuse", "garbage", "slow", "ignore_sleep")
+FAULT_KINDS = ("none", "hang", "refuse", "garbage", "slow", "ignore_sleep",
+               "endless", "huge", "nested", "accept_close", "drip")
+#: Hostile kinds (emulator/server.py): a device on a fleet address that attacks the client's
+#: memory, CPU or deadlines rather than merely failing.
+HOSTILE_FAULT_KINDS = ("endless", "huge", "nested", "accept_close", "drip")
+#: What ``huge`` sends unless ``size_bytes`` says otherwise (the probe's 50 MB reply).
+DEFAULT_HUGE_BYTES = 50 * 1024 * 1024
 
 #: Exponent of the hashrate/ASIC-power curve: hashrate ~ power**ALPHA, ALPHA < 1, so J/TH
 #: improves when underclocked (lower voltage), as measured on real power-tuned firmware.
@@ -45,7 +51,8 @@ FACTORY_PASSWORDS: dict[str, str | None] = {
 @dataclass(slots=True)
 class Fault:
     kind: str = "none"
-    delay_s: float = 5.0  # for "slow": real seconds added before each reply
+    delay_s: float = 5.0  # "slow": real seconds before each reply; "drip": between bytes
+    size_bytes: int = DEFAULT_HUGE_BYTES  # "huge": length of the reply body
 
 
 @dataclass(slots=True)
@@ -101,6 +108,15 @@ class EmulatedMiner:
     #: (``FACTORY_PASSWORDS``) is in place. Never shown by ``truth()``, ``GET /miners`` or repr:
     #: the emulator must not become the place a test finds the secret it is checking for.
     password: str | None = field(default=None, repr=False)
+    #: Whatsminer only: which btminer API generation the firmware speaks ("v2" on 4028, "v3"
+    #: on 4433 as well), the firmware version it reports (None: the family's default for that
+    #: API), and whether "Power Fast Boot" lets a power limit apply without a btminer restart.
+    api: str | None = None
+    firmware_version: str | None = None
+    fast_boot: bool = False
+    #: Emulated seconds from the end of a boot to full power (0: at once). Whatsminers ramp
+    #: to full hashrate over 6-10 minutes after power_on (HashSource WhatsMiner_Curtailment).
+    ramp_s: float = 0.0
     _boot_done_at: float = 0.0
     _next_state: str = "mining"
     _booted_at: float = 0.0
@@ -241,12 +257,20 @@ class EmulatedMiner:
         preset = self.spec.power_w * MODE_FACTORS[self.mode]
         return min(preset, self.power_limit_w) if self.power_limit_w is not None else preset
 
+    def ramp_fraction(self) -> float:
+        """How far the hash boards are through the ramp after a boot: 0.0 just booted, 1.0 at
+        the target (always 1.0 when the model does not ramp or is not mining)."""
+        if self.ramp_s <= 0 or self.state != "mining":
+            return 1.0
+        done_s = (self.clock() - self._hashing_since) / max(self.time_scale, 1e-9)
+        return min(1.0, max(0.0, done_s / self.ramp_s))
+
     def _load_fraction(self, state: str) -> float:
         if state != "mining":
             return 0.0
         spec = self.spec
         span = spec.power_w - spec.idle_power_w
-        return max(0.0, (self.target_power_w() - spec.idle_power_w) / span)
+        return max(0.0, (self.target_power_w() - spec.idle_power_w) / span) * self.ramp_fraction()
 
     def _target_temp(self, state: str) -> float:
         if state == "off":
@@ -269,7 +293,11 @@ class EmulatedMiner:
         load = self._load_fraction(self.state)
         if self.state == "mining":
             hashrate = spec.hashrate_ths * load**ALPHA * (1.0 + rng.gauss(0.0, 0.01))
-            power = self.target_power_w() * (1.0 + rng.gauss(0.0, 0.005))
+            target_w = self.target_power_w()
+            ramp = self.ramp_fraction()
+            if ramp < 1.0:  # still ramping: from idle towards the target
+                target_w = spec.idle_power_w + (target_w - spec.idle_power_w) * ramp
+            power = target_w * (1.0 + rng.gauss(0.0, 0.005))
         elif self.state in ("sleeping", "booting"):
             hashrate = 0.0
             power = spec.idle_power_w * (1.0 + rng.gauss(0.0, 0.02))

@@ -16,6 +16,24 @@ behaviour of a broken machine, not about its protocol:
 * ``slow``     every reply is sent ``fault.delay_s`` real seconds late;
 * ``ignore_sleep`` is physics (the firmware accepts sleep and keeps hashing).
 
+Hostile kinds: a device on a fleet address that attacks the client rather than just failing
+(the probe of issue 15 grew a client to 3 GB in a minute with ``endless``). Every one applies
+to every port, RPC and HTTP alike:
+
+* ``endless``  from the moment a connection is accepted, stream a reply that never ends (an
+  RPC JSON prefix then filler; on HTTP a 200 head without Content-Length then filler), as fast
+  as the client reads it;
+* ``huge``     a well-framed reply of ``fault.size_bytes`` (default 50 MB) instead of the real
+  one (HTTP: with its Content-Length);
+* ``nested``   a short reply that is valid JSON nested ``NESTED_DEPTH`` arrays deep: a
+  recursive parser (``json.loads``) raises RecursionError on it;
+* ``accept_close`` accept, then close at once without a byte;
+* ``drip``     the real reply, one byte every ``fault.delay_s`` seconds.
+
+Replies that are streamed (``endless``, ``huge``, ``drip``) are generated lazily and written
+only as fast as the client drains them (``pause_writing``/``resume_writing``), so a hostile
+miner costs the emulator a few kilobytes per connection, not the reply's size.
+
 A powered-off machine (state ``off``) does not listen either: on loopback that is the closest
 we get to an unplugged host (a real LAN would give EHOSTUNREACH or a connect timeout).
 """
@@ -27,7 +45,7 @@ import errno
 import logging
 import resource
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from emulator.families.base import Family, HttpRequest, HttpResponse
@@ -41,6 +59,16 @@ HTTP_MAX_HEAD = 32 * 1024
 HTTP_MAX_BODY = 4 * 1024 * 1024
 #: ``garbage`` sends at most this many bytes of the real reply before closing.
 GARBAGE_BYTES = 40
+#: ``nested``: arrays this deep (CPython's json gives up near 1,000 with RecursionError).
+NESTED_DEPTH = 100_000
+#: Streamed replies are written in chunks of this size, at most STREAM_BURST per loop pass so a
+#: fast reader never starves the other miners of the emulator's single event loop.
+STREAM_CHUNK = 64 * 1024
+STREAM_BURST = 16
+#: The start of every endless/huge RPC reply: plausible cgminer JSON, so a client cannot tell
+#: from the first bytes that the rest is filler.
+HOSTILE_PREFIX = b'{"STATUS":[{"STATUS":"S","When":0,"Code":11,"Msg":"'
+HOSTILE_SUFFIX = b'","Description":"emulator"}],"id":1}'
 
 REASONS = {
     200: "OK", 204: "No Content", 302: "Found", 400: "Bad Request", 401: "Unauthorized",
@@ -154,11 +182,155 @@ def json_request_complete(buf: bytes | bytearray) -> bool:
     return False
 
 
+class Streamer:
+    """Writes an iterator of chunks to a transport as fast as the client drains it.
+
+    The protocol forwards ``pause_writing``/``resume_writing`` here, so a client that stops
+    reading costs the emulator one transport buffer (64 KiB high-water mark), not the reply.
+    ``interval_s`` > 0 writes one chunk per interval instead (``drip``). ``done`` runs after
+    the last chunk (close, or go on with the next keep-alive request).
+    """
+
+    __slots__ = ("chunks", "done", "handle", "interval_s", "loop", "paused", "transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.BaseTransport,
+                 chunks: Iterator[bytes], done: Callable[[], None],
+                 interval_s: float = 0.0) -> None:
+        self.loop = loop
+        self.transport = transport
+        self.chunks = chunks
+        self.done = done
+        self.interval_s = interval_s
+        self.paused = False
+        self.handle: asyncio.Handle | None = None
+
+    def start(self) -> None:
+        self._schedule(0.0)
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.handle is None:
+            self._schedule(0.0)
+
+    def _schedule(self, delay_s: float) -> None:
+        if delay_s > 0:
+            self.handle = self.loop.call_later(delay_s, self._pump)
+        else:
+            self.handle = self.loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self.handle = None
+        transport = self.transport
+        burst = 1 if self.interval_s > 0 else STREAM_BURST
+        for _ in range(burst):
+            if self.paused or transport.is_closing():
+                return  # resume_writing schedules the next pass; a closed client ends it
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                self.done()
+                return
+            transport.write(chunk)  # type: ignore[attr-defined]
+        if not self.paused and not transport.is_closing():
+            self._schedule(self.interval_s)
+
+
+def _filler(total: int | None) -> Iterator[bytes]:
+    """``total`` bytes of filler in STREAM_CHUNK pieces; endless if None."""
+    block = b"x" * STREAM_CHUNK
+    if total is None:
+        while True:
+            yield block
+    while total > 0:
+        piece = block if total >= STREAM_CHUNK else block[:total]
+        total -= len(piece)
+        yield piece
+
+
+def _http_head(length: int | None) -> bytes:
+    """A 200 head for a hostile body: Content-Length when the body ends, Connection: close."""
+    lines = ["HTTP/1.1 200 OK", "Content-Type: application/json"]
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def nested_body(depth: int = NESTED_DEPTH) -> bytes:
+    """Valid JSON nested ``depth`` arrays deep inside a cgminer-like object (it ends with
+    ``}``, so pyasic's RPC clean-ups hand it to ``json.loads`` unchanged)."""
+    return b'{"STATUS":' + b"[" * depth + b"]" * depth + b',"id":1}'
+
+
+def _hostile_chunks(kind: str, http: bool, size_bytes: int) -> Iterator[bytes]:
+    """The bytes of an ``endless`` (size ignored) or ``huge`` reply, framed for the port."""
+    if kind == "endless":
+        yield (_http_head(None) if http else b"") + HOSTILE_PREFIX
+        yield from _filler(None)
+        return
+    fixed = len(HOSTILE_PREFIX) + len(HOSTILE_SUFFIX)
+    fill = max(0, size_bytes - fixed)
+    yield (_http_head(fill + fixed) if http else b"") + HOSTILE_PREFIX
+    yield from _filler(fill)
+    yield HOSTILE_SUFFIX
+
+
+def _filler_of(data: bytes) -> Iterator[bytes]:
+    """``data`` in STREAM_CHUNK pieces."""
+    for i in range(0, len(data), STREAM_CHUNK):
+        yield data[i:i + STREAM_CHUNK]
+
+
+def _bytewise(data: bytes) -> Iterator[bytes]:
+    for i in range(len(data)):
+        yield data[i:i + 1]
+
+
+class _Streaming(Protocol):
+    streamer: Streamer | None
+
+
+def accept_hostile(fault: Fault | None, transport: asyncio.BaseTransport,
+                   owner: _Streaming, http: bool) -> bool:
+    """Faults that act when a connection is accepted, before any request: ``accept_close``
+    and ``endless``. Returns True if the connection is taken over (no request is served)."""
+    kind = fault.kind if fault is not None else "none"
+    if kind == "accept_close":
+        transport.close()
+        return True
+    if kind == "endless":
+        owner.streamer = Streamer(asyncio.get_running_loop(), transport,
+                                  _hostile_chunks("endless", http, 0), transport.close)
+        owner.streamer.start()
+        return True
+    return False
+
+
 def _deliver(loop: asyncio.AbstractEventLoop, fault: Fault | None,
              transport: asyncio.BaseTransport, render: Callable[[], bytes],
-             send: Callable[[bytes], None]) -> bool:
-    """Apply the fault to one reply. Returns False if the reply will never be sent."""
+             send: Callable[[bytes], None], owner: _Streaming | None = None,
+             http: bool = False) -> bool:
+    """Apply the fault to one reply. Returns False if the reply will never be sent.
+
+    ``owner`` is the protocol (it forwards flow control to a streamed reply); ``http`` says
+    how a hostile reply is framed (a status line and headers, or raw bytes on the RPC port).
+    """
     kind = fault.kind if fault is not None else "none"
+    if kind in ("huge", "nested", "drip") and owner is not None and fault is not None:
+        if kind == "huge":
+            chunks = _hostile_chunks("huge", http, fault.size_bytes)
+            owner.streamer = Streamer(loop, transport, chunks, transport.close)
+        elif kind == "nested":
+            body = nested_body()
+            data = (_http_head(len(body)) if http else b"") + body
+            owner.streamer = Streamer(loop, transport, _filler_of(data), transport.close)
+        else:  # drip: the real reply, a byte at a time, then on as a healthy reply would
+            owner.streamer = Streamer(loop, transport, _bytewise(render()),
+                                      lambda: send(b""), interval_s=max(0.0, fault.delay_s))
+        owner.streamer.start()
+        return True
     if kind == "hang":
         return False  # read, never answer; the client's timeout is the only way out
     if kind == "refuse":
@@ -182,16 +354,27 @@ def _deliver(loop: asyncio.AbstractEventLoop, fault: Fault | None,
 class RpcProtocol(asyncio.Protocol):
     """cgminer-style API: one JSON request per connection; reply, then close (EOF ends it)."""
 
-    __slots__ = ("buf", "done", "endpoint", "transport")
+    __slots__ = ("buf", "done", "endpoint", "streamer", "transport")
 
     def __init__(self, endpoint: MinerEndpoint) -> None:
         self.endpoint = endpoint
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.done = False
+        self.streamer: Streamer | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if accept_hostile(self.endpoint.fault(), transport, self, http=False):
+            self.done = True  # requests on this connection are never answered
+
+    def pause_writing(self) -> None:
+        if self.streamer is not None:
+            self.streamer.pause()
+
+    def resume_writing(self) -> None:
+        if self.streamer is not None:
+            self.streamer.resume()
 
     def data_received(self, data: bytes) -> None:
         if self.done:
@@ -230,7 +413,7 @@ class RpcProtocol(asyncio.Protocol):
             transport.write(reply)
             transport.close()
 
-        _deliver(endpoint.loop, endpoint.fault(), transport, render, send)
+        _deliver(endpoint.loop, endpoint.fault(), transport, render, send, self, http=False)
 
 
 class _BadRequest(Exception):
@@ -291,18 +474,31 @@ def render_http_response(resp: HttpResponse, keep_alive: bool, head_only: bool =
 class HttpProtocol(asyncio.Protocol):
     """Minimal HTTP/1.1: Content-Length bodies, keep-alive, one request in flight at a time."""
 
-    __slots__ = ("buf", "busy", "site", "transport")
+    __slots__ = ("buf", "busy", "site", "streamer", "taken", "transport")
 
     def __init__(self, site: Site) -> None:
         self.site = site
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.busy = False
+        self.streamer: Streamer | None = None
+        self.taken = False  # a hostile fault owns the connection: requests are not served
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.taken = accept_hostile(self.site.fault(), transport, self, http=True)
+
+    def pause_writing(self) -> None:
+        if self.streamer is not None:
+            self.streamer.pause()
+
+    def resume_writing(self) -> None:
+        if self.streamer is not None:
+            self.streamer.resume()
 
     def data_received(self, data: bytes) -> None:
+        if self.taken:
+            return
         self.buf += data
         if not self.busy:
             self._next()
@@ -310,7 +506,8 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.abort()  # a client pipelining without end behind a hung reply
 
     def eof_received(self) -> bool:
-        return self.busy  # half-closed client with a reply pending (slow): keep writing side
+        # half-closed client with a reply pending (slow) or a hostile stream: keep writing
+        return self.busy or self.taken
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -352,7 +549,8 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 transport.close()
 
-        _deliver(asyncio.get_running_loop(), site.fault(), transport, render, send)
+        _deliver(asyncio.get_running_loop(), site.fault(), transport, render, send, self,
+                 http=True)
 
 
 # ------------------------------------------------------------------------ the fleet
@@ -387,6 +585,11 @@ class MinerEndpoint:
 
     @property
     def ports(self) -> list[tuple[int, str]]:
+        """(port, kind) to listen on; a family whose ports differ per machine (Whatsminer
+        firmware with API v3 adds a length-framed port) says so with ``ports_for(miner)``."""
+        ports_for = getattr(self.family, "ports_for", None)
+        if ports_for is not None:
+            return list(ports_for(self.miner))
         out = []
         if self.family.rpc_port is not None:
             out.append((self.family.rpc_port, "rpc"))
@@ -419,6 +622,10 @@ class MinerEndpoint:
             sock, kind = self.pending.pop(0)
             if kind == "rpc":
                 factory: Callable[[], asyncio.Protocol] = lambda: RpcProtocol(self)  # noqa: E731
+            elif kind == "framed":
+                from emulator.framed import FramedProtocol  # it builds on this module
+
+                factory = lambda: FramedProtocol(self)  # noqa: E731
             else:
                 factory = lambda: HttpProtocol(self)  # noqa: E731
             server = await self.loop.create_server(factory, sock=sock, backlog=BACKLOG)
@@ -480,7 +687,8 @@ class FleetServer:
     def listener_count(self) -> int:
         return sum(len(e.servers) for e in self.endpoints.values())
 
-    def set_fault(self, ip: str, kind: str, delay_s: float | None = None) -> None:
+    def set_fault(self, ip: str, kind: str, delay_s: float | None = None,
+                  size_bytes: int | None = None) -> None:
         """Switch a miner's fault at run time; ``refuse`` closes its listeners at once."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {', '.join(FAULT_KINDS)}")
@@ -488,6 +696,8 @@ class FleetServer:
         fault = Fault(kind=kind)
         if delay_s is not None:
             fault.delay_s = float(delay_s)
+        if size_bytes is not None:
+            fault.size_bytes = int(size_bytes)
         endpoint.miner.fault = fault
         endpoint.sync_listening()
 
