@@ -16,11 +16,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from controller.bounds import at_most, finite_message
 from controller.guards import GuardConfig
 from controller.mqtt_config import MqttConfig
-from drivers.hashprice_config import HashpriceConfig
+from drivers.hashprice_config import HashpriceConfig, key_error
 from drivers.tariff_config import TariffConfig
 
 
@@ -97,11 +105,23 @@ def _nesting(data: object) -> int:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-def _parse_range(text: str) -> list[str]:
-    """Expand "A-B" (inclusive IPv4 range, B may be a full address or a last octet)."""
+#: The most addresses one curtaild manages (hosts and ranges together, each counted once).
+#: The product targets sites of up to 100,000 machines, and that is what the daemon is sized
+#: and benchmarked for; 16 ranges of 65,536 addresses took 2.5 GB and never finished a first
+#: tick. A larger site runs one curtaild per part of it.
+MAX_FLEET_ADDRESSES = 100_000
+#: Per machine, W: no mining machine draws this much; a larger figure is a unit mistake.
+MAX_MACHINE_W = 100_000.0
+
+MachineWatts = Annotated[float, Field(gt=0), at_most(
+    MAX_MACHINE_W, "no mining machine draws that much (kW entered as W?)", unit="W")]
+
+
+def _range_bounds(text: str) -> tuple[int, int]:
+    """First and last address of "A-B" as integers, validated, without expanding it."""
     if "-" not in text:
         raise ValueError(f"{text!r} is not a range: expected 'A-B', e.g. '10.0.0.1-10.0.0.254'")
     first_s, last_s = (p.strip() for p in text.split("-", 1))
@@ -115,29 +135,61 @@ def _parse_range(text: str) -> list[str]:
     count = int(last) - int(first) + 1
     if count > 65536:
         raise ValueError(f"range {text!r} has {count} addresses; at most 65536 per range")
-    return [str(ipaddress.IPv4Address(i)) for i in range(int(first), int(last) + 1)]
+    return int(first), int(last)
+
+
+def _parse_range(text: str) -> list[str]:
+    """Expand "A-B" (inclusive IPv4 range, B may be a full address or a last octet)."""
+    first, last = _range_bounds(text)
+    return [str(ipaddress.IPv4Address(i)) for i in range(first, last + 1)]
+
+
+def count_addresses(hosts: list[str], ranges: list[str]) -> int:
+    """Distinct addresses in hosts and ranges, from the spans alone (sorted and merged):
+    a million-address fleet is counted, and refused, without a million strings."""
+    spans = sorted([(int(ipaddress.IPv4Address(h)),) * 2 for h in hosts]
+                   + [_range_bounds(r) for r in ranges])
+    total = 0
+    end = -1  # last address counted so far
+    for first, last in spans:
+        if last > end:
+            total += last - max(first, end + 1) + 1
+            end = last
+    return total
 
 
 class PowerConfig(_Strict):
     """Where a machine's power figure comes from when its firmware reports none."""
 
-    overrides_w: dict[str, Annotated[float, Field(gt=0)]] = Field(
+    overrides_w: dict[str, MachineWatts] = Field(
         default_factory=dict, description="per-miner watts, by MAC, serial or IP"
     )
-    models_w: dict[str, Annotated[float, Field(gt=0)]] = Field(
+    models_w: dict[str, MachineWatts] = Field(
         default_factory=dict, description="per-model watts at full power, e.g. 'S19j Pro' = 3050"
     )
-    idle_w: float = Field(40.0, ge=0, description="draw of a sleeping machine (board, fans)")
+    idle_w: Annotated[float, at_most(
+        5000.0, "a sleeping machine draws tens of watts (board and fans)", unit="W")] = Field(
+        40.0, ge=0, description="draw of a sleeping machine (board, fans)")
 
 
 class FleetConfig(_Strict):
     hosts: list[str] = Field(default_factory=list)
     ranges: list[str] = Field(default_factory=list)
-    discovery_concurrency: int = Field(100, ge=1, le=5000)
-    poll_concurrency: int = Field(400, ge=1, le=20000)
-    discovery_timeout_s: float = Field(15.0, gt=0)
-    poll_timeout_s: float = Field(10.0, gt=0)
-    rediscover_after_failures: int = Field(3, ge=1)
+    discovery_concurrency: Annotated[int, at_most(
+        5000, "each discovery holds several connections (open files); unbounded discovery "
+        "fails silently", unit="")] = Field(100, ge=1)
+    poll_concurrency: Annotated[int, at_most(
+        20000, "each poll in flight holds a connection (an open file)", unit="")] = Field(
+        400, ge=1)
+    discovery_timeout_s: Annotated[float, at_most(
+        300, "an address that never answers holds a discovery slot this long, and is "
+        "probed again on every re-discovery")] = Field(15.0, gt=0)
+    poll_timeout_s: Annotated[float, at_most(
+        300, "a hung miner holds its poll slot and delays the tick this long, every tick; a "
+        "miner that answers at all answers in seconds")] = Field(10.0, gt=0)
+    rediscover_after_failures: Annotated[int, at_most(
+        1000, "a miner replaced or re-flashed at its address is rebuilt only after this many "
+        "failed polls", unit="")] = Field(3, ge=1)
     power: PowerConfig = Field(default_factory=PowerConfig)
 
     @field_validator("hosts")
@@ -155,10 +207,21 @@ class FleetConfig(_Strict):
     def _ranges_parse(cls, ranges: list[str]) -> list[str]:
         for r in ranges:
             try:
-                _parse_range(r)
+                _range_bounds(r)  # not expanded: the fleet size is checked from the spans
             except ValueError as exc:
                 raise ValueError(str(exc)) from None
         return ranges
+
+    @model_validator(mode="after")
+    def _fleet_size(self) -> FleetConfig:
+        n = count_addresses(self.hosts, self.ranges)
+        if n > MAX_FLEET_ADDRESSES:
+            raise key_error(self, "ranges" if self.ranges else "hosts", (
+                f"{n:,} addresses in hosts and ranges (each counted once); at most "
+                f"{MAX_FLEET_ADDRESSES:,}: every address is polled each tick and held in "
+                "memory, and curtaild is sized for sites up to that; run one curtaild per "
+                "part of a larger site"))
+        return self
 
     def addresses(self) -> list[str]:
         """Every configured address once, in a stable order."""
@@ -174,14 +237,27 @@ class ControllerConfig(_Strict):
         default_factory=lambda: os.environ.get("STATE_DIRECTORY", "state"),
         description="journal directory; systemd's StateDirectory= sets $STATE_DIRECTORY",
     )
-    poll_interval_s: float = Field(30.0, ge=1, le=3600)
-    command_timeout_s: float = Field(20.0, gt=0, description="overall deadline per command")
-    command_attempts: int = Field(3, ge=1, le=10, description="tries per command (tenacity)")
-    command_concurrency: int = Field(50, ge=1)
-    verify_grace_s: float = Field(
+    poll_interval_s: Annotated[float, at_most(
+        3600, "prices, demand windows and hot machines are acted on once per tick at most")] \
+        = Field(30.0, ge=1)
+    command_timeout_s: Annotated[float, at_most(
+        600, "a miner that never acknowledges a command holds a command slot and the tick "
+        "this long")] = Field(20.0, gt=0, description="overall deadline per command")
+    command_attempts: Annotated[int, at_most(
+        10, "every try can take command_timeout_s; the tick waits for them all", unit="")] \
+        = Field(3, ge=1, description="tries per command (tenacity)")
+    command_concurrency: Annotated[int, at_most(
+        20000, "each command in flight holds a connection (an open file), like "
+        "fleet.poll_concurrency", unit="")] = Field(50, ge=1)
+    verify_grace_s: Annotated[float, at_most(
+        86400, "a machine that has not reached its commanded state within a day is not "
+        "booting; it would never be re-commanded or flagged")] = Field(
         240.0, ge=0, description="time a machine gets to reach a commanded state (boot)"
     )
-    flag_after_failures: int = Field(3, ge=1, description="re-commands before a miner is flagged")
+    flag_after_failures: Annotated[int, at_most(
+        1000, "a miner that ignores commands would be re-commanded this many times before "
+        "it is flagged", unit="")] = Field(
+        3, ge=1, description="re-commands before a miner is flagged")
 
 
 class MetricsConfig(_Strict):
@@ -263,7 +339,7 @@ def _problems(exc: ValidationError, data: dict[str, Any]) -> list[str]:
     lines = []
     for err in exc.errors():
         loc = _drop_tags(tuple(err["loc"]), data)
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = finite_message(err["type"], err["msg"].removeprefix("Value error, "))
         lines.append(f"{_loc(loc)}: {msg}")
     return lines
 

@@ -46,10 +46,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from controller.bounds import at_most
 from controller.snapshot import (
     Action,
     Command,
@@ -84,14 +85,19 @@ class GuardConfig(BaseModel):
     leaves machines an operator put to sleep alone. ``"run"`` releases at once.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True,
+                              allow_inf_nan=False)
 
-    hysteresis_usd_per_day: float = Field(0.10, ge=0.0)
+    hysteresis_usd_per_day: Annotated[float, at_most(
+        1000.0, "no machine earns or loses that much a day: a band this wide would never let "
+        "one change state", unit="USD/day")] = Field(0.10, ge=0.0)
     """Band around zero margin, USD/day: a running machine is slept only if its full-power
     margin is below -band; a machine curtaild slept is woken only if the margin of running (or
     of the policy's power limit) is above +band."""
 
-    min_dwell_s: float = Field(600.0, ge=0.0)
+    min_dwell_s: Annotated[float, at_most(
+        86400.0, "a machine curtaild changed could not be changed back (woken when prices "
+        "recover) for longer than a day")] = Field(600.0, ge=0.0)
     """Minimum time, s, a machine stays in a state after curtaild changed it (protects PSUs
     and hashboards from cycling; also stops re-sending a command while the machine boots)."""
 
@@ -99,24 +105,32 @@ class GuardConfig(BaseModel):
     """Largest change of site power per minute, W, shedding and restoring alike. A token bucket
     refilled at ramp/60 W per second, holding at most max(ramp, the largest single step)."""
 
-    max_commands_per_tick: int = Field(50, ge=1)
+    max_commands_per_tick: Annotated[int, at_most(
+        100_000, "more than the largest fleet curtaild manages (fleet addresses are capped "
+        "at 100,000)", unit="")] = Field(50, ge=1)
     """Commands sent per tick at most; the rest wait for the next tick."""
 
     exclude: list[str] = Field(default_factory=list)
     """Miner keys (MAC/serial) or IPs curtaild never commands (maintenance, test benches);
     case-insensitive."""
 
-    stale_market_after_s: float = Field(1800.0, gt=0.0)
+    stale_market_after_s: Annotated[float, at_most(
+        86400.0, "a price a day old says nothing about the market now; the stale-market "
+        "fail-safe would never act")] = Field(1800.0, gt=0.0)
     """Hash price or tariff older than this, s, is stale: see on_stale_market."""
 
-    stale_reading_after_s: float = Field(300.0, gt=0.0)
+    stale_reading_after_s: Annotated[float, at_most(
+        86400.0, "a miner reading a day old says nothing about the machine now, and would "
+        "still be acted on")] = Field(300.0, gt=0.0)
     """A miner reading older than this, s, is never acted on."""
 
     on_stale_market: Literal["hold", "run"] = "hold"
     """Fail-safe with stale market inputs: "hold" everything as it is for stale_hold_s, then
     release what curtaild curtailed; "run" releases at once."""
 
-    stale_hold_s: float = Field(900.0, ge=0.0)
+    stale_hold_s: Annotated[float, at_most(
+        86400.0, "curtaild's curtailment would be held through stale prices for over a day "
+        "(it exists to stop losses, never to keep a site curtailed)")] = Field(900.0, ge=0.0)
     """How long, s, "hold" lasts once the market is stale, before curtaild's curtailment is
     released."""
 

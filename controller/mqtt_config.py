@@ -11,15 +11,17 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from controller.bounds import at_most
 
 _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,255}$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MqttTlsConfig(_Strict):
@@ -39,7 +41,8 @@ class MqttTlsConfig(_Strict):
 
 class MqttConfig(_Strict):
     host: str = Field(..., min_length=1, description="broker host name or address")
-    port: int = Field(1883, ge=1, le=65535)
+    port: Annotated[int, at_most(65535, "TCP ports end at 65,535", unit="")] = Field(
+        1883, ge=1)
     topic_prefix: str = Field(..., description="e.g. 'curtaild/site1'; every topic starts here")
     client_id: str | None = Field(None, max_length=128,
                                   description="MQTT client id; default 'curtaild-<prefix>'")
@@ -48,34 +51,54 @@ class MqttConfig(_Strict):
     password_credential: str | None = Field(
         None, description="systemd credential name holding the password ($CREDENTIALS_DIRECTORY)")
     tls: MqttTlsConfig | None = None
-    keepalive_s: int = Field(30, ge=5, le=3600)
-    connect_timeout_s: float = Field(10.0, gt=0, le=300)
-    reconnect_min_s: float = Field(1.0, gt=0, le=3600)
-    reconnect_max_s: float = Field(60.0, gt=0, le=86400)
-    max_payload_bytes: int = Field(4096, ge=256, le=262144,
-                                   description="inbound commands larger than this are rejected")
-    max_publish_bytes: int = Field(
-        131072, ge=1024, le=268435455,
+    keepalive_s: Annotated[int, at_most(
+        3600, "a dead broker connection goes unnoticed for up to 1.5 x this")] = Field(30, ge=5)
+    connect_timeout_s: Annotated[float, at_most(
+        300, "the bridge waits this long for a broker that does not answer")] = Field(
+        10.0, gt=0)
+    reconnect_min_s: Annotated[float, at_most(
+        3600, "demand-response commands are lost while the bridge waits to reconnect")] = Field(
+        1.0, gt=0)
+    reconnect_max_s: Annotated[float, at_most(
+        86400, "demand-response commands are lost while the bridge waits to reconnect")] = Field(
+        60.0, gt=0)
+    max_payload_bytes: Annotated[int, at_most(
+        262144, "no command is that large; each inbound message is held and parsed whole",
+        unit="bytes")] = Field(
+        4096, ge=256, description="inbound commands larger than this are rejected")
+    max_publish_bytes: Annotated[int, at_most(
+        268435455, "MQTT's largest packet", unit="bytes")] = Field(
+        131072, ge=1024,
         description="outbound messages larger than this are dropped and counted; keep it "
                     "under the broker's max_packet_size (256 KiB in deploy/mosquitto), which "
                     "closes the connection on a larger packet")
     publish_miners: bool = Field(True, description="retained <prefix>/miners/<id> on change")
-    publish_queue: int = Field(1000, ge=10, le=100000,
-                               description="non-retained messages kept while disconnected")
+    publish_queue: Annotated[int, at_most(
+        100000, "messages queued while disconnected are held in memory", unit="")] = Field(
+        1000, ge=10, description="non-retained messages kept while disconnected")
     # ---- demand-response events and overrides
     max_target_power_w: float = Field(1e9, gt=0, description="largest target_power_w accepted")
-    max_event_duration_s: float = Field(
+    max_event_duration_s: Annotated[float, at_most(
+        7 * 86400.0, "also the length of an event sent without an end: a lost 'end' message "
+        "would keep the site shed for longer than a week")] = Field(
         86400.0, gt=0, description="longest event accepted; also the end of an event without one")
-    max_event_lead_s: float = Field(7 * 86400.0, ge=0,
-                                    description="how far ahead an event may start")
-    max_override_s: float = Field(
+    max_event_lead_s: Annotated[float, at_most(
+        30 * 86400.0, "an event scheduled further ahead is a mistake in its start time, and "
+        "would be remembered (and journaled) until then")] = Field(
+        7 * 86400.0, ge=0, description="how far ahead an event may start")
+    max_override_s: Annotated[float, at_most(
+        30 * 86400.0, "also the length of an override or pause sent without an end: one "
+        "forgotten message would hold machines for longer than a month")] = Field(
         86400.0, gt=0, description="longest override or pause; also their length when no "
         "until/duration_s is given")
     # ---- inbound watchdog
-    event_heartbeat_s: float | None = Field(
+    event_heartbeat_s: Annotated[float | None, at_most(
+        86400.0, "a day of silence during an event is a lost signal, whatever the "
+        "heartbeat")] = Field(
         None, gt=0, description="during an event, silence longer than this is a signal loss")
     on_signal_loss: Literal["hold", "release", "end_after_s"] = "hold"
-    signal_loss_end_after_s: float | None = Field(
+    signal_loss_end_after_s: Annotated[float | None, at_most(
+        7 * 86400.0, "an event would outlive its lost signal by more than a week")] = Field(
         None, ge=0, description="with on_signal_loss = 'end_after_s': the event ends this long "
         "after the signal was lost")
 

@@ -33,12 +33,14 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from controller.bounds import at_most
+
 HASHRATEINDEX_ENV = "HASHRATEINDEX_API_KEY"
 HASHRATEINDEX_CREDENTIAL = "hashrateindex-api-key"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def key_error(model: BaseModel, key: str | tuple, message: str) -> ValidationError:
@@ -58,17 +60,27 @@ def _check_base_url(url: str) -> str:
     return url.rstrip("/")
 
 
+TICK_WAITS_WHY = "the tick that refreshes a market input waits for it"
+REFRESH_WHY = "a market price refreshed less than once a day is not a market input"
+MAX_AGE_WHY = "a price a week old is stale by any market's measure: the fail-safe would never act"
+
+
 class HttpSourceConfig(_Strict):
     """What every HTTP source shares: timeouts, retries, cache and staleness."""
 
-    timeout_s: float = Field(10.0, gt=0, le=120, description="per request")
-    attempts: int = Field(3, ge=1, le=10, description="tries per request (tenacity)")
-    backoff_s: float = Field(1.0, ge=0, le=60, description="first retry wait, doubling, jittered")
-    backoff_max_s: float = Field(8.0, ge=0, le=300)
-    deadline_s: float = Field(20.0, gt=0, le=120, description="one refresh, retries included")
-    refresh_s: float = Field(300.0, ge=10, le=86400, description="cache a value this long")
-    max_age_s: float = Field(1200.0, gt=0, le=7 * 86400,
-                             description="a value older than this is stale")
+    timeout_s: Annotated[float, at_most(120, TICK_WAITS_WHY)] = Field(
+        10.0, gt=0, description="per request")
+    attempts: Annotated[int, at_most(10, TICK_WAITS_WHY, unit="")] = Field(
+        3, ge=1, description="tries per request (tenacity)")
+    backoff_s: Annotated[float, at_most(60, TICK_WAITS_WHY)] = Field(
+        1.0, ge=0, description="first retry wait, doubling, jittered")
+    backoff_max_s: Annotated[float, at_most(300, TICK_WAITS_WHY)] = Field(8.0, ge=0)
+    deadline_s: Annotated[float, at_most(120, TICK_WAITS_WHY)] = Field(
+        20.0, gt=0, description="one refresh, retries included")
+    refresh_s: Annotated[float, at_most(86400, REFRESH_WHY)] = Field(
+        300.0, ge=10, description="cache a value this long")
+    max_age_s: Annotated[float, at_most(7 * 86400, MAX_AGE_WHY)] = Field(
+        1200.0, gt=0, description="a value older than this is stale")
 
     @model_validator(mode="after")
     def _ages(self):
@@ -91,7 +103,9 @@ class MempoolSource(HttpSourceConfig):
 
     source: Literal["mempool"] = "mempool"
     base_url: str = "https://mempool.space/api"
-    fee_blocks: int = Field(144, ge=1, le=2016, description="blocks the mean fee is taken over")
+    fee_blocks: Annotated[int, at_most(
+        2016, "one difficulty period: older fees say little about the next block", unit="")] \
+        = Field(144, ge=1, description="blocks the mean fee is taken over")
 
     @field_validator("base_url")
     @classmethod
@@ -110,7 +124,7 @@ class HashrateIndexSource(HttpSourceConfig):
     endpoint: Literal["current", "series"] = Field(
         "current", description="/hashprice/current, or the last point of /hashprice?span=1D")
     # the API allows a burst of 20 requests, then one per 15 s
-    refresh_s: float = Field(300.0, ge=15, le=86400)
+    refresh_s: Annotated[float, at_most(86400, REFRESH_WHY)] = Field(300.0, ge=15)
 
     @field_validator("base_url")
     @classmethod

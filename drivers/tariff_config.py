@@ -38,14 +38,15 @@ from pydantic import (
     model_validator,
 )
 
-from drivers.hashprice_config import HttpSourceConfig, key_error
+from controller.bounds import at_most
+from drivers.hashprice_config import MAX_AGE_WHY, REFRESH_WHY, HttpSourceConfig, key_error
 
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_SETS = {"all": tuple(range(7)), "weekdays": (0, 1, 2, 3, 4), "weekends": (5, 6)}
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _days(value: Any) -> tuple[int, ...]:
@@ -259,8 +260,8 @@ class RealtimeTariff(HttpSourceConfig, _Extras):
         None, description="energy price used while the feed is stale")
     fallback: ScheduleConfig | None = Field(
         None, description="a flat or tou tariff used while the feed is stale")
-    refresh_s: float = Field(60.0, ge=5, le=86400)
-    max_age_s: float = Field(900.0, gt=0, le=7 * 86400)
+    refresh_s: Annotated[float, at_most(86400, REFRESH_WHY)] = Field(60.0, ge=5)
+    max_age_s: Annotated[float, at_most(7 * 86400, MAX_AGE_WHY)] = Field(900.0, gt=0)
 
     @field_validator("url")
     @classmethod

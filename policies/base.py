@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from controller.bounds import finite_message
 from controller.snapshot import Desired, FleetSnapshot, MarketSnapshot
 
 log = logging.getLogger("curtaild.policies")
@@ -44,7 +45,8 @@ class PolicyError(Exception):
 class PolicyConfig(BaseModel):
     """Base of every policy's config: strict (a typo names the key) and immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True,
+                              allow_inf_nan=False)
 
     pool_fee: float = Field(0.02, ge=0.0, lt=1.0)
     """Fraction of revenue the pool keeps (0.02 = 2 %); revenue is multiplied by 1 - pool_fee."""
@@ -105,7 +107,7 @@ def _param_problems(exc: ValidationError, config_cls: type[BaseModel],
         if err["type"] == "extra_forbidden":
             msg = f"unknown key (valid keys: {known})"
         else:
-            msg = err["msg"].removeprefix("Value error, ")
+            msg = finite_message(err["type"], err["msg"].removeprefix("Value error, "))
         lines.append(f"{prefix}.{path}: {msg}" if path else f"{prefix}: {msg}")
     return lines
 

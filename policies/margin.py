@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
 from controller import economics
+from controller.bounds import at_most
 from controller.snapshot import Desired, FleetSnapshot, MarketSnapshot, MinerReading
 from policies.base import PolicyConfig
 
@@ -45,13 +46,17 @@ class MarginConfig(PolicyConfig):
     """Hashrate ~ (power - idle)^exponent under a power limit; < 1 means a limited machine is
     more efficient (lower voltage). 1.0 assumes constant J/TH."""
 
-    idle_power_w: float = Field(40.0, ge=0.0)
+    idle_power_w: Annotated[float, at_most(
+        5000.0, "a sleeping machine draws tens of watts (board and fans)", unit="W")] = Field(
+        40.0, ge=0.0)
     """Draw of a sleeping machine (control board, fans), W, when its firmware reports none."""
 
     use_power_limits: bool = True
     """Power-limit machines whose firmware allows it, when that earns more than run or sleep."""
 
-    limit_search_steps: int = Field(41, ge=2, le=10_000)
+    limit_search_steps: Annotated[int, at_most(
+        10_000, "every step is evaluated for every machine on every tick", unit="")] = Field(
+        41, ge=2)
     """Power targets tried between the firmware's lowest and highest (plus the closed form)."""
 
     min_limit_gain_usd_per_day: float = Field(0.05, ge=0.0)

@@ -25,10 +25,11 @@ import math
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from controller.bounds import at_most
 from controller.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot, MinerReading
 from drivers.tariff import window_matches
 from drivers.tariff_config import TimeWindow, check_timezone
@@ -56,7 +57,9 @@ class ScheduleConfig(PolicyConfig):
     timezone: str = "UTC"
     """IANA time zone of the windows (a window may set its own)."""
 
-    lead_s: float = Field(0.0, ge=0.0, le=7 * 86400.0)
+    lead_s: Annotated[float, at_most(
+        7 * 86400.0, "machines would be curtailed more than a week before their window")] \
+        = Field(0.0, ge=0.0)
     """Curtail this long, s, before a window starts."""
 
     action: Literal["sleep", "limit"] = "sleep"

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field, model_validator
 
+from controller.bounds import at_most
 from controller.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot, MinerReading
 from policies import layer
 from policies.base import PolicyConfig
@@ -44,7 +45,9 @@ class ThermalConfig(PolicyConfig):
     recovery_band_c: float = Field(5.0, ge=0.0, le=50.0)
     """A derated or slept machine returns to normal only below max_temp_c - this, degrees C."""
 
-    derate_step_w: float = Field(300.0, gt=0.0)
+    derate_step_w: Annotated[float, at_most(
+        100_000.0, "a step larger than any machine's power range: one step would always "
+        "reach the firmware's lowest limit", unit="W")] = Field(300.0, gt=0.0)
     """Power target step, W, taken each tick a machine stays at or above max_temp_c."""
 
     derate: bool = True
