@@ -43,7 +43,14 @@ from drivers.hashprice_config import (
     MempoolSource,
     resolve_hashrateindex_key,
 )
-from drivers.httpfeed import FeedError, HttpFeed, HttpPolicy, RefreshingSource
+from drivers.httpfeed import (
+    FeedError,
+    HttpFeed,
+    HttpPolicy,
+    RefreshingSource,
+    redact_cut,
+    scrub,
+)
 
 log = logging.getLogger("curtaild.hashprice")
 
@@ -162,8 +169,9 @@ def _number(doc: Any, key: str, where: str, source: str) -> float:
     try:
         out = float(value)
     except (TypeError, ValueError):
+        # The value is the server's: it may echo the key (scrubbed before it is cut).
         raise FeedError(f"{source}: {where}: field {key!r} is not a number: "
-                        f"{str(value)[:40]!r}") from None
+                        f"{redact_cut(str(value), 40)!r}") from None
     if out != out or out in (float("inf"), float("-inf")):
         raise FeedError(f"{source}: {where}: field {key!r} is not finite")
     return out
@@ -190,7 +198,7 @@ class MempoolHashpriceSource(_HttpHashpriceSource):
             tip = int(tip_text.strip())
         except ValueError:
             raise FeedError(f"{src}: /blocks/tip/height: not a height: "
-                            f"{tip_text.strip()[:40]!r}") from None
+                            f"{self.http.snippet(tip_text.strip(), 40)!r}") from None
         if tip < 0:
             raise FeedError(f"{src}: /blocks/tip/height: negative height {tip}")
 
@@ -351,7 +359,7 @@ class CompositeHashpriceSource:
                 if not isinstance(r, Exception):
                     raise r  # cancellation and friends are not a source failure
                 d["fresh"] = False
-                d["error"] = d.get("error") or str(r) or type(r).__name__
+                d["error"] = d.get("error") or scrub(str(r)) or type(r).__name__
             details.append(d)
         live = [(i, q) for i, q in fresh if getattr(self.members[i], "live", True)]
 

@@ -45,10 +45,48 @@ _SECRETS: set[str] = set()
 
 
 def _scrub(text: str) -> str:
-    for s in _SECRETS:
+    for s in sorted(_SECRETS, key=len, reverse=True):  # a secret inside another: longest first
         if s in text:
             text = text.replace(s, "***")
     return text
+
+
+def scrub(text: str) -> str:
+    """``text`` without any feed's secret, for messages built outside a feed."""
+    return _scrub(text)
+
+
+def redact_cut(text: str, limit: int, secrets: Iterable[str] = ()) -> str:
+    """At most ``limit`` characters of ``text`` (plus "***" markers), with every secret removed
+    *before* cutting: each occurrence that starts before the cut is replaced whole, so a key
+    that straddles the cut never leaves its first characters behind (scrubbing after cutting
+    did: the cut piece no longer matches). ``secrets`` are added to every feed's secrets.
+
+    Positions are found in the original text, so replacing a secret (which shortens the
+    text) never pulls the piece of a later one into view either.
+    """
+    found = {s for s in (*_SECRETS, *secrets) if s}
+    if not found:
+        return text[:limit]
+    window = text[:limit + max(map(len, found))]
+    spans: list[tuple[int, int]] = []
+    for s in found:
+        i = window.find(s)
+        while 0 <= i < limit:
+            spans.append((i, i + len(s)))
+            i = window.find(s, i + 1)
+    out: list[str] = []
+    pos = 0
+    for start, end in sorted(spans):
+        if end <= pos:
+            continue  # inside a secret already replaced
+        if start >= pos:
+            out.append(text[pos:start])
+            out.append("***")
+        pos = end
+    if pos < limit:
+        out.append(text[pos:limit])
+    return "".join(out)
 
 
 class _ScrubSecrets(logging.Filter):
@@ -130,9 +168,13 @@ class HttpFeed:
         return f"HttpFeed({self.name!r})"
 
     def scrub(self, text: str) -> str:
-        for s in self._secrets:
+        for s in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(s, "***")
         return _scrub(text)
+
+    def snippet(self, text: str, limit: int) -> str:
+        """The start of a body or value for an error message: scrubbed, then cut."""
+        return redact_cut(text, limit, self._secrets)
 
     async def get_text(self, url: str, *, params: dict[str, str] | None = None,
                        headers: dict[str, str] | None = None) -> str:
@@ -145,7 +187,7 @@ class HttpFeed:
         try:
             return json.loads(resp.content)
         except ValueError as exc:
-            snippet = self.scrub(resp.text[:80]).replace("\n", " ")
+            snippet = self.snippet(resp.text, 80).replace("\n", " ")
             raise FeedError(f"{self.name}: malformed JSON from {_short(url)}: {exc.msg} "
                             f"(body starts {snippet!r})") from None
 
@@ -304,6 +346,9 @@ class RefreshingSource(Generic[Q]):
         msg = str(exc) or type(exc).__name__
         if not isinstance(exc, FeedError):
             msg = f"{self.name}: {type(exc).__name__}: {msg}"
+        # Every message from a refresh is logged, kept as last_error (status, plan, metrics)
+        # and quoted by StaleSource: scrubbed here whatever raised it.
+        msg = _scrub(msg)
         backoff = min(self.refresh_s, 15.0 * 2 ** (self.failures - 1))
         if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
             backoff = max(backoff, exc.retry_after_s)

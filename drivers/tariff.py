@@ -291,7 +291,9 @@ class _RealtimeEnergy:
             price = float(str(value).strip().replace(",", "")) if isinstance(value, str) \
                 else float(value)
         except (TypeError, ValueError):
-            raise FeedError(f"{self.name}: {where}: {str(value)[:40]!r} is not a price") from None
+            # The value is the server's and may echo a header secret: scrubbed, then cut.
+            raise FeedError(f"{self.name}: {where}: {self.http.snippet(str(value), 40)!r} is "
+                            "not a price") from None
         if price != price or price in (float("inf"), float("-inf")):
             raise FeedError(f"{self.name}: {where}: price is not finite")
         if self.cfg.unit == "usd_per_mwh":
@@ -317,7 +319,8 @@ class _RealtimeEnergy:
             reader = csv.DictReader(io.StringIO(payload))
             if reader.fieldnames is None or cfg.field not in reader.fieldnames:
                 raise FeedError(f"{self.name}: CSV has no column {cfg.field!r} "
-                                f"(columns: {', '.join(reader.fieldnames or [])[:120]})")
+                                f"(columns: "
+                                f"{self.http.snippet(', '.join(reader.fieldnames or []), 120)})")
             if cfg.time_field and cfg.time_field not in reader.fieldnames:
                 raise FeedError(f"{self.name}: CSV has no column {cfg.time_field!r}")
             rows = list(reader)
@@ -395,7 +398,8 @@ class _RealtimeEnergy:
                 raise
             # The feed is stale or broken: the contract's fallback price, which is always
             # fresh, keeps the loop deciding.
-            d = {**self.detail(now), "fallback": self.fallback.kind, "error": str(exc)}
+            d = {**self.detail(now), "fallback": self.fallback.kind,
+                 "error": self.http.scrub(str(exc))}
             price, period = self.fallback.price_at(now)
             if period:
                 d["period"] = period

@@ -178,7 +178,8 @@ def test_every_duration_and_count_has_an_upper_bound_with_a_reason() -> None:
             missed.append(f"{key}: {problems}")
         elif not any("allowed: " in p for p in mine):
             missed.append(f"{key}: no reason: {mine}")
-    assert not missed, "\n".join(missed)
+    assert not missed, ("bound each with controller.bounds.at_most(limit, why) so the message "
+                        "says why:\n" + "\n".join(missed))
 
 
 def test_poll_timeout_message_says_what_the_value_would_do() -> None:
