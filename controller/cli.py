@@ -49,6 +49,11 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
+    # Secrets (firmware and MQTT passwords) never reach a log line, whoever logs it.
+    from controller.secret import RedactingFilter
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     # pyasic logs every unreachable miner at WARNING; the loop reports those itself.
     logging.getLogger("pyasic").setLevel(logging.ERROR)
     # httpx logs every request at INFO; market sources report their own failures.
@@ -98,6 +103,7 @@ def cmd_check(config_path: str) -> int:
 
 
 async def _plan(config_path: str, as_json: bool) -> int:
+    from controller.config import ConfigError
     from controller.daemon import build_reconciler
     from controller.journal import Journal
     from controller.report import plan_table, tick_summary
@@ -111,6 +117,10 @@ async def _plan(config_path: str, as_json: bool) -> int:
     journal = Journal(state if (state / "journal.sqlite").exists() else None)
     try:
         result = await build_reconciler(config, journal).tick(send=False)
+    except ConfigError as exc:  # e.g. a firmware password file plan cannot read
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
     finally:
         journal.close()
     if as_json:

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from controller.bounds import at_most, finite_message
+from controller.credentials_config import CredentialsConfig
 from controller.guards import GuardConfig
 from controller.mqtt_config import MqttConfig
 from drivers.hashprice_config import HashpriceConfig, key_error
@@ -191,6 +192,7 @@ class FleetConfig(_Strict):
         1000, "a miner replaced or re-flashed at its address is rebuilt only after this many "
         "failed polls", unit="")] = Field(3, ge=1)
     power: PowerConfig = Field(default_factory=PowerConfig)
+    credentials: CredentialsConfig = Field(default_factory=CredentialsConfig)
 
     @field_validator("hosts")
     @classmethod

@@ -89,6 +89,8 @@ class Daemon:
                 market = MarketInputs(build_hashprice_source(config.hashprice),
                                       build_tariff_source(config.tariff),
                                       pool_fee=policy.config.pool_fee)
+                # firmware passwords: an unreadable secret file rejects the reload too
+                self.reconciler.driver.prepare_credentials(config.fleet)
         except ConfigError as exc:
             self.reloads["failed"] += 1
             for line in exc.problems:

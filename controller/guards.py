@@ -223,6 +223,10 @@ def _untouchable(r: MinerReading, mem: MinerMemory | None, cfg: GuardConfig,
         return "excluded by config (guards.exclude)"
     if r.state == "unreachable":
         return f"unreachable: {r.error or 'no answer'}"
+    if r.error is not None and r.error.startswith("auth:"):
+        # The firmware refuses our credentials: a command would be refused too, or worse
+        # (stock Antminer) "succeed" without effect. Fix [fleet.credentials] (or the machine).
+        return f"credentials refused ({r.error}); not commanded until they are accepted"
     age = now - r.observed_at
     if age > cfg.stale_reading_after_s:
         return f"reading stale: {age:.0f} s old (> {cfg.stale_reading_after_s:.0f} s)"

@@ -55,7 +55,7 @@ ACTIONS = ("run", "limit", "sleep")
 COMMAND_RESULTS = ("ok", "failed", "dry_run")
 VERDICTS = ("mismatch", "flagged")
 #: MinerDriver.error_counts kinds, always exported (0 until seen) so rate() has a series.
-POLL_ERROR_KINDS = ("timeout", "refused", "error", "garbage", "discovery")
+POLL_ERROR_KINDS = ("timeout", "refused", "error", "garbage", "discovery", "auth")
 TICK_RESULTS = ("ok", "failed")
 RELOAD_RESULTS = ("ok", "failed")
 

@@ -8,16 +8,13 @@ systemd credential ``password_credential`` (``$CREDENTIALS_DIRECTORY/<name>``, s
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controller.bounds import at_most
-
-_CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,255}$")
+from controller.secret import check_credential_name, read_secret
 
 
 class _Strict(BaseModel):
@@ -116,9 +113,7 @@ class MqttConfig(_Strict):
     @field_validator("password_credential")
     @classmethod
     def _credential_name(cls, v: str | None) -> str | None:
-        if v is not None and not _CREDENTIAL_NAME.match(v):
-            raise ValueError(f"{v!r} is not a systemd credential name (letters, digits, _.@-)")
-        return v
+        return check_credential_name(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttConfig:
@@ -142,24 +137,10 @@ class MqttConfig(_Strict):
     def read_password(self) -> str | None:
         """The password, read now (a rotated file is picked up at the next connection).
 
-        Raises ValueError with a message that names the setting and the path, never the secret.
+        Raises ValueError with a message that names the setting and the path, never the secret
+        (``controller.secret.read_secret``, shared with the miners' firmware passwords).
         """
-        if self.password_file:
-            path = Path(self.password_file)
-            source = "mqtt.password_file"
-        elif self.password_credential:
-            source = f"mqtt.password_credential {self.password_credential!r}"
-            directory = os.environ.get("CREDENTIALS_DIRECTORY")
-            if not directory:
-                raise ValueError(f"{source}: "
-                                 "$CREDENTIALS_DIRECTORY is not set (LoadCredential= missing?)")
-            path = Path(directory) / self.password_credential
-        else:
-            return None
-        try:
-            text = path.read_text(encoding="utf-8").strip("\r\n")
-        except OSError as exc:  # name the setting, not only the path systemd made up
-            raise ValueError(f"{source}: cannot read {path}: {exc.strerror or exc}") from None
-        if not text:
-            raise ValueError(f"{source}: {path} is empty")
-        return text
+        secret = read_secret(file=self.password_file, credential=self.password_credential,
+                             file_key="mqtt.password_file",
+                             credential_key="mqtt.password_credential")
+        return secret.get_secret_value() if secret is not None else None

@@ -18,6 +18,7 @@ digest-authenticated web calls, which cost about ten times more client CPU.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -39,7 +40,9 @@ from tenacity import (
 )
 
 from controller.config import FleetConfig
+from controller.secret import redact
 from controller.snapshot import Command, FleetSnapshot, MinerReading, PowerSource
+from drivers import credentials as creds
 from drivers.nameplate import lookup
 
 log = logging.getLogger("curtaild.miners")
@@ -166,6 +169,12 @@ class _Tracked:
     #: of presets (LuxOS profiles) rather than any watt figure; read once per discovery
     preset_floor_w: float | None = None
     preset_ceiling_w: float | None = None
+    auth_recheck: bool = False  # credentials changed: check before the next poll
+    #: why the firmware refused our credentials (drivers/credentials.py), None when it took
+    #: them or could not tell; such a miner reads as error kind "auth" and is not commanded
+    auth_refused: str | None = None
+    #: the config key of the password applied (never the password), for reports
+    credential_source: str | None = None
 
 
 class MinerDriver:
@@ -180,8 +189,22 @@ class MinerDriver:
         #: background re-discoveries by address (a sweep never waits on one)
         self._rediscovering: dict[str, asyncio.Task[bool]] = {}
 
+    def prepare_credentials(self, cfg: FleetConfig) -> None:
+        """Read the secrets of a config about to be swapped in (a reload), so that an
+        unreadable one rejects the reload (ConfigError naming the key) before anything
+        changes; ``reconfigure`` then uses what was read here."""
+        self._pending_credentials = (cfg, creds.CredentialStore.load(cfg.credentials))
+
     def reconfigure(self, cfg: FleetConfig) -> None:
-        """Take a (re)loaded fleet config: its pools are sized from it."""
+        """Take a (re)loaded fleet config: its pools are sized from it, its passwords read
+        (ConfigError naming the key if one cannot be) and applied to every known miner."""
+        pending = getattr(self, "_pending_credentials", None)
+        self._pending_credentials = None
+        store = (pending[1] if pending is not None and pending[0] is cfg
+                 else creds.CredentialStore.load(cfg.credentials))
+        self.credentials = store
+        for t in getattr(self, "_tracked", {}).values():
+            self._apply_credentials(t)
         self.cfg = cfg
         self._discover_sem = asyncio.Semaphore(cfg.discovery_concurrency)
         self._poll_sem = asyncio.Semaphore(cfg.poll_concurrency)
@@ -227,6 +250,38 @@ class MinerDriver:
     def _count(self, kind: str) -> None:
         self.error_counts[kind] = self.error_counts.get(kind, 0) + 1
 
+    # ------------------------------------------------------------------ credentials
+    def _apply_credentials(self, t: _Tracked) -> None:
+        """Give t's pyasic object the password ``[fleet.credentials]`` resolves for it (after
+        every discovery, on reload, and once its MAC/serial is known); a changed password is
+        checked again before the next poll or command."""
+        if t.miner is None:
+            return
+        cred = self.credentials.resolve(family=t.family, ip=t.ip, mac=t.mac, serial=t.serial)
+        t.credential_source = cred.source if cred is not None else None
+        if creds.apply(t.miner, t.family, cred):
+            t.auth_refused = None
+            t.auth_recheck = True
+
+    async def _check_credentials(self, t: _Tracked) -> str | None:
+        """Ask the firmware whether it takes our credentials (drivers/credentials.probe);
+        returns why it refused them, None if it took them or could not tell."""
+        t.auth_recheck = False
+        miner = t.miner
+        if miner is None or not creds.has_probe(miner, t.family):
+            return None
+        verdict, detail = await creds.probe(miner, t.family, self.cfg.poll_timeout_s,
+                                            trusted=t.auth_refused is None)
+        if verdict == "refused":
+            if t.auth_refused is None:
+                log.warning("%s: %s firmware refused the credentials (%s): %s", t.ip, t.family,
+                            t.credential_source or "pyasic's factory default", detail)
+            t.auth_refused = detail
+        elif verdict == "accepted" and t.auth_refused is not None:
+            log.info("%s: %s firmware accepts the credentials again", t.ip, t.family)
+            t.auth_refused = None
+        return t.auth_refused
+
     async def _discover(self, t: _Tracked) -> bool:
         now = time.monotonic()
         if now < t.next_discovery_at:
@@ -251,6 +306,8 @@ class MinerDriver:
         t.rpc_only = is_stock_antminer(miner)
         t.discovery_attempts = 0
         t.failures = 0
+        self._apply_credentials(t)
+        await self._check_credentials(t)
         if t.family in PRESET_FAMILIES:
             await self._read_presets(t, miner)
         return True
@@ -294,7 +351,7 @@ class MinerDriver:
         except ConnectionRefusedError as exc:
             return self._failed(t, "refused", str(exc))
         except Exception as exc:
-            return self._failed(t, "error", f"{type(exc).__name__}: {exc}")
+            return self._failed(t, "error", redact(f"{type(exc).__name__}: {exc}"))
         try:
             reading = self._reading(t, miner, data)
         except Exception as exc:
@@ -302,11 +359,18 @@ class MinerDriver:
         if reading.error:
             return self._failed(t, "garbage", reading.error)
         t.failures = 0
+        if t.auth_refused is not None:
+            # Answers, but refuses our credentials: its own kind, neither unreachable nor a
+            # healthy machine (the guards do not command it; see controller/guards.py).
+            self._count("auth")
+            reading = dataclasses.replace(reading, error=f"auth: {t.auth_refused}")
         t.last = reading
         return reading
 
     async def _poll(self, t: _Tracked, miner: Any) -> PollData:
         """What _reading needs, at the least client CPU (see the module docstring)."""
+        if t.auth_refused is not None or t.auth_recheck:
+            await self._check_credentials(t)  # refused: a fixed password recovers by itself
         if t.rpc_only and (t.mac or t.serial):
             data = await poll_stock_antminer(miner)
         else:
@@ -314,7 +378,14 @@ class MinerDriver:
             data = PollData.of(await miner.get_data(include=fields))
         if t.family not in NO_IS_MINING_FAMILIES and not self._hashing(t, data.hashrate):
             # only a machine that does not hash can be asleep: ask the firmware
-            data.is_mining = (await miner.get_data(include=IS_MINING_FIELDS)).is_mining
+            if t.family == "antminer" and t.auth_refused is None:
+                # is_mining() itself, not get_data, whose default (True) hides the None that
+                # pyasic returns when the web UI refuses the password: ask whether it does
+                data.is_mining = await miner.is_mining()
+                if data.is_mining is None:
+                    await self._check_credentials(t)
+            else:
+                data.is_mining = (await miner.get_data(include=IS_MINING_FIELDS)).is_mining
         return data
 
     @staticmethod
@@ -364,10 +435,13 @@ class MinerDriver:
         return (t.mac or t.serial or t.ip).upper() if (t.mac or t.serial) else t.ip
 
     def _reading(self, t: _Tracked, miner: Any, data: Any) -> MinerReading:
+        learned = (data.mac and not t.mac) or (data.serial_number and not t.serial)
         if data.mac and not t.mac:
             t.mac = str(data.mac).upper()
         if data.serial_number and not t.serial:
             t.serial = str(data.serial_number)
+        if learned and self.credentials.overrides:
+            self._apply_credentials(t)  # a MAC/serial override may apply now
         hashrate = data.hashrate
         if hashrate is None:
             # pyasic's get_data swallows every failed call and leaves the field unset; an
@@ -387,7 +461,11 @@ class MinerDriver:
         # is mining (it burns power), and where is_mining has no source, no hashing = asleep.
         # (_poll asks for is_mining only when not hashing, the only case where it matters.)
         hashing = self._hashing(t, hashrate_ths)
-        says_asleep = data.is_mining is False or family in NO_IS_MINING_FAMILIES
+        # A firmware that refuses our credentials cannot say (pyasic's is_mining() is None and
+        # get_data's default is True): not hashing is then reported as asleep, with the
+        # "auth" error, never as a mining machine.
+        says_asleep = (data.is_mining is False or family in NO_IS_MINING_FAMILIES
+                       or t.auth_refused is not None)
         state = "sleeping" if (says_asleep and not hashing) else "mining"
         power_w, source = self._power(t, model, data.wattage, state, plate)
         temps = [
@@ -462,6 +540,11 @@ class MinerDriver:
         if t is None or t.miner is None:
             raise CommandFailed("miner not discovered")
         miner = t.miner
+        # pyasic believes a stock Antminer's sleep sent with a wrong password (True after a
+        # 401): ask the firmware whether it takes our credentials before sending anything.
+        refused = await self._check_credentials(t)
+        if refused is not None:
+            raise CommandFailed(f"auth: {refused}")
         per_try = max(1.0, timeout_s / attempts)
         fresh_session = family_of(miner) == "luxos" and getattr(miner, "rpc", None) is not None
 
@@ -504,5 +587,5 @@ class MinerDriver:
         except TimeoutError as exc:
             raise CommandFailed(f"no answer within {per_try:g}s") from exc
         except Exception as exc:
-            raise CommandFailed(f"{type(exc).__name__}: {exc}") from exc
+            raise CommandFailed(redact(f"{type(exc).__name__}: {exc}")) from exc
         raise CommandFailed("no attempt made")  # pragma: no cover
