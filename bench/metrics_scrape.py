@@ -3,6 +3,7 @@
     python bench/metrics_scrape.py                  # 10,000 miners, 20 scrapes
     python bench/metrics_scrape.py --miners 2000 --scrapes 50
     python bench/metrics_scrape.py --prometheus 60  # and a real Prometheus scraping it
+    python bench/metrics_scrape.py --slowloris 1500 # and scrapes while 1,500 idle clients try
 
 Builds one TickResult with N readings (every firmware family, 2-4 fans, a third curtailed,
 a few unreachable, a mempool-like market), publishes it, serves it on 127.0.0.1 with the real
@@ -132,6 +133,34 @@ def loop_lag_during(work) -> tuple[float, float]:
     return lags[-1], lags[int(len(lags) * 0.99)]
 
 
+def under_slowloris(exporter: MetricsExporter, port: int, url: str, clients: int,
+                    scrapes: int) -> dict:
+    """``clients`` connections that send one byte of a request line and stop (a slowloris),
+    opened as fast as the server takes them, then ``scrapes`` scrapes while they are held:
+    what a scrape costs during the attack and how many sockets the exporter held."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < clients + 256 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (clients + 256, hard))
+    socks = []
+    peak = 0
+    t0 = time.perf_counter()
+    try:
+        for _ in range(clients):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.send(b"G")
+            socks.append(s)
+            peak = max(peak, exporter.open_connections())
+        open_s = time.perf_counter() - t0
+        times = [scrape(url)[0] for _ in range(scrapes)]
+        peak = max(peak, exporter.open_connections())
+    finally:
+        for s in socks:
+            s.close()
+    return {"open_s": open_s, "times": times, "peak": peak, "dropped": exporter.dropped()}
+
+
 def real_prometheus(exporter: MetricsExporter, port: int, tick: TickResult,
                     curtailed: frozenset[str], stats: LoopStats, seconds: float) -> dict:
     from tests.support.prometheus import PrometheusProcess
@@ -163,6 +192,8 @@ def main() -> int:
     ap.add_argument("--prometheus", type=float, default=0.0, metavar="SECONDS",
                     help="also let a real Prometheus (Debian's binary) scrape every 5 s for "
                     "this long, publishing a new snapshot every 5 s (every scrape is cold)")
+    ap.add_argument("--slowloris", type=int, default=0, metavar="CLIENTS",
+                    help="also scrape while this many idle clients hold connections open")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -198,6 +229,8 @@ def main() -> int:
              scrape(url)) for _ in range(3)])
         prom = real_prometheus(exporter, port, tick, curtailed, stats, args.prometheus) \
             if args.prometheus > 0 else None
+        loris = under_slowloris(exporter, port, url, args.slowloris, args.scrapes) \
+            if args.slowloris > 0 else None
     finally:
         exporter.stop()
     text = gzip.decompress(gz_body) if gz_body[:2] == b"\x1f\x8b" else gz_body
@@ -215,6 +248,13 @@ def main() -> int:
     print(f"size gzip (as Prometheus)   {len(gz_body) / 1e6:.2f} MB")
     print(f"event-loop lag while 3 cold scrapes render: max {lag[0] * 1e3:.0f} ms, "
           f"p99 {lag[1] * 1e3:.0f} ms (asyncio.sleep(5 ms) overshoot, GIL shared)")
+    if loris:
+        d = loris["dropped"]
+        print(f"slowloris: {args.slowloris:,} idle clients opened in {loris['open_s']:.2f} s; "
+              f"exporter sockets peak {loris['peak']} (cap {exporter.max_connections}); "
+              f"{d['evicted']:,} evicted, {d['request_timeout']:,} timed out")
+        print(f"scrape during the slowloris (n={len(loris['times'])}) median "
+              f"{statistics.median(loris['times']):.3f} s, max {max(loris['times']):.3f} s")
     if prom:
         print(f"real Prometheus ({prom['scrapes']} scrapes, 5 s interval): scrape_duration_seconds "
               f"mean {prom['mean']:.3f} s, max {prom['max']:.3f} s; "

@@ -268,6 +268,17 @@ class MetricsConfig(_Strict):
     listen: str | None = Field(
         None, description="HOST:PORT to serve /metrics on, e.g. '127.0.0.1:9464'; unset: off"
     )
+    # Whoever reaches the port must not reach the fleet's descriptors (issue 15): the server
+    # holds at most this many sockets, and a request is due within request_timeout_s.
+    max_connections: Annotated[int, at_most(
+        1024, "each scrape connection holds an open file the fleet's polls need; Prometheus "
+        "uses one or two", unit="")] = Field(
+        32, ge=1, description="scrape connections open at once; past it the oldest one still "
+        "sending its request is closed, or the newcomer gets 503")
+    request_timeout_s: Annotated[float, at_most(
+        60, "a client that has not sent its request by then is idle or hostile; a scraper "
+        "sends it at once")] = Field(
+        5.0, gt=0, description="time a connection has to send its whole request")
 
     @field_validator("listen")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -25,6 +26,7 @@ from controller.loop import Reconciler, TickResult
 from controller.market import MarketInputs
 from controller.metrics import MetricsExporter
 from controller.report import tick_summary
+from controller.scrape_server import fd_budget
 from controller.snapshot import Directives
 from drivers.hashprice import build_hashprice_source
 from drivers.miners import MinerDriver
@@ -69,7 +71,11 @@ class Daemon:
         self.reload_requested = False
         self.mqtt_restart = False
         self.reloads = {"ok": 0, "failed": 0}
-        self.metrics = MetricsExporter(config.metrics.listen)
+        self.metrics = MetricsExporter(config.metrics.listen,
+                                       max_connections=config.metrics.max_connections,
+                                       request_timeout_s=config.metrics.request_timeout_s)
+        self.status_write_failures = 0  # exported: curtaild_status_write_failures_total
+        self._status_failing: set[str] = set()  # kinds logged since the last good write
         from controller.sdnotify import Notifier
 
         self.notifier = Notifier()
@@ -106,8 +112,8 @@ class Daemon:
             self.mqtt_restart = True  # run() reconnects with the new settings
             if config.mqtt is not None:
                 self.directive_store.limits = Limits.from_config(config.mqtt)
-        if config.metrics.listen != self.config.metrics.listen:
-            log.warning("reload: metrics.listen change needs a restart; still serving %s",
+        if config.metrics != self.config.metrics:
+            log.warning("reload: a [metrics] change needs a restart; still serving %s",
                         self.config.metrics.listen)
         self.config = config
         self.reconciler.swap(config, policy)
@@ -120,11 +126,32 @@ class Daemon:
         self.notifier.ready("reloaded")
 
     def _write_status(self, result: TickResult) -> None:
-        """A small JSON file for `curtaild status` (no socket, no daemon round-trip)."""
+        """A small JSON file for `curtaild status` (no socket, no daemon round-trip).
+
+        Never fatal: status.json is a convenience for the operator, the loop is the job. A
+        failure (EMFILE, ENOSPC, a read-only or replaced file, anything) is counted for the
+        exporter and logged once per kind until a write succeeds again, so a full disk does
+        not write one line per tick to the journal it is filling.
+        """
         path = Path(self.config.controller.state_dir) / "status.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(tick_summary(result, self.journal), default=str))
-        tmp.replace(path)
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(tick_summary(result, self.journal), default=str))
+            tmp.replace(path)
+        except Exception as exc:
+            self.status_write_failures += 1
+            kind = (errno.errorcode.get(exc.errno, str(exc.errno))
+                    if isinstance(exc, OSError) and exc.errno else type(exc).__name__)
+            if kind not in self._status_failing:
+                self._status_failing.add(kind)
+                log.error("cannot write status.json (%s): %s; the loop goes on (`curtaild "
+                          "status` shows the last written tick); logged once per kind until "
+                          "a write succeeds", kind, exc)
+            return
+        if self._status_failing:
+            log.info("status.json written again (%d failed writes since start)",
+                     self.status_write_failures)
+            self._status_failing.clear()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -322,7 +349,8 @@ def ensure_open_files(config: Config) -> int:
     soft, needed = raise_open_files_limit(open_files_needed(
         poll_concurrency=config.fleet.poll_concurrency,
         discovery_concurrency=config.fleet.discovery_concurrency,
-        command_concurrency=config.controller.command_concurrency))
+        command_concurrency=config.controller.command_concurrency,
+        metrics_fds=fd_budget(config.metrics.max_connections) if config.metrics.listen else 0))
     if soft < needed:
         log.warning("open files limit %d is under the %d the configured concurrency can hold: "
                     "raise LimitNOFILE= or lower fleet.poll_concurrency", soft, needed)

@@ -8,6 +8,13 @@ read "unreachable" for no reason of their own. So the daemon raises its soft lim
 its pools can hold (never above the hard limit), as systemd's documentation advises programs
 that need more than 1024 to do.
 
+The budget is only a reservation if nothing else can grow without bound. The one part of the
+daemon that strangers can make open descriptors is the metrics port: it is capped
+(``[metrics] max_connections``, default 32, plus 5 of its own: controller/scrape_server.py)
+and that cap is counted here, so ~1,200 idle connections to /metrics can no longer take the
+fleet's descriptors (issue 15). Budget with the defaults and metrics on: 800 polls + 100
+discoveries + 50 commands + 37 metrics + 256 overhead = 1,243.
+
 Garbage collector: a sweep allocates ~700,000 container objects per 10,000 miners (pyasic's
 data models, asyncio tasks and futures), so CPython's default gen-0 threshold of 700 runs
 ~1,000 collections per sweep, each walking the survivors of a large young generation: ~5 s of
@@ -26,9 +33,11 @@ OVERHEAD_FDS = 256
 
 
 def open_files_needed(*, poll_concurrency: int, discovery_concurrency: int,
-                      command_concurrency: int) -> int:
-    """Descriptors the configured pools can hold at once (two poll pools: see drivers)."""
-    return 2 * poll_concurrency + discovery_concurrency + command_concurrency + OVERHEAD_FDS
+                      command_concurrency: int, metrics_fds: int = 0) -> int:
+    """Descriptors the configured pools can hold at once (two poll pools: see drivers), plus
+    the metrics server's cap (``scrape_server.fd_budget``; 0 when metrics are off)."""
+    return (2 * poll_concurrency + discovery_concurrency + command_concurrency + metrics_fds
+            + OVERHEAD_FDS)
 
 
 def raise_open_files_limit(needed: int) -> tuple[int, int]:

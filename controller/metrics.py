@@ -2,10 +2,12 @@
 
 The daemon publishes one frozen :class:`MetricsState` after every tick (the tick's
 :class:`~controller.loop.TickResult`, which machines curtaild curtailed or flagged, and copies
-of its cumulative counters); a scrape, served by a threaded WSGI server in its own thread (off
-the event loop), only reads the latest published state. A scrape never contacts a miner, never
-touches the journal and never waits for the loop. The per-state part of the exposition is
-rendered and gzipped once per state, then reused by every scrape until the next tick.
+of its cumulative counters); a scrape, served in its own thread (off the event loop) by a
+server with a fixed number of sockets and deadlines (controller/scrape_server.py: whoever can
+reach the port cannot take the fleet's descriptors), only reads the latest published state.
+A scrape never contacts a miner, never touches the journal and never waits for the loop. The
+per-state part of the exposition is rendered and gzipped once per state, then reused by every
+scrape until the next tick.
 
 Units are base units in the names (``_watts``, ``_seconds``, ``_celsius``, ``_usd``), hashrate
 in ``_hashes_per_second`` everywhere (miner, site and network alike). Money flows keep the unit
@@ -21,14 +23,11 @@ import ipaddress
 import logging
 import platform
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -41,6 +40,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import CollectorRegistry
 
 from controller import __version__, economics
+from controller.scrape_server import DROP_REASONS, BoundedHTTPServer
 
 if TYPE_CHECKING:  # controller.loop imports controller.config, which validates with us
     from controller.loop import TickResult
@@ -194,6 +194,7 @@ class MetricsState:
     flagged: frozenset[str] = frozenset()  # miners flagged for ignoring commands
     poll_errors: tuple[tuple[str, int], ...] = ()  # MinerDriver.error_counts
     journal_writes: int = 0
+    status_write_failures: int = 0  # Daemon.status_write_failures (status.json not written)
     reloads: tuple[tuple[str, int], ...] = ()  # Daemon.reloads
     poll_interval_s: float = 30.0
     dry_run: bool = False
@@ -220,6 +221,7 @@ def state_from_daemon(daemon: Any, stats: LoopStats) -> MetricsState:
         flagged=frozenset(k for k, e in expectations.items() if e.flagged),
         poll_errors=tuple(sorted(rec.driver.error_counts.items())),
         journal_writes=journal.writes,
+        status_write_failures=getattr(daemon, "status_write_failures", 0),
         reloads=tuple(sorted(daemon.reloads.items())),
         poll_interval_s=cfg.controller.poll_interval_s,
         dry_run=cfg.controller.dry_run,
@@ -454,6 +456,9 @@ def _controller(s: MetricsState) -> Iterator[Family]:
                   POLL_ERROR_KINDS, s.poll_errors)
     yield Family("curtaild_journal_writes", "counter",
                  "Journal (SQLite) write transactions since start.", (), [((), s.journal_writes)])
+    yield Family("curtaild_status_write_failures", "counter", "Ticks whose status.json (for "
+                 "curtaild status) could not be written; the loop goes on regardless.", (),
+                 [((), s.status_write_failures)])
     yield _counts("curtaild_config_reloads", "Configuration reloads (SIGHUP) since start, by "
                   "result; a failed reload keeps the running configuration.", "result",
                   RELOAD_RESULTS, s.reloads)
@@ -772,24 +777,16 @@ class CurtaildCollector:
 
     def collect(self) -> Iterator[Metric]:
         state = self.exporter.state
-        for f in (*live_families(state, time.time()), *snapshot_families(state)):
+        for f in (*live_families(state, time.time()), self.exporter._dropped_family(),
+                  *snapshot_families(state)):
             if f.samples:
                 yield to_prometheus(f)
 
 
 # ------------------------------------------------------------------------------- exporter
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 class MetricsExporter:
-    """Owns the published state and the HTTP server thread.
+    """Owns the published state and the HTTP server thread (controller/scrape_server.py:
+    at most ``max_connections`` sockets, each request due within ``request_timeout_s``).
 
     A scrape renders the small live part (build info, input ages, process metrics) and appends
     the snapshot part, rendered and gzipped once per published state and then reused by every
@@ -800,8 +797,11 @@ class MetricsExporter:
     call everything unconditionally.
     """
 
-    def __init__(self, listen: str | None = None):
+    def __init__(self, listen: str | None = None, *, max_connections: int = 32,
+                 request_timeout_s: float = 5.0):
         self.listen = listen
+        self.max_connections = max_connections
+        self.request_timeout_s = request_timeout_s
         self.stats = LoopStats()
         self.state = MetricsState(tick=None, published_at=time.time())
         self.registry = CollectorRegistry(auto_describe=False)
@@ -811,8 +811,7 @@ class MetricsExporter:
         self._lock = threading.Lock()
         self._cached_for: MetricsState | None = None
         self._cached: tuple[bytes, bytes] = (b"", b"")
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: BoundedHTTPServer | None = None
         self.address: tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -821,26 +820,29 @@ class MetricsExporter:
         if self.listen is None or self._server is not None:
             return
         host, port = parse_listen(self.listen)
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        server_class = type("_Server", (_Server,), {"address_family": family})
-        server = make_server(host, port, self._app, server_class=server_class,
-                             handler_class=_QuietHandler)
+        server = BoundedHTTPServer(host, port, self._respond,
+                                   max_connections=self.max_connections,
+                                   request_timeout_s=self.request_timeout_s)
+        server.start()
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="metrics-http",
-                                        daemon=True)
-        self._thread.start()
-        self.address = (host, server.server_port)
+        self.address = (host, server.port)
         log.info("metrics on http://%s/metrics",
                  f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
+            self._server.stop()
             self._server = None
-            self._thread = None
+
+    def open_connections(self) -> int:
+        """Scrape connections open now (never more than max_connections)."""
+        return self._server.open_connections() if self._server is not None else 0
+
+    def dropped(self) -> dict[str, int]:
+        """Connections the server closed unanswered since start, by reason."""
+        if self._server is None:
+            return dict.fromkeys(DROP_REASONS, 0)
+        return dict(self._server.dropped)
 
     # -------------------------------------------------------------------- publish
     def publish(self, state: MetricsState) -> None:
@@ -860,30 +862,38 @@ class MetricsExporter:
             return self._cached
 
     def _live_part(self, state: MetricsState) -> bytes:
-        return render_text(live_families(state, time.time())) + generate_latest(self._process)
+        return (render_text([*live_families(state, time.time()), self._dropped_family()])
+                + generate_latest(self._process))
+
+    def _dropped_family(self) -> Family:
+        """Scrape connections the server closed unanswered, by reason: a rising rate means
+        something is holding connections open or flooding the port (a slowloris)."""
+        return _counts("curtaild_metrics_connections_dropped", "Connections to the metrics "
+                       "port closed without a metrics response, by reason: request_timeout "
+                       "(no complete request in time), response_timeout, evicted (an idle "
+                       "connection closed to make room at the cap), over_capacity (503: every "
+                       "slot busy), bad_request.", "reason", DROP_REASONS,
+                       self.dropped().items())
 
     def exposition(self) -> bytes:
         """Exactly what a scrape returns, uncompressed (tests, benchmarks)."""
         state = self.state
         return self._live_part(state) + self._snapshot_part(state)[0]
 
-    def _app(self, environ: dict, start_response: Any) -> list[bytes]:
-        path = environ.get("PATH_INFO") or "/"
+    def _respond(self, method: str, path: str,
+                 headers: dict[str, str]) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The server's handler: (status, headers, body) for one GET or HEAD."""
         if path != "/metrics":
-            status = "200 OK" if path == "/" else "404 Not Found"
-            body = b"curtaild exporter: metrics at /metrics\n"
-            start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
-                                    ("Content-Length", str(len(body)))])
-            return [body]
+            return (200 if path == "/" else 404,
+                    [("Content-Type", "text/plain; charset=utf-8")],
+                    b"curtaild exporter: metrics at /metrics\n")
         state = self.state
         live = self._live_part(state)
         text, gz = self._snapshot_part(state)
-        headers = [("Content-Type", CONTENT_TYPE)]
-        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+        out = [("Content-Type", CONTENT_TYPE)]
+        if "gzip" in headers.get("accept-encoding", ""):
             body = gzip.compress(live, compresslevel=6) + gz
-            headers.append(("Content-Encoding", "gzip"))
+            out.append(("Content-Encoding", "gzip"))
         else:
             body = live + text
-        headers.append(("Content-Length", str(len(body))))
-        start_response("200 OK", headers)
-        return [body]
+        return 200, out, body

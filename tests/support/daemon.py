@@ -50,10 +50,14 @@ def write_config(path: Path, *, ranges: list[str], hashprice: float, tariff: flo
 class DaemonProcess:
     """`curtaild --config PATH run` in its own process; logs go to a file the test can read."""
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None):
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None,
+                 open_files_soft: int | None = None):
+        """``open_files_soft``: the soft RLIMIT_NOFILE the daemon starts with (systemd starts
+        services at 1024, hard limit untouched), for tests that exhaust descriptors."""
         self.config = config
         self.log_path = log_path
         self.extra_env = env or {}
+        self.open_files_soft = open_files_soft
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> DaemonProcess:
@@ -62,8 +66,15 @@ class DaemonProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controller.cli", "--config", str(self.config), "run"],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            preexec_fn=self._limit_open_files if self.open_files_soft is not None else None,
         )
         return self
+
+    def _limit_open_files(self) -> None:
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files_soft, hard))
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
