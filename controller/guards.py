@@ -21,6 +21,13 @@ Rules, in the order they are checked for each machine:
 6. Minimum dwell since curtaild last changed the machine; and a command identical to the last
    one sent (``MinerMemory.expected_action``) is not sent again while the machine catches up
    -- re-commanding a machine that did not obey is the loop's verify step.
+6b. A power-limit change made for margin (a new target for a hashing machine, or a "run" that
+   restores its limit) must pay for itself, because a new limit costs hashing (a Whatsminer
+   restarts for ~2 min, LuxOS ramps: ``limit_restart_s``): not within the band
+   (``limit_band_w``/``limit_band_fraction``) of the present limit; not within
+   ``limit_dwell_s`` of curtaild's last change to the machine; and only when the margin gained
+   over that horizon exceeds what the restart forgoes. Wishes without the policy's
+   ``hold_margin_usd_per_day`` (layers' curtailments, overrides) and fail-safe releases skip it.
 7. Ramp: one token bucket of |delta W| for shedding and restoring, shedding worst-first then
    restoring most-efficient-first, in strict order (a command that does not fit blocks the
    ones behind it, so a big machine is never starved by small ones).
@@ -29,12 +36,12 @@ Rules, in the order they are checked for each machine:
 Priority (``Desired.priority``) lets some wishes through rules made for economic decisions:
 
 - ``"normal"``: every rule above.
-- ``"forced"`` (an operator override): skips hysteresis (4) and minimum dwell (6), may wake a
+- ``"forced"`` (an operator override): skips hysteresis (4) and dwell (6, 6b), may wake a
   machine found asleep that curtaild did not put to sleep (the override *is* the operator),
   and acts through stale or missing market inputs (2: it does not depend on prices). Still
   ramped (7) and still never for an excluded, unreachable, stale-reading or flagged machine.
 - ``"emergency"`` (thermal protection, a demand-response shed): skips hysteresis (4), dwell
-  (6) and the stale-market fail-safe (2); its sheds skip the ramp bucket and go first (7);
+  (6, 6b) and the stale-market fail-safe (2); its sheds skip the ramp bucket and go first (7);
   its restores (a wake or a raised limit) are ramped like any other. Otherwise as rule 1.
 
 Neither skips capability (3) or the no-resend rule of 6. Emergency sheds also take no slot of
@@ -48,7 +55,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.bounds import at_most
 from controller.snapshot import (
@@ -67,6 +74,18 @@ LIMIT_TOLERANCE_FRACTION = 0.02
 IDLE_ESTIMATE_W = 40.0
 #: Full-power draw assumed for ramp accounting of a wake when nothing is known (conservative).
 UNKNOWN_FULL_POWER_W = 3500.0
+#: Default hashing lost per power-limit change, s, by firmware family (``limit_restart_s``):
+#: btminer restarts (~2 min without fast boot); LuxOS re-tunes while it ramps to the profile;
+#: Braiins OS re-tunes; VNish and ePIC restart their miner process. Stock Antminer firmware
+#: and Bitaxe take no power target here, so they need no entry.
+LIMIT_RESTART_S: dict[str, float] = {"whatsminer": 120.0, "luxos": 30.0, "braiins": 60.0,
+                                     "vnish": 120.0, "epic": 120.0}
+
+
+def memory_window_s(cfg: GuardConfig) -> float:
+    """How far back the guards must remember curtaild's changes to a machine (the journal's
+    ``memory(dwell_s=...)``): minimum dwell, and the limit dwell of rule 6b."""
+    return max(cfg.min_dwell_s, cfg.limit_dwell_s)
 
 
 def limit_tolerance_w(target_w: float) -> float:
@@ -133,6 +152,40 @@ class GuardConfig(BaseModel):
         "(it exists to stop losses, never to keep a site curtailed)")] = Field(900.0, ge=0.0)
     """How long, s, "hold" lasts once the market is stale, before curtaild's curtailment is
     released."""
+
+    limit_band_w: float = Field(100.0, ge=0.0, le=10_000.0)
+    """Band, W, for power-limit changes: a policy's new limit within max(limit_band_w,
+    limit_band_fraction x new limit) of the machine's present one is not sent (rule 6b)."""
+
+    limit_band_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    """Relative part of the power-limit band (see limit_band_w)."""
+
+    limit_dwell_s: float = Field(3600.0, ge=0.0, le=7 * 86400.0)
+    """Minimum time, s, after curtaild last changed a machine before it changes that machine's
+    power limit for margin again, and the horizon over which such a change must earn back the
+    hashing its restart costs (rule 6b)."""
+
+    limit_restart_s: dict[str, float] = Field(default_factory=lambda: dict(LIMIT_RESTART_S))
+    """Hashing lost, s, each time a firmware family applies a new power limit, by family
+    (pyasic backend name): a Whatsminer restarts btminer (~2 min; less with fast boot), LuxOS
+    ramps to the new profile. Families not given keep these defaults; 0 = free."""
+
+    @field_validator("limit_restart_s", mode="before")
+    @classmethod
+    def _restart_defaults(cls, value: object) -> object:
+        """Merge the operator's families over the defaults, each a finite 0..3600 s."""
+        if not isinstance(value, dict):
+            return value  # the field's own type rejects it
+        out = dict(LIMIT_RESTART_S)
+        for family, seconds in value.items():
+            if not isinstance(family, str) or not family.strip():
+                raise ValueError(f"limit_restart_s: family name {family!r} is not a name")
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+                    or not math.isfinite(seconds) or not 0.0 <= seconds <= 3600.0:
+                raise ValueError(f"{family}: {seconds!r} is not a number of seconds from 0 "
+                                 "to 3600 (the hashing a limit change costs)")
+            out[family.strip().casefold()] = float(seconds)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +430,42 @@ def _dwell(mem: MinerMemory | None, cfg: GuardConfig, now: float) -> str | None:
     return None
 
 
+def _limit_change(r: MinerReading, c: Command, target: Desired, mem: MinerMemory | None,
+                  cfg: GuardConfig, now: float) -> str | None:
+    """Rule 6b: why an economic power-limit change is not worth sending now (None: send).
+
+    A new power target costs hashing (a Whatsminer restarts for ~2 min), so the change must pay
+    for it: the band ignores limits close to the present one, ``limit_dwell_s`` spaces changes,
+    and the gain over that horizon must exceed the margin the restart forgoes. Applies to a
+    hashing machine given a new target for margin (``hold_margin_usd_per_day`` set); a wake,
+    a layer's curtailment, an override, an emergency or a fail-safe release is not judged here.
+    """
+    hold, new_m = target.hold_margin_usd_per_day, target.margin_usd_per_day
+    if r.state != "mining" or c.power_limit_w is None or hold is None or new_m is None:
+        return None
+    new_w = c.power_limit_w
+    present_w = r.power_limit_w if r.power_limit_w is not None else _full_power_w(r)
+    band_w = max(cfg.limit_band_w, cfg.limit_band_fraction * new_w)
+    if c.action == "limit" and abs(new_w - present_w) <= band_w:
+        return (f"limit band: {new_w:.0f} W is within {band_w:.0f} W of the present "
+                f"{present_w:.0f} W; not worth a restart")
+    if mem is not None and mem.last_change_at is not None:
+        since = now - mem.last_change_at
+        if since < cfg.limit_dwell_s:
+            return (f"limit dwell: changed {since:.0f} s ago (< {cfg.limit_dwell_s:.0f} s "
+                    f"between power-limit changes)")
+    restart_s = cfg.limit_restart_s.get(r.firmware.casefold(), 0.0)
+    horizon_s = max(cfg.limit_dwell_s, cfg.min_dwell_s)
+    gain = new_m - hold
+    gain_usd = gain * horizon_s / 86400.0
+    cost_usd = max(0.0, new_m - (target.sleep_margin_usd_per_day or 0.0)) * restart_s / 86400.0
+    if gain_usd <= cost_usd:
+        return (f"limit change does not pay for its restart: {gain:+.3f} USD/day over "
+                f"{horizon_s:.0f} s = {gain_usd:.4f} USD <= {restart_s:.0f} s of "
+                f"{r.firmware} restart = {cost_usd:.4f} USD; kept at {present_w:.0f} W")
+    return None
+
+
 def _order(r: MinerReading, target: Desired, shedding: bool) -> tuple[float, ...]:
     """Sort key: emergency sheds, then shedding worst margin per watt (worst J/TH) first, then
     restoring best J/TH first."""
@@ -427,6 +516,8 @@ def _plan(r: MinerReading, want: Desired | None, mem: MinerMemory | None,
             why = f"awaiting verification: already commanded to {c.action}"
         else:
             why = None if urgent else _dwell(mem, cfg, now)
+            if why is None and not (urgent or release):
+                why = _limit_change(r, c, target, mem, cfg, now)
         if why is not None:
             return _Hold(why, _observed(r, mem, why))
     shedding = c.delta_power_w < 0

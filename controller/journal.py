@@ -142,7 +142,10 @@ class Journal:
             " ON CONFLICT(miner) DO UPDATE SET"
             "  failures = CASE WHEN expectations.action = excluded.action"
             "             THEN expectations.failures ELSE 0 END,"
+            # A re-sent command keeps its change time; a new power limit is a new change
+            # (minimum dwell must hold limit -> limit too: issue 15, Whatsminer restart loop).
             "  last_change_at = CASE WHEN expectations.action = excluded.action"
+            "             AND expectations.power_limit_w IS excluded.power_limit_w"
             "             THEN expectations.last_change_at ELSE excluded.last_change_at END,"
             "  action=excluded.action, power_limit_w=excluded.power_limit_w, since=excluded.since",
             (cmd.key, cmd.action, cmd.power_limit_w, now, now),

@@ -21,6 +21,7 @@ from controller.guards import (
     RampBucket,
     apply_guards,
     limit_tolerance_w,
+    memory_window_s,
 )
 from controller.journal import Journal
 from controller.market import MarketInputs
@@ -168,7 +169,8 @@ class Reconciler:
                                                      for m in fleet.miners},
                                   bucket=self.bucket, effective={})
         else:
-            memory = self.journal.memory(dwell_s=self.config.guards.min_dwell_s, now=now)
+            memory = self.journal.memory(dwell_s=memory_window_s(self.config.guards),
+                                         now=now)
             guarded = apply_guards(fleet, market, desired, memory, self.bucket,
                                    self.config.guards, now)
         commands = self._with_recommands(guarded.commands, fleet, verification)

@@ -96,6 +96,13 @@ class Desired:
     margin_usd_per_day: float | None = None  # margin of the chosen action
     run_margin_usd_per_day: float | None = None  # margin if it ran at full power
     priority: Priority = "normal"
+    #: Margin if the machine is left as it is (its present power limit, or full power), on the
+    #: same model as ``margin_usd_per_day``: what a power-limit change gains is the difference.
+    #: Set by an economic policy only; None (a layer's curtailment, an override) exempts the
+    #: wish from the guards' limit-change economics (controller/guards.py, rule 6b).
+    hold_margin_usd_per_day: float | None = None
+    #: Margin asleep (idle draw): a restart forgoes ``margin_usd_per_day`` down to this.
+    sleep_margin_usd_per_day: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

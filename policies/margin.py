@@ -10,7 +10,10 @@ costs stay out, see controller/economics.py):
 - **limit** (firmware that takes a power target, when ``use_power_limits``): the best margin
   over power targets in [min_power_limit_w, min(max_power_limit_w, nameplate)], estimated with
   hashrate ~ (P - idle)^exponent (``economics.hashrate_at_power_ths``): the closed-form optimum
-  of that concave curve plus a grid of ``limit_search_steps`` targets, whichever is best.
+  of that concave curve plus a grid of ``limit_search_steps`` targets, whichever is best. The
+  curve runs through the *nameplate* point with the configured idle draw, never through this
+  poll's measured figures: the chosen limit is a function of the model and the prices only, so
+  noise in a reading cannot produce a "new" limit (each costs a Whatsminer a ~2 min restart).
 
 The best of the three wins, with two biases an operator expects: a tie between run and sleep
 runs (a site is built to mine), and a limit is chosen only if it beats both run and sleep by
@@ -109,8 +112,16 @@ class MarginPolicy:
             return None
         run = Option("run", self._margin(full.power_w, full.hashrate_ths, market), full)
         sleep = Option("sleep", -self._energy(idle, market))
-        limit = self.best_limit(r, full, idle, market)
-        choice = self._choose(r, run, sleep, limit)
+        # The limit is chosen on the model (nameplate, efficiency curve, config idle draw) and
+        # the prices, never on this poll's measured power and hashrate: those carry noise, and
+        # a target that moves with them made every Whatsminer restart for a "new" limit each
+        # time its last restart ended (issue 15). Run vs limit is compared on the same model.
+        model = self.model_point(r, full)
+        curve_idle = self.config.idle_power_w
+        limit = self.best_limit(r, model, curve_idle, market)
+        run_model = self._margin(model.power_w, model.hashrate_ths, market)
+        choice = self._choose(r, run, sleep, limit, run_model)
+        ref = model if choice.action == "limit" else full  # the basis of choice's margin
         return Desired(
             action=choice.action,  # type: ignore[arg-type]
             reason=self._reason(r, choice, run, sleep, idle, market),
@@ -118,6 +129,8 @@ class MarginPolicy:
             else None,
             margin_usd_per_day=choice.margin_usd_per_day,
             run_margin_usd_per_day=run.margin_usd_per_day,
+            hold_margin_usd_per_day=self.hold_margin(r, ref, curve_idle, sleep, market),
+            sleep_margin_usd_per_day=sleep.margin_usd_per_day,
         )
 
     # ------------------------------------------------------------- operating
@@ -148,6 +161,35 @@ class MarginPolicy:
         if r.hashrate_ths > 0 and r.power_w > 0 and r.power_source != "none":
             return OperatingPoint(r.power_w, r.hashrate_ths, "measured")
         return nameplate
+
+    @staticmethod
+    def model_point(r: MinerReading, full: OperatingPoint) -> OperatingPoint:
+        """The full-power point a power limit is chosen from: the nameplate when known (a
+        constant of the machine, so the chosen limit is a function of the prices alone), else
+        ``full`` (no nameplate: measured; the guards' limit band absorbs its noise)."""
+        plate_h, plate_p = r.nameplate_hashrate_ths, r.nameplate_power_w
+        if plate_h and plate_p:
+            return OperatingPoint(plate_p, plate_h, "nameplate")
+        return full
+
+    def hold_margin(self, r: MinerReading, ref: OperatingPoint, idle_w: float, sleep: Option,
+                    market: MarketSnapshot) -> float:
+        """Margin of leaving the machine as it is, on the curve through ``ref``: asleep, at
+        its present power limit, or at full power. The guards weigh a limit change's gain
+        (chosen margin minus this) against the hashing its restart costs."""
+        if r.state == "sleeping":
+            return sleep.margin_usd_per_day
+        if self.is_limited(r) and r.power_limit_w is not None:
+            return self._curve_margin(r.power_limit_w, ref, idle_w, market)
+        return self._margin(ref.power_w, ref.hashrate_ths, market)
+
+    def _curve_margin(self, power_w: float, ref: OperatingPoint, idle_w: float,
+                      market: MarketSnapshot) -> float:
+        """Margin at ``power_w`` along hashrate ~ (P - idle)^exponent through ``ref``."""
+        h = 0.0 if power_w <= idle_w else economics.hashrate_at_power_ths(
+            power_w=power_w, ref_power_w=ref.power_w, ref_hashrate_ths=ref.hashrate_ths,
+            idle_power_w=idle_w, exponent=self.config.efficiency_exponent)
+        return self._margin(power_w, h, market)
 
     def _scaled_to_nameplate(self, r: MinerReading, idle_w: float) -> OperatingPoint | None:
         """A limited machine's measured point moved up the curve to nameplate power."""
@@ -225,7 +267,9 @@ class MarginPolicy:
 
     # ----------------------------------------------------------------- choose
     def _choose(self, r: MinerReading, run: Option, sleep: Option,
-                limit: Option | None) -> Option:
+                limit: Option | None, run_model_usd_per_day: float) -> Option:
+        """``run_model_usd_per_day``: full power on the model the limit was chosen on (the
+        limit is compared with running on one basis, so noise cannot tip run <-> limit)."""
         can_sleep = r.supports_sleep
         base = run if (not can_sleep or run.margin_usd_per_day >= sleep.margin_usd_per_day) \
             else sleep
@@ -233,7 +277,7 @@ class MarginPolicy:
             return base
         gain = self.config.min_limit_gain_usd_per_day
         need_vs_run = -gain if self.is_limited(r) else gain
-        beats_run = limit.margin_usd_per_day - run.margin_usd_per_day >= need_vs_run
+        beats_run = limit.margin_usd_per_day - run_model_usd_per_day >= need_vs_run
         beats_sleep = not can_sleep or limit.margin_usd_per_day - sleep.margin_usd_per_day >= gain
         return limit if beats_run and beats_sleep else base
 

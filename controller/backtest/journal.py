@@ -59,6 +59,8 @@ class SimJournal:
         else:
             if e.action != cmd.action:
                 e.failures, e.last_change_at = 0, now
+            elif e.power_limit_w != cmd.power_limit_w:  # a new limit is a change (as Journal)
+                e.last_change_at = now
             e.action, e.power_limit_w, e.since = cmd.action, cmd.power_limit_w, now
 
     def memory(self, *, dwell_s: float = 0.0, now: float = 0.0) -> dict[str, MinerMemory]:

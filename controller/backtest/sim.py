@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from controller.backtest.journal import SimJournal
 from controller.backtest.machines import SimMachine, hashrate_at_ths
 from controller.backtest.prices import PriceRow, PriceSeries
-from controller.guards import GuardConfig, RampBucket, apply_guards
+from controller.guards import GuardConfig, RampBucket, apply_guards, memory_window_s
 from controller.snapshot import Directives, FleetSnapshot, MarketSnapshot
 from emulator.models import ModelSpec
 from emulator.physics import ALPHA
@@ -171,7 +171,8 @@ def simulate(policy, machines: list[SimMachine], series: PriceSeries,
                                           settings.flag_after_failures)
             desired = decide_stack(policy, fleet, market, directives, t)
             guarded = apply_guards(fleet, market, desired,
-                                   journal.memory(dwell_s=cfg.min_dwell_s, now=t), bucket, cfg, t)
+                                   journal.memory(dwell_s=memory_window_s(cfg), now=t),
+                                   bucket, cfg, t)
             bucket = guarded.bucket
             commands = journal.recommands(guarded.commands, fleet, verification)
             by_key = {m.key: m for m in machines}
