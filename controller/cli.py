@@ -96,6 +96,10 @@ def cmd_check(config_path: str) -> int:
         return 2
     for line in advisories(config):
         print(f"warning: {line}", file=sys.stderr)
+    from drivers.credentials import check_warnings
+
+    for line in check_warnings(config.fleet.credentials):
+        print(f"warning: {line}", file=sys.stderr)
     print(f"{config_path}: OK ({len(config.fleet.addresses())} addresses, policy "
           f"{config.policy['name']}, hashprice {config.hashprice.source}, tariff "
           f"{config.tariff.kind}, dry_run={config.controller.dry_run})")

@@ -269,3 +269,15 @@ async def _probe_btminer_v3(rpc: Any, trusted: bool) -> tuple[Verdict, str]:
         return "accepted", "API v3 accepted the password"
     return "refused", "API v3 refused the password"  # pragma: no cover - loop returns
 
+
+
+def check_warnings(cfg: CredentialsConfig) -> list[str]:
+    """For ``curtaild check``: the secrets ``run`` could not read, as warnings (check may run
+    as another user than the service, so they do not fail it). Systemd credentials are only
+    checked where ``$CREDENTIALS_DIRECTORY`` is set: outside the service it never is."""
+    try:
+        CredentialStore.load(cfg)
+    except ConfigError as exc:
+        return [f"{line} (curtaild run refuses to start without it)" for line in exc.problems
+                if "$CREDENTIALS_DIRECTORY is not set" not in line]
+    return []

@@ -241,3 +241,57 @@ class _Sink:
 
     def flush(self) -> None:
         pass
+
+
+# ------------------------------------------------------------------------------- the CLI
+def _cli(cfg: Path, command: str, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.daemon import REPO
+
+    return subprocess.run([sys.executable, "-m", "controller.cli", "--config", str(cfg), command],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_cli_check_warns_and_plan_and_run_refuse_an_unreadable_secret(tmp_path: Path) -> None:
+    """``run`` (and ``plan``, which polls) need the secrets: exit 2 naming the key. ``check``
+    may run as another user than the service: it warns, and passes."""
+    two = tmp_path / "two-lines"
+    two.write_text("first\ncli-secret-6612\n")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"""
+[fleet]
+hosts = ["127.157.5.1"]
+[fleet.credentials.antminer]
+password_file = "{tmp_path}/missing"
+[fleet.credentials.whatsminer]
+password_file = "{two}"
+[fleet.credentials.vnish]
+password_credential = "vnish-web"
+[hashprice]
+source = "fixed"
+usd_per_th_day = 0.05
+[tariff]
+kind = "flat"
+usd_per_kwh = 0.05
+[policy]
+name = "margin"
+[controller]
+state_dir = "{tmp_path}/state"
+""")
+    check = _cli(cfg, "check", env={"CREDENTIALS_DIRECTORY": ""})
+    assert check.returncode == 0, check.stderr
+    assert "warning: fleet.credentials.antminer.password_file: cannot read" in check.stderr
+    assert "warning: fleet.credentials.whatsminer.password_file: " in check.stderr
+    assert "vnish" not in check.stderr  # no $CREDENTIALS_DIRECTORY outside the service
+    outputs = [check]
+    for command in ("plan", "run"):
+        out = _cli(cfg, command, env={"CREDENTIALS_DIRECTORY": ""})
+        assert out.returncode == 2, (command, out.stderr)
+        assert "fleet.credentials.antminer.password_file: cannot read" in out.stderr, command
+        assert "Traceback" not in out.stderr
+        outputs.append(out)
+    assert all("cli-secret-6612" not in o.stdout + o.stderr for o in outputs)

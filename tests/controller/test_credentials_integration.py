@@ -200,3 +200,41 @@ def _journal_dump(path: Path) -> str:
         return "\n".join(db.iterdump())
     finally:
         db.close()
+
+
+def test_reload_with_an_unreadable_secret_is_rejected_and_changes_nothing(
+        tmp_path: Path) -> None:
+    """SIGHUP with a password file that cannot be read: the reload is rejected naming the key,
+    the running passwords stay, and the machine is still commanded with them."""
+    state = tmp_path / "state"
+    pw = tmp_path / "antminer-web"
+    pw.write_text(ANT_PW)
+    cfg = tmp_path / "config.toml"
+    ip = "127.157.3.20"
+
+    def write(password_file: Path, hashprice: float) -> None:
+        write_config(cfg, ranges=[f"{ip}-20"], hashprice=hashprice, tariff=0.07,
+                     state_dir=state, guards={"ramp_w_per_min": 60000.0},
+                     extra=f'[fleet.credentials.antminer]\npassword_file = "{password_file}"\n')
+
+    fleet = f'[[miner]]\nmodel = "S19j Pro"\npassword = "{ANT_PW}"\n'
+    with EmulatorProcess(fleet_toml=fleet, first_ip=ip, time_scale=0.01) as emu:
+        write(pw, 0.09)  # earns: keeps running
+        with DaemonProcess(cfg, tmp_path / "daemon.log") as daemon:
+            wait_for(lambda: (state / "status.json").exists(), 60, what="first tick")
+            write(tmp_path / "gone", 0.045)  # loses money now, but the file is missing
+            daemon.proc.send_signal(1)
+            wait_for(lambda: "reload rejected" in daemon.log(), 30, what="reload rejected")
+            assert ("reload rejected, keeping the running config: fleet.credentials.antminer."
+                    "password_file: cannot read") in daemon.log()
+            assert emu.miner(ip)["state"] == "mining"  # the old config (0.09) still rules
+            write(pw, 0.045)
+            daemon.proc.send_signal(1)
+            try:
+                wait_for(lambda: emu.miner(ip)["state"] == "sleeping", 60,
+                         what="slept with the running password after a good reload")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n--- daemon log tail:\n{daemon.log()[-6000:]}"
+                                     ) from None
+            assert daemon.stop() == 0
+    assert ANT_PW not in daemon.log()
