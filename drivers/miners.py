@@ -30,6 +30,7 @@ import pyasic
 from pyasic.errors import APIError
 from pyasic.miners.backends.antminer import AntminerModern
 from pyasic.miners.backends.bmminer import BMMiner
+from pyasic.miners.backends.btminer import BTMinerV3
 from pyasic.miners.data import DataOptions
 from tenacity import (
     AsyncRetrying,
@@ -130,6 +131,50 @@ async def poll_stock_antminer(miner: Any) -> PollData:
                     fans=await miner._get_fans(rpc_stats=stats))
 
 
+#: What Whatsminer API v3 firmware answers (``msg``) while btminer is stopped (pyasic PR#416).
+V3_DOWN = "btminer process is down"
+
+
+def v3_btminer_down(reply: Any) -> bool:
+    """A v3 reply saying btminer is not running: the machine was powered off (service stop)."""
+    return isinstance(reply, dict) and V3_DOWN in str(reply.get("msg", ""))
+
+
+async def poll_whatsminer_v3(miner: BTMinerV3, *, identity: bool) -> PollData:
+    """A Whatsminer on API v3, parsed by pyasic's own BTMinerV3 parsers.
+
+    ``get_data`` cannot read a powered-off v3 machine: its status reads answer the string
+    "btminer process is down err" and every parser then raises, so the whole call fails with
+    APIError and the machine would look unreachable (then re-discovered: a new pyasic object,
+    a new salt, a token spent). Read here, that reply is what it means: asleep, not hashing.
+    The device info (identity, board serials) still answers while btminer is down.
+    """
+    rpc = miner.rpc
+    summary, edevs, info = await asyncio.gather(
+        rpc.get_miner_status_summary(), rpc.get_miner_status_edevs(), rpc.get_device_info())
+    if v3_btminer_down(summary):
+        return PollData(hashrate=0.0, is_mining=False,
+                        mac=await miner._get_mac(rpc_get_device_info=info) if identity else None,
+                        serial_number=(await miner._get_serial_number(rpc_get_device_info=info)
+                                       if identity else None))
+    for reply in (summary, edevs):
+        if not isinstance(reply, dict) or not isinstance(reply.get("msg"), dict):
+            raise APIError(f"get.miner.status answered {str(reply)[:120]!r}")
+    data = PollData(
+        hashrate=await miner._get_hashrate(rpc_get_miner_status_summary=summary),
+        hashboards=await miner._get_hashboards(rpc_get_device_info=info,
+                                               rpc_get_miner_status_edevs=edevs),
+        wattage=await miner._get_wattage(rpc_get_miner_status_summary=summary),
+        wattage_limit=await miner._get_wattage_limit(rpc_get_miner_status_summary=summary),
+        fans=await miner._get_fans(rpc_get_miner_status_summary=summary),
+        is_mining=True,  # btminer runs; whether it hashes is the hashrate's to say
+    )
+    if identity:
+        data.mac = await miner._get_mac(rpc_get_device_info=info)
+        data.serial_number = await miner._get_serial_number(rpc_get_device_info=info)
+    return data
+
+
 def family_of(miner: Any) -> str:
     """A short firmware family name from pyasic's make/firmware attributes."""
     firmware = str(getattr(miner, "firmware", "") or "")
@@ -169,6 +214,9 @@ class _Tracked:
     #: of presets (LuxOS profiles) rather than any watt figure; read once per discovery
     preset_floor_w: float | None = None
     preset_ceiling_w: float | None = None
+    #: Whatsminer API v3: the salt the firmware handed out (a token: 32 per client IP per 30
+    #: minutes), carried over to the object of the next discovery instead of asking again
+    v3_salt: str | None = None
     auth_recheck: bool = False  # credentials changed: check before the next poll
     #: why the firmware refused our credentials (drivers/credentials.py), None when it took
     #: them or could not tell; such a miner reads as error kind "auth" and is not commanded
@@ -306,11 +354,40 @@ class MinerDriver:
         t.rpc_only = is_stock_antminer(miner)
         t.discovery_attempts = 0
         t.failures = 0
+        if isinstance(miner, BTMinerV3):
+            self._setup_v3(t, miner)  # before credentials: it sets the default they restore
         self._apply_credentials(t)
         await self._check_credentials(t)
         if t.family in PRESET_FAMILIES:
             await self._read_presets(t, miner)
         return True
+
+    @staticmethod
+    def _setup_v3(t: _Tracked, miner: BTMinerV3) -> None:
+        """A Whatsminer on API v3. pyasic's v3 client sends the password ``super`` whatever
+        its settings say; the v2 client sends ``default_whatsminer_rpc_password`` (``admin``):
+        one setting for both generations (credentials set later replace it). The salt of an
+        earlier object for this address is reused (a salt is a token the firmware counts).
+        The firmware refuses a limit above the machine's nameplate: that is its ceiling."""
+        if miner.rpc.pwd == "super":  # pyasic's hard-coded v3 default, never a site's
+            miner.rpc.pwd = pyasic.settings.get("default_whatsminer_rpc_password", "admin")
+        if t.v3_salt and miner.rpc.salt is None:
+            miner.rpc.salt = t.v3_salt
+        if t.plate is not None:
+            t.preset_ceiling_w = t.plate.power_w
+
+    @staticmethod
+    async def _v3_power_limit(t: _Tracked, miner: BTMinerV3, watts: int) -> bool:
+        """``set.miner.power_limit``, judged by the firmware's answer: pyasic's
+        ``set_power_limit`` returns True whatever the firmware said (a refused limit, a wrong
+        password), so the reply is read here."""
+        reply = await miner.rpc.set_miner_power_limit(watts)
+        if isinstance(reply, dict) and reply.get("code") == 0:
+            return True
+        code = reply.get("code") if isinstance(reply, dict) else None
+        msg = reply.get("msg") if isinstance(reply, dict) else reply
+        raise CommandFailed(f"set.miner.power_limit {watts} W refused: code {code}: "
+                            f"{str(msg)[:120]}")
 
     async def _read_presets(self, t: _Tracked, miner: Any) -> None:
         """LuxOS takes a power target as "the highest profile at or below it": a target under
@@ -371,6 +448,8 @@ class MinerDriver:
         """What _reading needs, at the least client CPU (see the module docstring)."""
         if t.auth_refused is not None or t.auth_recheck:
             await self._check_credentials(t)  # refused: a fixed password recovers by itself
+        if isinstance(miner, BTMinerV3):
+            return await poll_whatsminer_v3(miner, identity=not (t.mac or t.serial))
         if t.rpc_only and (t.mac or t.serial):
             data = await poll_stock_antminer(miner)
         else:
@@ -564,13 +643,23 @@ class MinerDriver:
                     # is the closest it can get (the next tick sees the result and, under a
                     # power cap, sheds more).
                     watts = round(max(cmd.power_limit_w, t.preset_floor_w or 0.0))
-                    steps.append(("set_power_limit", lambda: miner.set_power_limit(watts)))
+                    if t.preset_ceiling_w is not None:  # never above what the firmware takes
+                        watts = min(watts, math.floor(t.preset_ceiling_w))
+                    set_limit = (
+                        (lambda: self._v3_power_limit(t, miner, watts))
+                        if isinstance(miner, BTMinerV3) else
+                        (lambda: miner.set_power_limit(watts)))
+                    steps.append(("set_power_limit", set_limit))
             done = []
-            for name, call in steps:
-                ok = await asyncio.wait_for(call(), timeout=per_try)
-                if ok is False:
-                    raise CommandFailed(f"{name} returned False")
-                done.append(name)
+            try:
+                for name, call in steps:
+                    ok = await asyncio.wait_for(call(), timeout=per_try)
+                    if ok is False:
+                        raise CommandFailed(f"{name} returned False")
+                    done.append(name)
+            finally:
+                if isinstance(miner, BTMinerV3) and miner.rpc.salt:
+                    t.v3_salt = miner.rpc.salt
             return "+".join(done) or "nothing to send"
 
         try:

@@ -80,7 +80,14 @@ def miner_view(endpoint: MinerEndpoint) -> dict:
         "nameplate_hashrate_ths": miner.spec.hashrate_ths,
         "nameplate_power_w": miner.spec.power_w,
         "changes": [list(c) for c in miner.changes],
+        "api": miner.api,
+        "firmware_version": miner.firmware_version,
     })
+    # What only the firmware family knows (Whatsminer: API generation, firmware version,
+    # btminer process, API v3 tokens per client IP).
+    family_view = getattr(endpoint.family, "control_view", None)
+    if family_view is not None:
+        view.update(family_view(miner))
     return view
 
 

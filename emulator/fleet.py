@@ -24,6 +24,14 @@ File format::
     password = "s3cret"        # optional; the site's firmware password (stock Antminer web
                                # UI root password, Whatsminer API admin password); default:
                                # the factory one. LuxOS and Bitaxe have none to change.
+    api = "v3"                 # optional, Whatsminer only: "v2" (4028) or "v3" (4433 too);
+                               # default: what firmware_version implies, else "v2"
+    firmware_version = "20250915.16.Rel2"  # optional, Whatsminer only; must agree with api
+                               # (pyasic speaks v3 to firmware dated after 2024-11)
+    fast_boot = true           # optional, Whatsminer API v3 only: a power limit applies
+                               # without restarting btminer ("Power Fast Boot")
+
+``--count N`` cycles through every model; every M50 in it runs API v3 firmware.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emulator.families.whatsminer_v3 import RAMP_S as V3_RAMP_S
+from emulator.families.whatsminer_v3 import api_for_version
 from emulator.models import MODELS
 from emulator.physics import FACTORY_PASSWORDS, FAULT_KINDS, EmulatedMiner, Fault
 
@@ -41,7 +51,9 @@ DEFAULT_FIRST_IP = "127.1.0.1"
 DEFAULT_AMBIENT_C = 25.0
 TOP_KEYS = {"time_scale", "ambient_c", "miner"}
 MINER_KEYS = {"model", "ip", "firmware", "count", "fault", "delay_s", "size_bytes", "ambient_c",
-              "power_limit_w", "password"}
+              "power_limit_w", "password", "api", "firmware_version", "fast_boot"}
+#: ``--count`` fleets: models whose machines run Whatsminer API v3 firmware.
+COUNT_V3_MODELS = {"M50"}
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 
@@ -61,6 +73,9 @@ class MinerPlan:
     ambient_c: float | None = None
     power_limit_w: float | None = None
     password: str | None = field(default=None, repr=False)  # None: factory password
+    api: str | None = None  # Whatsminer: "v2" | "v3"; None: v2
+    firmware_version: str | None = None  # None: the family's default for the API
+    fast_boot: bool = False
 
 
 @dataclass(slots=True)
@@ -106,7 +121,9 @@ def plan_count(count: int, first_ip: str = DEFAULT_FIRST_IP) -> FleetPlan:
         except StopIteration:
             raise FleetError(f"--count: {count} miners do not fit in 127.0.0.0/8 after "
                              f"{first_ip}") from None
-        miners.append(MinerPlan(ip=ip, model=keys[i % len(keys)]))
+        model = keys[i % len(keys)]
+        miners.append(MinerPlan(ip=ip, model=model,
+                                api="v3" if model in COUNT_V3_MODELS else None))
     return FleetPlan(miners)
 
 
@@ -175,7 +192,9 @@ def plan_fleet_text(text: str, first_ip: str = DEFAULT_FIRST_IP,
                 ip=ip, model=table["model"], fault=table.get("fault", "none"),
                 delay_s=table.get("delay_s"), size_bytes=table.get("size_bytes"),
                 ambient_c=table.get("ambient_c"),
-                power_limit_w=table.get("power_limit_w"), password=table.get("password")))
+                power_limit_w=table.get("power_limit_w"), password=table.get("password"),
+                api=table.get("api"), firmware_version=table.get("firmware_version"),
+                fast_boot=table.get("fast_boot", False)))
     return plan
 
 
@@ -231,7 +250,47 @@ def _table(where: str, table: dict) -> tuple[str, dict]:
         out["power_limit_w"] = limit
     if "password" in table:
         out["password"] = _password(where, spec.firmware, table["password"])
+    out.update(_whatsminer_api(where, spec.firmware, table))
     return where, out
+
+
+def _whatsminer_api(where: str, firmware: str, table: dict) -> dict:
+    """``api``, ``firmware_version`` and ``fast_boot``, coherent with each other: pyasic picks
+    its Whatsminer backend from the firmware date, so a v3 machine must report a date after
+    2024-11 and a v2 machine one before."""
+    keys = [k for k in ("api", "firmware_version", "fast_boot") if k in table]
+    if not keys:
+        return {}
+    if firmware != "whatsminer":
+        raise FleetError(f"{where}.{keys[0]}: only emulated for Whatsminer firmware, not "
+                         f"{firmware}")
+    out: dict = {}
+    api = table.get("api")
+    if api is not None and api not in ("v2", "v3"):
+        raise FleetError(f"{where}.api: expected \"v2\" or \"v3\", got {api!r}")
+    version = table.get("firmware_version")
+    if version is not None:
+        implied = api_for_version(version) if isinstance(version, str) else None
+        if implied is None:
+            raise FleetError(f"{where}.firmware_version: expected a btminer version such as "
+                             f"\"20250915.16.Rel2\" (YYYYMMDD first), got {version!r}")
+        if api is not None and api != implied:
+            raise FleetError(f"{where}.firmware_version: {version} is firmware for API "
+                             f"{implied} (pyasic speaks v3 only to firmware dated after "
+                             f"2024-11), but api = {api!r}")
+        api = implied
+        out["firmware_version"] = version
+    if api is not None:
+        out["api"] = api
+    if "fast_boot" in table:
+        if not isinstance(table["fast_boot"], bool):
+            raise FleetError(f"{where}.fast_boot: expected true or false, got "
+                             f"{table['fast_boot']!r}")
+        if api != "v3":
+            raise FleetError(f"{where}.fast_boot: \"Power Fast Boot\" is a 2025 firmware "
+                             "feature; set api = \"v3\"")
+        out["fast_boot"] = table["fast_boot"]
+    return out
 
 
 def _password(where: str, firmware: str, value: object) -> str:
@@ -273,6 +332,12 @@ def build_miners(plan: FleetPlan, time_scale: float,
                 miner.fault.size_bytes = p.size_bytes
         if p.password is not None:
             miner.password = p.password
+        if miner.spec.firmware == "whatsminer":
+            miner.api = p.api or "v2"
+            miner.firmware_version = p.firmware_version
+            miner.fast_boot = p.fast_boot
+            if miner.api == "v3":
+                miner.ramp_s = V3_RAMP_S
         if p.power_limit_w is not None:
             miner.actor = "fleet-file"
             miner.set_power_limit(p.power_limit_w)

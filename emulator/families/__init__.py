@@ -15,7 +15,8 @@ from emulator.models import FAMILIES
 #: family name -> (module, class)
 REGISTRY: dict[str, tuple[str, str]] = {
     "antminer": ("emulator.families.antminer", "AntminerFamily"),
-    "whatsminer": ("emulator.families.whatsminer", "WhatsminerFamily"),
+    # API v2 machines are emulator.families.whatsminer's; the subclass adds API v3 per machine
+    "whatsminer": ("emulator.families.whatsminer_v3", "BtminerFamily"),
     "luxos": ("emulator.families.luxos", "LuxosFamily"),
     "bitaxe": ("emulator.families.bitaxe", "BitaxeFamily"),
 }

@@ -172,7 +172,7 @@ class WhatsminerFamily:
         if cmd == "get_token":
             return self._get_token(miner)
         if cmd == "get_version":
-            msg = {"api_ver": API_VERSION, "fw_ver": FW_VERSION, "platform": "H6OS",
+            msg = {"api_ver": API_VERSION, "fw_ver": self.fw_version(miner), "platform": "H6OS",
                    "chip": "K210"}
             return _flat(OK_CODE, msg)
         if cmd == "get_miner_info":
@@ -198,6 +198,12 @@ class WhatsminerFamily:
         return _cg("DEVDETAILS", 69, "Device Details", rows)
 
     # ------------------------------------------------------------------- report builders
+    @staticmethod
+    def fw_version(miner: EmulatedMiner) -> str:
+        """The firmware version this machine reports: its own (fleet file), else the default.
+        pyasic picks its btminer backend from this date, so it must match the API served."""
+        return miner.firmware_version or FW_VERSION
+
     def _fw(self, miner: EmulatedMiner) -> dict:
         return miner.firmware_state.setdefault("whatsminer", {"tokens": {}})
 
@@ -242,7 +248,7 @@ class WhatsminerFamily:
             "Chip Temp Avg": round(sum(chip) / len(chip), 1), "Debug": "-0.0_100.0_0",
             "Btminer Fast Boot": "disable", "Power Fanspeed": self._psu_fan(r),
             "Error Code Count": 0, "Factory Error Code Count": 0, "Liquid Cooling": False,
-            "Firmware Version": f"'{FW_VERSION}'", "MAC": miner.mac.upper(),
+            "Firmware Version": f"'{self.fw_version(miner)}'", "MAC": miner.mac.upper(),
             "Power Current": round(r.power_w / 230.0, 1), "Upfreq Complete": 1,
         }
 
@@ -313,7 +319,8 @@ class WhatsminerFamily:
         return {"mineroff": "true" if off else "false",
                 "mineroff_reason": fw.get("off_reason", "") if off else "",
                 "mineroff_time": fw.get("off_time", "") if off else "",
-                "FirmwareVersion": FW_VERSION, "power_mode": miner.mode.capitalize(),
+                "FirmwareVersion": self.fw_version(miner),
+                "power_mode": miner.mode.capitalize(),
                 "hash_percent": ""}
 
     # ------------------------------------------------------------------- token handshake
