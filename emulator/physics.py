@@ -19,7 +19,9 @@ MAX_CHANGES = 200
 
 STATES = ("mining", "sleeping", "booting", "off")
 FAULT_KINDS = ("none", "hang", "refuse", "garbage", "slow", "ignore_sleep",
-               "endless", "huge", "nested", "accept_close", "drip")
+               "endless", "huge", "nested", "accept_close", "drip", "token_exhaustion")
+#: ``token_exhaustion`` (Whatsminer): every new token is refused, code 136, as when this
+#: client IP has had its 32 in the last 30 minutes; tokens already handed out still work.
 #: Hostile kinds (emulator/server.py): a device on a fleet address that attacks the client's
 #: memory, CPU or deadlines rather than merely failing.
 HOSTILE_FAULT_KINDS = ("endless", "huge", "nested", "accept_close", "drip")

@@ -337,6 +337,9 @@ class WhatsminerFamily:
         return _passwd_md5(password, self._salt(miner))
 
     def _get_token(self, miner: EmulatedMiner) -> dict:
+        if miner.fault.kind == "token_exhaustion":
+            # "one IP can get 32 tokens" (API v2.0.5); field clients match this Msg text
+            return _error(136, "over max connect")
         newsalt = "".join(random.choices(_SALT_CHARS, k=8))
         stamp = str(_now())[-4:]
         sign = _md5crypt_hash(self._host_passwd_md5(miner) + stamp, newsalt)

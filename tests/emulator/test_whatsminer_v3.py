@@ -40,7 +40,8 @@ pytestmark = pytest.mark.integration
 CAPTURES = Path(__file__).resolve().parents[3] / "shared" / "firmware-captures" / "whatsminer"
 TIME_SCALE = 0.02  # a 30 s btminer restart is silent for 0.6 s; the ramp takes 9.6 s
 PW = "v3-S1te-pw"
-V3, V3_PW, V2, TOKENS, SERVICE, LIMIT, FAST, SILENT = (f"127.156.1.{i}" for i in range(1, 9))
+V3, V3_PW, V2, TOKENS, SERVICE, LIMIT, FAST, SILENT, EXHAUST, V2_EXHAUST = (
+    f"127.156.1.{i}" for i in range(1, 11))
 FLEET = f"""
 [[miner]]
 model = "M50"
@@ -75,6 +76,13 @@ fast_boot = true
 model = "M50"
 ip = "{SILENT}"
 api = "v3"
+[[miner]]
+model = "M50"
+ip = "{EXHAUST}"
+api = "v3"
+[[miner]]
+model = "M30S"
+ip = "{V2_EXHAUST}"
 """
 NAMEPLATE_W = MODELS["M50"].power_w
 
@@ -303,6 +311,27 @@ def test_restart_silence_on_the_physics_clock() -> None:
     assert answered is not None and json.loads(answered)["code"] == 0
     assert miner.read().state == "booting"
     assert family.control_view(miner)["process"] == "running"
+
+
+async def test_token_exhaustion_fault_refuses_new_tokens_only(emu) -> None:
+    """The control API's ``token_exhaustion``: a client that kept its salt still writes, a new
+    one gets code 136 (v3) / "over max connect" (v2) until the fault is cleared."""
+    kept = rpc(EXHAUST)
+    assert (await kept.set_miner_service("start"))["msg"] == "ok"
+    await asyncio.to_thread(emu.set_fault, EXHAUST, "token_exhaustion")
+    await asyncio.to_thread(emu.set_fault, V2_EXHAUST, "token_exhaustion")
+    try:
+        refused = await rpc(EXHAUST).send_command("get.device.info", parameters="salt")
+        assert refused["code"] == 136
+        assert (await kept.set_miner_service("start"))["msg"] == "ok"
+        with pytest.raises(APIError, match="over max connect"):
+            await BTMinerRPCAPI(V2_EXHAUST).get_token()
+        assert (await truth(emu, EXHAUST))["api_tokens"]["refused"] == {"127.0.0.1": 1}
+    finally:
+        await asyncio.to_thread(emu.set_fault, EXHAUST, "none")
+        await asyncio.to_thread(emu.set_fault, V2_EXHAUST, "none")
+    assert (await rpc(EXHAUST).send_command("get.device.info", parameters="salt"))["code"] == 0
+    assert (await BTMinerRPCAPI(V2_EXHAUST).get_token()).host_sign
 
 
 def test_token_window_frees_tokens_after_30_minutes() -> None:
