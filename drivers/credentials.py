@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
+from pyasic import settings as pyasic_settings
 from pyasic.errors import APIError
 from pydantic import SecretStr
 
@@ -203,7 +204,10 @@ async def probe(miner: Any, family: str, timeout_s: float, *,
 
 async def _probe_web_digest(web: Any, timeout_s: float) -> tuple[Verdict, str]:
     url = f"http://{web.ip}:{getattr(web, 'port', 80)}/cgi-bin/{ANTMINER_PROBE_CGI}.cgi"
-    async with httpx.AsyncClient(timeout=timeout_s) as client:
+    # pyasic's transport: its SSL context is built once (a bare AsyncClient builds one per
+    # client, which costs more CPU than the request itself)
+    async with httpx.AsyncClient(transport=pyasic_settings.transport(),
+                                 timeout=timeout_s) as client:
         reply = await client.get(url, auth=httpx.DigestAuth(web.username, web.pwd))
     if reply.status_code == 401:
         return "refused", "web UI refused the configured password (HTTP 401)"
