@@ -58,7 +58,7 @@ def synthetic_tick(n: int, now: float | None = None) -> tuple[TickResult, frozen
         make, model, fw, ths, watts, nfans, src, limit = MODELS[i % len(MODELS)]
         mac = f"02:EC:{(i >> 24) & 255:02X}:{(i >> 16) & 255:02X}:{(i >> 8) & 255:02X}:" \
               f"{i & 255:02X}"
-        ip = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        ip = f"127.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
         if i % 97 == 0:
             state, h, w, src_i, temp, fans = "unreachable", 0.0, 0.0, "none", None, ()
         elif i % 3 == 0:

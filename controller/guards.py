@@ -160,7 +160,9 @@ class GuardConfig(BaseModel):
     limit_band_fraction: float = Field(0.05, ge=0.0, le=1.0)
     """Relative part of the power-limit band (see limit_band_w)."""
 
-    limit_dwell_s: float = Field(3600.0, ge=0.0, le=7 * 86400.0)
+    limit_dwell_s: Annotated[float, at_most(
+        7 * 86400.0, "a limit held longer than a week cannot follow a market that moves "
+        "daily")] = Field(3600.0, ge=0.0)
     """Minimum time, s, after curtaild last changed a machine before it changes that machine's
     power limit for margin again, and the horizon over which such a change must earn back the
     hashing its restart costs (rule 6b)."""
