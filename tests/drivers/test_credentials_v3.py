@@ -1,0 +1,76 @@
+"""Firmware passwords on Whatsminer API v3 (port 4433, pyasic's BTMinerV3): the site's admin
+password from ``[fleet.credentials]`` signs every ``set.`` command; a refused one is reported
+``auth`` and nothing is sent. Unmodified pyasic against the emulator, judged by its truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.config import FleetConfig
+from controller.credentials_config import CredentialsConfig
+from controller.snapshot import Command
+from drivers.miners import CommandFailed, MinerDriver
+from tests.support.emulator import EmulatorProcess
+
+pytestmark = pytest.mark.integration
+
+V3_PW = "v3-site-pw"
+FIRST = "127.157.4.1"
+RIGHT, WRONG, FACTORY = (f"127.157.4.{i}" for i in range(1, 4))
+FLEET = f"""
+[[miner]]
+model = "M50"
+api = "v3"
+password = "{V3_PW}"
+[[miner]]
+model = "M50"
+api = "v3"
+password = "not-what-curtaild-has"
+[[miner]]
+model = "M50"
+api = "v3"
+"""
+
+
+@pytest.fixture(scope="module")
+def emu():
+    with EmulatorProcess(fleet_toml=FLEET, first_ip=FIRST, time_scale=0.01) as e:
+        yield e
+
+
+def driver(tmp_path: Path) -> MinerDriver:
+    (tmp_path / "wm").write_text(V3_PW)
+    cred = CredentialsConfig.model_validate({
+        "whatsminer": {"password_file": str(tmp_path / "wm")},
+        "override": [{"match": [FACTORY], "password_file": str(tmp_path / "factory")}]})
+    (tmp_path / "factory").write_text("admin")
+    return MinerDriver(FleetConfig(ranges=[f"{FIRST}-3"], poll_timeout_s=5.0,
+                                   discovery_timeout_s=8.0, credentials=cred),
+                       poll_interval_s=1.0)
+
+
+def cmd(ip: str, action: str) -> Command:
+    return Command(key=ip, ip=ip, action=action, power_limit_w=None,  # type: ignore[arg-type]
+                   reason="test", delta_power_w=0.0)
+
+
+async def test_v3_password_reaches_the_firmware_and_a_wrong_one_is_auth(
+        emu: EmulatorProcess, tmp_path: Path) -> None:
+    d = driver(tmp_path)
+    got = {r.ip: r for r in (await d.observe()).miners}
+    assert emu.miner(RIGHT)["api"] == "v3"
+    assert got[RIGHT].error is None and got[FACTORY].error is None
+    assert got[WRONG].error is not None and got[WRONG].error.startswith("auth: API v3 refused")
+    assert got[WRONG].state == "mining" and d.error_counts.get("auth") == 1
+    before = list(emu.miner(WRONG)["changes"])
+    with pytest.raises(CommandFailed, match=r"^auth: "):
+        await d.execute(cmd(WRONG, "sleep"), observed_state="mining", timeout_s=10, attempts=2)
+    assert emu.miner(WRONG)["state"] == "mining" and emu.miner(WRONG)["changes"] == before
+    for ip in (RIGHT, FACTORY):
+        await d.execute(cmd(ip, "sleep"), observed_state="mining", timeout_s=20, attempts=3)
+        emu.wait_state(ip, "sleeping", 15)
+        await d.execute(cmd(ip, "run"), observed_state="sleeping", timeout_s=20, attempts=3)
+        emu.wait_state(ip, "mining", 60)
+    assert V3_PW not in repr((await d.observe()).miners)
