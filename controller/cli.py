@@ -24,6 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the controller daemon until SIGTERM")
     status = sub.add_parser("status", help="what the running daemon is doing now")
     status.add_argument("--json", action="store_true")
+    adopt = sub.add_parser(
+        "adopt", help="after a lost journal: hand machines of unknown owner to curtaild "
+        "(it may wake them when the margin says run), or with --operator leave them to the "
+        "operator; without arguments, list them")
+    adopt.add_argument("miners", nargs="*", metavar="KEY|IP",
+                       help="machines of unknown owner, by key (MAC/serial) or IP")
+    adopt.add_argument("--all", action="store_true", help="every machine of unknown owner")
+    adopt.add_argument("--operator", action="store_true",
+                       help="record them as the operator's: curtaild never wakes them")
     backtest = sub.add_parser("backtest", help="replay a price series against a simulated "
                               "fleet under the configured policy and guards")
     from controller.backtest import command as backtest_command
@@ -100,6 +109,15 @@ def cmd_check(config_path: str) -> int:
 
     for line in check_warnings(config.fleet.credentials):
         print(f"warning: {line}", file=sys.stderr)
+    from controller.journal import inspect_state_dir
+
+    problems, warnings = inspect_state_dir(config.controller.state_dir)
+    for line in warnings:
+        print(f"warning: controller.state_dir: {line}", file=sys.stderr)
+    if problems:
+        for line in problems:
+            print(f"controller.state_dir: {line}", file=sys.stderr)
+        return 2
     print(f"{config_path}: OK ({len(config.fleet.addresses())} addresses, policy "
           f"{config.policy['name']}, hashprice {config.hashprice.source}, tariff "
           f"{config.tariff.kind}, dry_run={config.controller.dry_run})")
@@ -109,7 +127,7 @@ def cmd_check(config_path: str) -> int:
 async def _plan(config_path: str, as_json: bool) -> int:
     from controller.config import ConfigError
     from controller.daemon import build_reconciler
-    from controller.journal import Journal
+    from controller.journal import Journal, JournalError
     from controller.report import plan_table, tick_summary
 
     config = _load_or_report(config_path, build=True)
@@ -118,7 +136,11 @@ async def _plan(config_path: str, as_json: bool) -> int:
     # Read the daemon's journal if there is one (ownership matters to the guards); never
     # create one: plan changes nothing.
     state = Path(config.controller.state_dir)
-    journal = Journal(state if (state / "journal.sqlite").exists() else None)
+    try:
+        journal = Journal(state if (state / "journal.sqlite").exists() else None)
+    except JournalError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     try:
         result = await build_reconciler(config, journal).tick(send=False)
     except ConfigError as exc:  # e.g. a firmware password file plan cannot read
@@ -162,11 +184,113 @@ def cmd_status(config_path: str, as_json: bool) -> int:
               f"{market['tariff_usd_per_kwh']:.4f} USD/kWh ({market['tariff_source']}, "
               f"{market['tariff_age_s']:.0f}s old)")
     print(f"curtailed by curtaild: {len(status.get('curtailed', []))}")
+    _print_recovery(config_path, status)
     for e in status.get("recent_events", [])[:10]:
         print(f"  {time.strftime('%H:%M:%S', time.localtime(e['ts']))} {e['kind']:<9} "
               f"{e['action'] or '':<6} {e['ip'] or e['miner']:<15} {e['result'] or ''} "
               f"{e['reason'] or ''}")
     return 0
+
+
+def _print_recovery(config_path: str, status: dict) -> None:
+    """The lost-journal part of `status`: every machine of unknown owner, and what to type."""
+    review, unknown = status.get("journal_review"), status.get("unknown_owner") or []
+    if review:
+        print(f"JOURNAL REVIEW open: {review.get('reason')}")
+    if not unknown:
+        return
+    print(f"UNKNOWN OWNER: {len(unknown)} machine(s) asleep or power-limited that the journal "
+          "has no record of; curtaild never wakes them on its own:")
+    for u in unknown:
+        what = "asleep" if u["state"] == "sleeping" else (
+            f"power-limited at {u['power_limit_w']:.0f} W" if u.get("power_limit_w")
+            else "power-limited")
+        print(f"  {u['ip'] or u['key']:<15} {u['key']:<20} {what}")
+    print(f"  hand them to curtaild: curtaild --config {config_path} adopt KEY|IP ...|--all")
+    print(f"  leave them to the operator: curtaild --config {config_path} adopt --operator "
+          "KEY|IP ...|--all")
+
+
+def cmd_adopt(config_path: str, targets: list[str], *, every: bool, operator: bool) -> int:
+    """Resolve machines of unknown owner (controller/recovery.py) in the daemon's journal.
+
+    Bad input changes nothing: every name must match an open machine of unknown owner, or
+    nothing is written. The running daemon reads ownership from the journal each tick, so
+    an adopted machine is woken on its next tick if the margin says run."""
+    from controller.journal import (
+        CLI_BUSY_TIMEOUT_S,
+        JOURNAL_FILE,
+        Journal,
+        JournalError,
+    )
+    from controller.recovery import describe
+
+    config = _load_or_report(config_path)
+    if config is None:
+        return 2
+    path = Path(config.controller.state_dir) / JOURNAL_FILE
+    if not path.exists() or path.stat().st_size == 0:
+        print(f"no journal at {path}: run `curtaild run` with this config first (a relative "
+              "state_dir resolves against $STATE_DIRECTORY when set, else the config file's "
+              "directory)", file=sys.stderr)
+        return 1
+    if every and targets:
+        print("adopt: give machines or --all, not both", file=sys.stderr)
+        return 2
+    try:
+        journal = Journal(config.controller.state_dir, busy_timeout_s=CLI_BUSY_TIMEOUT_S)
+    except JournalError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    try:
+        open_ = journal.unknown_owner()
+        if not targets and not every:
+            if not open_:
+                print("no machine of unknown owner")
+            for u in open_.values():
+                print(f"{u.ip or u.miner:<15} {u.miner:<20} {describe(u)} (first seen "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(u.seen_at))})")
+            return 0
+        by_name: dict[str, str] = {}
+        for u in open_.values():
+            by_name[u.miner.casefold()] = u.miner
+            if u.ip:
+                by_name[u.ip.casefold()] = u.miner
+        keys: list[str] = list(open_) if every else []
+        bad = []
+        for name in targets:
+            key = by_name.get(name.strip().casefold())
+            if key is None:
+                bad.append(name)
+            elif key not in keys:
+                keys.append(key)
+        if bad:
+            for name in bad:
+                print(f"adopt: {name}: not a machine of unknown owner (`curtaild --config "
+                      f"{config_path} adopt` lists them); nothing changed", file=sys.stderr)
+            return 2
+        if not keys:
+            print("no machine of unknown owner")
+            return 0
+        try:
+            if operator:
+                journal.resolve_unknown(keys, "operator")
+            else:
+                journal.adopt(keys)
+        except JournalError as exc:
+            print(f"{exc}; nothing changed", file=sys.stderr)
+            return 1
+        for key in keys:
+            u = open_[key]
+            who = f"{u.ip or key} ({key}), {describe(u)}"
+            if operator:
+                print(f"left to the operator: {who}: curtaild never wakes it")
+            else:
+                print(f"adopted: {who}: curtaild owns it now and wakes it on a tick where "
+                      "the margin says run")
+        return 0
+    finally:
+        journal.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_plan(args.config, args.json))
     if args.command == "status":
         return cmd_status(args.config, args.json)
+    if args.command == "adopt":
+        return cmd_adopt(args.config, args.miners, every=args.all, operator=args.operator)
     if args.command == "backtest":
         from controller.backtest import command as backtest_command
 

@@ -381,7 +381,32 @@ def parse_config(data: dict[str, Any], source_path: str | None = None) -> Config
             problems.extend(as_config_error(exc, "policy").problems)
     if problems or config is None:
         raise ConfigError(problems or ["config: invalid"])
-    return config
+    return _with_absolute_state_dir(config)
+
+
+def resolve_state_dir(state_dir: str, config_path: str | None) -> str:
+    """A relative ``controller.state_dir`` resolves against ``$STATE_DIRECTORY`` when systemd
+    sets it, else against the directory of the config file -- never against the current
+    directory: a daemon started from elsewhere would open a new, empty journal and take every
+    machine it had slept for an operator's (README, "A lost journal")."""
+    if Path(state_dir).is_absolute():
+        return state_dir
+    env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if env and Path(env).is_absolute():
+        base = Path(env)
+    elif config_path:
+        base = Path(os.path.abspath(config_path)).parent
+    else:
+        return state_dir  # parsed without a file (tests): as given
+    return os.path.normpath(base / state_dir)
+
+
+def _with_absolute_state_dir(config: Config) -> Config:
+    resolved = resolve_state_dir(config.controller.state_dir, config.source_path)
+    if resolved == config.controller.state_dir:
+        return config
+    return config.model_copy(update={"controller": config.controller.model_copy(
+        update={"state_dir": resolved})})
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

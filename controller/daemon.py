@@ -20,11 +20,12 @@ from pathlib import Path
 
 from controller.config import Config, ConfigError, advisories, config_errors, load_config
 from controller.directives import DirectiveStore, Limits
-from controller.journal import Journal
+from controller.journal import Journal, JournalError, write_private_file
 from controller.limits import open_files_needed, raise_open_files_limit, tune_gc
 from controller.loop import Reconciler, TickResult
 from controller.market import MarketInputs
 from controller.metrics import MetricsExporter
+from controller.recovery import review_tick, start_lines, unknown_line
 from controller.report import tick_summary
 from controller.scrape_server import fd_budget
 from controller.snapshot import Directives
@@ -56,7 +57,11 @@ class Daemon:
     def __init__(self, config_path: str, config: Config):
         self.config_path = config_path
         self.config = config
+        # JournalError (path and reason) when the state directory or journal is unusable:
+        # run() refuses to start (exit 2). A new or lost journal opens a review
+        # (controller/recovery.py): it is reported, never silent.
         self.journal = Journal(config.controller.state_dir)
+        self.identity = self.journal.check_identity()
         # Demand-response events and overrides survive restarts in the journal (meta key).
         self.directive_store, problems = DirectiveStore.restore(
             self.journal.get_meta(DIRECTIVES_META), Limits.from_config(config.mqtt)
@@ -135,9 +140,8 @@ class Daemon:
         """
         path = Path(self.config.controller.state_dir) / "status.json"
         try:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(tick_summary(result, self.journal), default=str))
-            tmp.replace(path)
+            write_private_file(path, json.dumps(tick_summary(result, self.journal),
+                                                default=str))
         except Exception as exc:
             self.status_write_failures += 1
             kind = (errno.errorcode.get(exc.errno, str(exc.errno))
@@ -166,6 +170,8 @@ class Daemon:
         log.info("curtaild starting: %d addresses, policy %s, dry_run=%s, journal %s",
                  len(self.config.fleet.addresses()), self.config.policy["name"],
                  self.config.controller.dry_run, self.journal.path)
+        for level, line in start_lines(self.identity, self.journal, self.config_path):
+            log.log(level, "%s", line)
         ready = False
         try:
             try:
@@ -202,6 +208,8 @@ class Daemon:
                 else:
                     self.metrics.stats.tick_done(result)
                     self._log_tick(result)
+                    if not result.fast:
+                        self._review(result)
                     self._write_status(result)
                     self._publish_mqtt(result)
                     status = f"{len(result.fleet.miners)} miners"
@@ -265,6 +273,23 @@ class Daemon:
             await self.mqtt.stop()
             self.mqtt = None
         self._start_mqtt()
+
+    def _review(self, result: TickResult) -> None:
+        """Journal review after a new or lost journal (controller/recovery.py): one log line
+        per machine of unknown owner as it is first seen. Never fatal: a journal that cannot
+        be written now is reviewed on a later tick."""
+        try:
+            out = review_tick(self.journal, result.fleet, time.time())
+        except Exception:
+            log.exception("journal review failed; retrying next tick")
+            return
+        level = logging.ERROR if self.identity.status == "lost" else logging.WARNING
+        for u in out.new_unknown:
+            log.log(level, "%s", unknown_line(u, self.config_path))
+        for key in out.running:
+            log.info("unknown owner: %s seen running at full power; nothing to recover", key)
+        if out.finished:
+            log.info("journal review done: every machine seen, none of unknown owner left")
 
     def _known_miners(self) -> dict[str, str] | None:
         """Miner ids an override may name (topic id and key -> key); None before a tick."""
@@ -379,5 +404,8 @@ def run(config_path: str) -> int:
     except ConfigError as exc:  # valid keys, but a source or policy could not be built
         for line in exc.problems:
             log.error("refusing to start, invalid configuration %s: %s", config_path, line)
+        return 2
+    except JournalError as exc:  # the state directory or journal is unusable: say which, why
+        log.error("refusing to start (%s): %s", config_path, exc)
         return 2
     return asyncio.run(daemon.run())

@@ -23,7 +23,7 @@ from controller.guards import (
     limit_tolerance_w,
     memory_window_s,
 )
-from controller.journal import Journal
+from controller.journal import Journal, JournalError
 from controller.market import MarketInputs
 from controller.snapshot import (
     Command,
@@ -179,9 +179,14 @@ class Reconciler:
         outcomes: dict[str, str] = {}
         if send:
             self.bucket = guarded.bucket
-            self.journal.set_meta("ramp_bucket", {"budget_w": self.bucket.budget_w,
-                                                  "updated_at": self.bucket.updated_at})
-            outcomes = await self._act(commands, fleet, dry_run=dry_run)
+            journal_error: str | None = None
+            try:
+                self.journal.set_meta("ramp_bucket", {"budget_w": self.bucket.budget_w,
+                                                      "updated_at": self.bucket.updated_at})
+            except JournalError as exc:
+                journal_error = str(exc)  # then no intent can be written either: send nothing
+            outcomes = await self._act(commands, fleet, dry_run=dry_run,
+                                       journal_error=journal_error)
         result = TickResult(
             started_at=started,
             duration_s=time.time() - started,
@@ -255,19 +260,44 @@ class Reconciler:
 
     # -------------------------------------------------------------------- act
     async def _act(self, commands: list[Command], fleet: FleetSnapshot, *,
-                   dry_run: bool) -> dict[str, str]:
+                   dry_run: bool, journal_error: str | None = None) -> dict[str, str]:
+        """Journal each intent, then send it. A command whose intent cannot be written is not
+        sent; after the first such failure (or ``journal_error``: the tick's first write
+        failed) the rest of the tick's commands are not tried either, so a locked journal
+        costs one busy timeout per tick instead of one per command."""
         by_key = fleet.by_key()
         cfg = self.config.controller
         sem = asyncio.Semaphore(cfg.command_concurrency)
         outcomes: dict[str, str] = {}
+        unavailable = journal_error
+
+        def outcome(cmd: Command, result: str, detail: str | None, *,
+                    dry_run: bool = False) -> None:
+            """After the command: a journal that fails now loses only the outcome (the
+            intent says the command may have happened), never the tick."""
+            try:
+                self.journal.record_outcome(cmd, result, detail, dry_run=dry_run)
+            except JournalError as exc:
+                log.error("%s %s (%s): outcome %s not journaled: %s", cmd.action, cmd.ip,
+                          cmd.key, result, exc)
 
         async def one(cmd: Command) -> None:
+            nonlocal unavailable
             r = by_key.get(cmd.key)
-            self.journal.record_intent(cmd, observed_limit_w=r.power_limit_w if r else None,
-                                       dry_run=dry_run)
+            if unavailable is None:
+                try:
+                    self.journal.record_intent(
+                        cmd, observed_limit_w=r.power_limit_w if r else None, dry_run=dry_run)
+                except JournalError as exc:
+                    unavailable = str(exc)
+            if unavailable is not None:
+                outcomes[cmd.key] = f"failed: not sent, intent not journaled: {unavailable}"
+                log.error("%s %s (%s) not sent: its intent could not be journaled: %s",
+                          cmd.action, cmd.ip, cmd.key, unavailable)
+                return
             if dry_run:
                 outcomes[cmd.key] = "dry-run"
-                self.journal.record_outcome(cmd, "dry-run", dry_run=True)
+                outcome(cmd, "dry-run", None, dry_run=True)
                 log.info("dry-run %s %s (%s): %s", cmd.action, cmd.ip, cmd.key, cmd.reason)
                 return
             async with sem:
@@ -277,12 +307,12 @@ class Reconciler:
                         timeout_s=cfg.command_timeout_s, attempts=cfg.command_attempts)
                 except CommandFailed as exc:
                     outcomes[cmd.key] = f"failed: {exc}"
-                    self.journal.record_outcome(cmd, "failed", str(exc))
+                    outcome(cmd, "failed", str(exc))
                     log.warning("command %s %s (%s) failed: %s", cmd.action, cmd.ip, cmd.key,
                                 exc)
                     return
             outcomes[cmd.key] = f"ok: {detail}"
-            self.journal.record_outcome(cmd, "ok", detail)
+            outcome(cmd, "ok", detail)
             log.info("%s %s (%s)%s: %s", cmd.action, cmd.ip, cmd.key,
                      f" to {cmd.power_limit_w:.0f} W" if cmd.power_limit_w else "", cmd.reason)
 

@@ -195,6 +195,7 @@ class MetricsState:
     poll_errors: tuple[tuple[str, int], ...] = ()  # MinerDriver.error_counts
     journal_writes: int = 0
     status_write_failures: int = 0  # Daemon.status_write_failures (status.json not written)
+    unknown_owner_miners: int = 0  # a new or lost journal's machines of unknown owner
     reloads: tuple[tuple[str, int], ...] = ()  # Daemon.reloads
     poll_interval_s: float = 30.0
     dry_run: bool = False
@@ -222,6 +223,7 @@ def state_from_daemon(daemon: Any, stats: LoopStats) -> MetricsState:
         poll_errors=tuple(sorted(rec.driver.error_counts.items())),
         journal_writes=journal.writes,
         status_write_failures=getattr(daemon, "status_write_failures", 0),
+        unknown_owner_miners=len(journal.unknown_owner()),
         reloads=tuple(sorted(daemon.reloads.items())),
         poll_interval_s=cfg.controller.poll_interval_s,
         dry_run=cfg.controller.dry_run,
@@ -459,6 +461,10 @@ def _controller(s: MetricsState) -> Iterator[Family]:
     yield Family("curtaild_status_write_failures", "counter", "Ticks whose status.json (for "
                  "curtaild status) could not be written; the loop goes on regardless.", (),
                  [((), s.status_write_failures)])
+    yield from _gauge("curtaild_unknown_owner_miners", "Miners a new or lost journal found "
+                      "asleep or power-limited without knowing who did it: never woken until "
+                      "`curtaild adopt` hands them to curtaild or to the operator.",
+                      s.unknown_owner_miners)
     yield _counts("curtaild_config_reloads", "Configuration reloads (SIGHUP) since start, by "
                   "result; a failed reload keeps the running configuration.", "result",
                   RELOAD_RESULTS, s.reloads)

@@ -8,6 +8,7 @@ from typing import Any
 from controller import economics
 from controller.journal import Journal
 from controller.loop import TickResult
+from controller.recovery import status_json
 from controller.snapshot import MarketSnapshot, MinerReading
 
 
@@ -133,6 +134,12 @@ def tick_summary(result: TickResult, journal: Journal | None = None) -> dict[str
     if journal is not None:
         out["curtailed"] = sorted(journal.curtailed())
         out["recent_events"] = journal.events(limit=20)
+        out.update(status_json(journal))  # journal_review, unknown_owner (a lost journal)
+        unknown = {u["key"] for u in out["unknown_owner"]}
+        for row in out["miners"]:
+            if row["key"] in unknown:
+                row["reason"] = ("unknown owner (new or lost journal): never woken until "
+                                 "`curtaild adopt`")
     return out
 
 
