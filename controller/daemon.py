@@ -1,8 +1,11 @@
 """``curtaild run``: the daemon around the reconcile loop.
 
-Signals: SIGTERM/SIGINT stop cleanly (the in-flight tick finishes its commands and journal
-writes; the fleet is left exactly as it is, and the journal lets the next start resume);
-SIGHUP reloads config and policy atomically (an invalid file keeps the running ones).
+Signals: SIGTERM/SIGINT stop cleanly and in bounded time (the sweep in progress is abandoned
+and nothing is decided on it; commands already sent finish, with their journal writes, and
+commands not yet sent are recorded as not sent; after STOP_GRACE_MAX_S the tick is cancelled
+whatever it waits on, so the exit fits the unit's TimeoutStopSec; the fleet is left exactly as
+it is, and the journal lets the next start resume); SIGHUP reloads config and policy atomically
+(an invalid file keeps the running ones).
 """
 
 from __future__ import annotations
@@ -30,11 +33,19 @@ from controller.report import tick_summary
 from controller.scrape_server import fd_budget
 from controller.snapshot import Directives
 from drivers.hashprice import build_hashprice_source
-from drivers.miners import MinerDriver
+from drivers.miners import MinerDriver, ObservationAborted
 from drivers.tariff import build_tariff_source
 from policies.compose import build_policy_stack
 
 log = logging.getLogger("curtaild")
+#: After SIGTERM a tick runs at most this long (commands already sent get command_timeout_s
+#: plus 2 s); then it is cancelled, so the exit fits the unit's TimeoutStopSec (90 s) with time
+#: left for the MQTT goodbye (5 s) and closing the journal.
+STOP_GRACE_MAX_S = 60.0
+
+
+class TickAbandoned(Exception):
+    """A stop ended the tick in progress before it finished (see ``Daemon._tick``)."""
 DIRECTIVES_META = "mqtt_directives"
 
 
@@ -201,7 +212,9 @@ class Daemon:
                     next_regular = started + self.config.controller.poll_interval_s
                 status = "first tick failed"
                 try:
-                    result = await self.reconciler.tick(fast=fast)
+                    result = await self._tick(fast)
+                except TickAbandoned as exc:
+                    log.info("stop: %s", exc)
                 except Exception:
                     log.exception("tick failed; retrying next interval")
                     self.metrics.stats.tick_failed(time.monotonic() - started)
@@ -320,9 +333,43 @@ class Daemon:
 
     def request_stop(self) -> None:
         if not self.stop.is_set():
-            log.info("stop requested: finishing the current tick")
+            log.info("stop requested: abandoning the sweep in progress, finishing the commands "
+                     "already sent")
             self.notifier.stopping()
         self.stop.set()
+        self.reconciler.driver.stop()  # no new poll, discovery or command; see _tick
+
+    async def _tick(self, fast: bool) -> TickResult:
+        """The reconciler's tick, bounded once a stop is requested.
+
+        A hostile or hung miner must not hold SIGTERM hostage (issue 15): request_stop makes
+        the driver abandon the sweep in progress (each poll's scope ends its sockets and tasks)
+        and refuse commands not yet started; commands already sent finish within their own
+        deadline. If the tick still runs after the grace (a market source that hangs, a command
+        deadline over STOP_GRACE_MAX_S) it is cancelled: each intent was journaled before its
+        command, so the next start resumes as after a crash.
+        """
+        tick = asyncio.ensure_future(self.reconciler.tick(fast=fast))
+        stop = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({tick, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not tick.done():
+                grace = min(self.config.controller.command_timeout_s + 2.0, STOP_GRACE_MAX_S)
+                await asyncio.wait({tick}, timeout=grace)
+                if not tick.done():
+                    log.warning("stop: the tick still runs after %.0fs; cancelling it", grace)
+                    tick.cancel()
+                    await asyncio.wait({tick}, timeout=5.0)
+        except asyncio.CancelledError:
+            tick.cancel()
+            raise
+        finally:
+            stop.cancel()
+        if not tick.done() or tick.cancelled():
+            raise TickAbandoned("the tick in progress was cancelled")
+        if isinstance(tick.exception(), ObservationAborted):
+            raise TickAbandoned("the sweep in progress was abandoned; nothing was decided on it")
+        return tick.result()
 
     async def _sleep_until(self, deadline: float) -> None:
         """Wait for the next tick, a stop or a reload, pinging the watchdog meanwhile so a

@@ -13,6 +13,14 @@ reads, asks for ``is_mining`` only when it can change the answer (a machine that
 mining whatever it claims), and reads stock Antminers over their RPC port alone (``summary+stats``
 in one connection, parsed by pyasic's own BMMiner parsers) instead of ``get_data``'s two
 digest-authenticated web calls, which cost about ten times more client CPU.
+
+Hostile devices (issue 15): every pyasic call -- discovery, poll, credential check, command --
+runs in a miner scope of ``drivers.bounded``, which caps each reply at
+``bounded.MAX_REPLY_BYTES`` and, at the deadline, ends every task and socket the call started
+(pyasic's discovery probes included). A reply that is too large, nested past the JSON parser's
+recursion limit or undecodable is a "garbage" reading; error texts are cut to
+``MAX_ERROR_CHARS`` (pyasic puts whole replies in its exception messages). ``stop()`` abandons
+the sweep in progress and refuses new commands, so SIGTERM ends a tick in bounded time.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from tenacity import (
 from controller.config import FleetConfig
 from controller.secret import redact
 from controller.snapshot import Command, FleetSnapshot, MinerReading, PowerSource
+from drivers import bounded
 from drivers import credentials as creds
 from drivers.nameplate import lookup
 
@@ -79,6 +88,21 @@ def _bound(table_w: float | None, firmware_w: float | None, pick) -> float | Non
 
 class CommandFailed(Exception):
     """The firmware refused or did not confirm a command."""
+
+
+class ObservationAborted(Exception):
+    """``stop()`` abandoned the sweep in progress: nothing may be decided on a partial one."""
+
+
+#: Longest error text kept in a reading (pyasic's decode errors carry the whole reply).
+MAX_ERROR_CHARS = 240
+#: Exceptions that mean the device answered something unusable: too large, nested past the
+#: parser's recursion limit (RecursionError), undecodable.
+GARBAGE_ERRORS = (bounded.ReplyTooLarge, RecursionError, UnicodeDecodeError)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 @dataclass
@@ -236,6 +260,9 @@ class MinerDriver:
         self.error_counts: dict[str, int] = {}
         #: background re-discoveries by address (a sweep never waits on one)
         self._rediscovering: dict[str, asyncio.Task[bool]] = {}
+        #: set by stop(): no new sweep, discovery or command starts
+        self.stopping = False
+        self._sweep: asyncio.Future[list[MinerReading | None]] | None = None
 
     def prepare_credentials(self, cfg: FleetConfig) -> None:
         """Read the secrets of a config about to be swapped in (a reload), so that an
@@ -258,9 +285,21 @@ class MinerDriver:
         self._poll_sem = asyncio.Semaphore(cfg.poll_concurrency)
         self._suspect_sem = asyncio.Semaphore(cfg.poll_concurrency)
 
+    def stop(self) -> None:
+        """The daemon is stopping: abandon the sweep in progress and background discoveries
+        now (``observe`` raises ObservationAborted), and refuse commands not yet started;
+        commands already sent run to their own deadline (``execute``)."""
+        self.stopping = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+        for task in list(self._rediscovering.values()):
+            task.cancel()
+
     # ------------------------------------------------------------------ observe
     async def observe(self) -> FleetSnapshot:
         """Poll every configured address once; a hung miner costs one deadline, not a sweep."""
+        if self.stopping:
+            raise ObservationAborted("stopping: no new sweep")
         addresses = self.cfg.addresses()
         wanted = set(addresses)
         for ip in list(self._tracked):
@@ -277,13 +316,27 @@ class MinerDriver:
         order = sorted(range(len(addresses)),
                        key=lambda i: not (t := tracked.get(addresses[i])) or t.failures == 0)
         tasks = {i: asyncio.ensure_future(self._observe_one(addresses[i])) for i in order}
-        readings = await asyncio.gather(*(tasks[i] for i in range(len(addresses))))
+        sweep = self._sweep = asyncio.gather(*(tasks[i] for i in range(len(addresses))))
+        try:
+            # wait(), not await: stop() cancels the sweep, not the tick that awaits it
+            await asyncio.wait({sweep})
+        except asyncio.CancelledError:
+            sweep.cancel()
+            raise
+        finally:
+            self._sweep = None
+        if self.stopping:  # stop() cancelled it (a cancelled gather may end as an exception)
+            if not sweep.cancelled():
+                sweep.exception()  # retrieved: it is what stop() asked for
+            raise ObservationAborted("stopping: the sweep in progress was abandoned")
+        readings = sweep.result()
         return FleetSnapshot(tuple(r for r in readings if r is not None), time.time())
 
     def _rediscover_later(self, t: _Tracked) -> None:
         """Re-discover a known address in the background: get_miner on a dead or hung address
         takes the whole discovery deadline, which must not be added to a sweep."""
-        if t.ip in self._rediscovering or time.monotonic() < t.next_discovery_at:
+        if (self.stopping or t.ip in self._rediscovering
+                or time.monotonic() < t.next_discovery_at):
             return
         task = asyncio.get_running_loop().create_task(self._discover(t))
         self._rediscovering[t.ip] = task
@@ -293,7 +346,7 @@ class MinerDriver:
         self._rediscovering.pop(ip, None)
         if not task.cancelled() and task.exception() is not None:
             self._count("discovery")
-            log.warning("%s: re-discovery failed: %r", ip, task.exception())
+            log.warning("%s: re-discovery failed: %s", ip, _cut(repr(task.exception())))
 
     def _count(self, kind: str) -> None:
         self.error_counts[kind] = self.error_counts.get(kind, 0) + 1
@@ -318,8 +371,13 @@ class MinerDriver:
         miner = t.miner
         if miner is None or not creds.has_probe(miner, t.family):
             return None
-        verdict, detail = await creds.probe(miner, t.family, self.cfg.poll_timeout_s,
-                                            trusted=t.auth_refused is None)
+        try:  # a reply it cannot parse (nested past the recursion limit...) tells nothing
+            verdict, detail = await bounded.run(
+                lambda: creds.probe(miner, t.family, self.cfg.poll_timeout_s,
+                                    trusted=t.auth_refused is None),
+                timeout_s=self.cfg.poll_timeout_s + 1.0, label=f"{t.ip} credentials")
+        except Exception as exc:
+            verdict, detail = "unknown", f"probe failed: {type(exc).__name__}"
         if verdict == "refused":
             if t.auth_refused is None:
                 log.warning("%s: %s firmware refused the credentials (%s): %s", t.ip, t.family,
@@ -336,11 +394,11 @@ class MinerDriver:
             return False
         async with self._discover_sem:
             try:
-                miner = await asyncio.wait_for(
-                    pyasic.get_miner(t.ip), timeout=self.cfg.discovery_timeout_s
-                )
-            except (TimeoutError, OSError, ValueError, KeyError, TypeError) as exc:
-                log.debug("%s: discovery failed: %r", t.ip, exc)
+                miner = await bounded.run(lambda: pyasic.get_miner(t.ip),
+                                          timeout_s=self.cfg.discovery_timeout_s,
+                                          label=f"{t.ip} discovery")
+            except Exception as exc:  # whatever the address answered, it is not a miner
+                log.debug("%s: discovery failed: %s", t.ip, _cut(repr(exc)))
                 miner = None
         if miner is None:
             t.discovery_attempts += 1
@@ -394,12 +452,13 @@ class MinerDriver:
         its lowest profile is refused (pyasic's set_power_limit returns False). Its real range
         comes from the profile ladder, not from the model's nameplate table."""
         try:
-            config = await asyncio.wait_for(miner.get_config(), self.cfg.poll_timeout_s)
+            config = await bounded.run(miner.get_config, timeout_s=self.cfg.poll_timeout_s,
+                                       label=f"{t.ip} presets")
             watts = [float(p.power) for p in
                      getattr(config.mining_mode, "available_presets", None) or ()
                      if isinstance(getattr(p, "power", None), int | float) and p.power > 0]
         except Exception as exc:  # a firmware without profiles keeps the nameplate range
-            log.debug("%s: reading power presets failed: %r", t.ip, exc)
+            log.debug("%s: reading power presets failed: %s", t.ip, _cut(repr(exc)))
             return
         if watts:
             t.preset_floor_w, t.preset_ceiling_w = min(watts), max(watts)
@@ -421,12 +480,14 @@ class MinerDriver:
         sem = self._suspect_sem if t.failures else self._poll_sem
         try:
             async with sem:
-                data = await asyncio.wait_for(self._poll(t, miner),
-                                              timeout=self.cfg.poll_timeout_s)
+                data = await bounded.run(lambda: self._poll(t, miner),
+                                         timeout_s=self.cfg.poll_timeout_s, label=f"{ip} poll")
         except TimeoutError:
             return self._failed(t, "timeout", f"no answer within {self.cfg.poll_timeout_s:g}s")
         except ConnectionRefusedError as exc:
             return self._failed(t, "refused", str(exc))
+        except GARBAGE_ERRORS as exc:
+            return self._failed(t, "garbage", f"{type(exc).__name__}: {exc}")
         except Exception as exc:
             return self._failed(t, "error", redact(f"{type(exc).__name__}: {exc}"))
         try:
@@ -483,7 +544,7 @@ class MinerDriver:
         if t.failures >= self.cfg.rediscover_after_failures:
             t.miner = None  # re-discover: the address may now hold another machine or firmware
             t.next_discovery_at = 0.0
-        return self._unreachable(t, f"{kind}: {detail}")
+        return self._unreachable(t, _cut(f"{kind}: {detail}"))
 
     def _unreachable(self, t: _Tracked, error: str) -> MinerReading:
         last = t.last
@@ -615,6 +676,8 @@ class MinerDriver:
 
         Returns a short outcome text; raises CommandFailed when every attempt failed.
         """
+        if self.stopping:  # not sent: the journal records it as failed, the next start decides
+            raise CommandFailed("not sent: curtaild is stopping")
         t = self._tracked.get(cmd.ip)
         if t is None or t.miner is None:
             raise CommandFailed("miner not discovered")
@@ -653,7 +716,7 @@ class MinerDriver:
             done = []
             try:
                 for name, call in steps:
-                    ok = await asyncio.wait_for(call(), timeout=per_try)
+                    ok = await bounded.run(call, timeout_s=per_try, label=f"{cmd.ip} {name}")
                     if ok is False:
                         raise CommandFailed(f"{name} returned False")
                     done.append(name)
@@ -662,19 +725,22 @@ class MinerDriver:
                     t.v3_salt = miner.rpc.salt
             return "+".join(done) or "nothing to send"
 
+        overall = asyncio.timeout(timeout_s)  # the deadline holds across retries and waits
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(attempts) | stop_after_delay(timeout_s),
-                wait=wait_random_exponential(multiplier=0.5, max=5.0),
-                retry=retry_if_exception_type(Exception),
-                reraise=True,
-            ):
-                with attempt:
-                    return await once()
+            async with overall:
+                async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(attempts) | stop_after_delay(timeout_s),
+                    wait=wait_random_exponential(multiplier=0.5, max=5.0),
+                    retry=retry_if_exception_type(Exception),
+                    reraise=True,
+                ):
+                    with attempt:
+                        return await once()
         except CommandFailed:
             raise
         except TimeoutError as exc:
-            raise CommandFailed(f"no answer within {per_try:g}s") from exc
+            within = timeout_s if overall.expired() else per_try
+            raise CommandFailed(f"no answer within {within:g}s") from exc
         except Exception as exc:
             raise CommandFailed(redact(f"{type(exc).__name__}: {exc}")) from exc
         raise CommandFailed("no attempt made")  # pragma: no cover
