@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from controller.config import Config, ConfigError, advisories, config_errors, load_config
-from controller.directives import DirectiveStore, Limits
+from controller.directive_journal import DirectiveJournal
+from controller.directives import Limits
 from controller.journal import Journal, JournalError, write_private_file
 from controller.limits import open_files_needed, raise_open_files_limit, tune_gc
 from controller.loop import Reconciler, TickResult
@@ -46,7 +47,6 @@ STOP_GRACE_MAX_S = 60.0
 
 class TickAbandoned(Exception):
     """A stop ended the tick in progress before it finished (see ``Daemon._tick``)."""
-DIRECTIVES_META = "mqtt_directives"
 
 
 def build_policy(config: Config):
@@ -73,10 +73,11 @@ class Daemon:
         # (controller/recovery.py): it is reported, never silent.
         self.journal = Journal(config.controller.state_dir)
         self.identity = self.journal.check_identity()
-        # Demand-response events and overrides survive restarts in the journal (meta key).
-        self.directive_store, problems = DirectiveStore.restore(
-            self.journal.get_meta(DIRECTIVES_META), Limits.from_config(config.mqtt)
-            if config.mqtt else Limits(), time.time())
+        # Demand-response events and overrides survive restarts in the journal, one row each
+        # (controller/directive_journal.py): a save writes only what changed.
+        self.directive_journal = DirectiveJournal(self.journal)
+        self.directive_store, problems = self.directive_journal.load(
+            Limits.from_config(config.mqtt) if config.mqtt else Limits(), time.time())
         for line in problems:
             log.warning("%s", line)
         self.mqtt = None  # the MQTT bridge (controller/mqtt.py), started by run()
@@ -260,8 +261,7 @@ class Daemon:
     def _save_directives(self) -> None:
         if self.directive_store.dirty:
             try:
-                self.journal.set_meta(DIRECTIVES_META, self.directive_store.snapshot())
-                self.directive_store.dirty = False
+                self.directive_journal.save(self.directive_store)  # the changed rows only
             except Exception:
                 log.exception("journal: saving the MQTT directives failed")
 

@@ -1,8 +1,9 @@
 """The directive store: demand-response events, operator overrides and the pause flag.
 
 Pure (no I/O, every method takes ``now``): the MQTT bridge feeds it raw payloads, the
-reconcile loop reads ``directives(now)`` each tick, and the daemon saves ``snapshot()`` in the
-journal so a restart keeps active events and overrides. Semantics (docs/mqtt.md):
+reconcile loop reads ``directives(now)`` each tick, and the daemon writes the rows that
+changed (``take_pending()``) to the journal (controller/directive_journal.py), so a restart
+keeps active events and overrides. Semantics (docs/mqtt.md):
 
 - An event is ``{"id", "target_power_w", "start"?, "end"?}``. A future ``start`` waits; the
   cap is released at ``end`` (no ``end``: ``start + max_event_duration_s``). Overlapping
@@ -10,10 +11,16 @@ journal so a restart keeps active events and overrides. Semantics (docs/mqtt.md)
   operator will measure), ties go to the newest.
 - Ids are deduplicated per command topic: a repeated id changes nothing and is answered again
   with the original status, the reason prefixed ``duplicate:`` (an EMS that missed the first
-  answer gets it; nothing is applied twice). A repeated event id also counts as a heartbeat.
+  answer gets it; nothing is applied twice). Once an event is over (ended, cancelled, released
+  by the watchdog) its remembered answer says so (``expired``), so a late retry is never told
+  "accepted ... capped" about a cap that no longer exists. A repeated event id also counts as
+  a heartbeat.
 - Watchdog (``event_heartbeat_s``): silence longer than that during an event is a signal loss;
   ``hold`` keeps the event to its end, ``release`` ends it at the loss, ``end_after_s`` ends it
   that long after the loss. Any valid command or a heartbeat counts as signal.
+- Everything it holds is capped (``max_active_events``, ``max_overrides``,
+  ``max_remembered_ids``) and each command changes a bounded number of rows, so a flood of
+  commands costs bounded memory and bounded journal writes per command.
 """
 
 from __future__ import annotations
@@ -33,8 +40,13 @@ KINDS: tuple[str, ...] = ("curtail", "curtail/cancel", "override", "automation",
 
 _ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 _MINER = re.compile(r"^[\x21-\x7e]{1,128}$")
-MAX_SEEN = 5000  # remembered command ids (duplicates), oldest dropped first
 SEEN_TTL_S = 7 * 86400.0
+#: The times a command may name. Anything outside is a typo or a probe; far outside (year 1,
+#: year 9999 with a negative offset) Python cannot even convert it to a timestamp.
+EARLIEST_TS = 946_684_800.0  # 2000-01-01T00:00:00Z
+LATEST_TS = 7_258_118_400.0  # 2200-01-01T00:00:00Z
+#: journal tables of the pending rows (controller/directive_journal.py)
+EVENT, OVERRIDE, SEEN, PAUSE = "event", "override", "seen", "pause"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +54,14 @@ class Limits:
     """What the store accepts (from ``[mqtt]``; defaults match MqttConfig's)."""
 
     max_payload_bytes: int = 4096
+    min_target_power_w: float = 1.0
     max_target_power_w: float = 1e9
     max_event_duration_s: float = 86400.0
     max_event_lead_s: float = 7 * 86400.0
     max_override_s: float = 86400.0
+    max_active_events: int = 100
+    max_overrides: int = 10_000
+    max_remembered_ids: int = 5000
     event_heartbeat_s: float | None = None
     on_signal_loss: str = "hold"
     signal_loss_end_after_s: float | None = None
@@ -100,16 +116,28 @@ def _parse_time(obj: dict, key: str) -> float | None:
         raise Invalid(f"{key}: {v!r} is not an ISO 8601 time") from None
     if dt.tzinfo is None:
         raise Invalid(f"{key}: {v!r} has no UTC offset (add 'Z' or '+hh:mm')")
-    return dt.timestamp()
+    try:
+        ts = dt.timestamp()
+    except (OverflowError, ValueError, OSError):  # year 1 at +01:00 is year 0
+        ts = math.nan
+    if not EARLIEST_TS <= ts < LATEST_TS:
+        raise Invalid(f"{key}: {v!r} is out of range (2000-01-01 to 2200-01-01 UTC)")
+    return ts
 
 
 def _number(obj: dict, key: str) -> float | None:
     v = obj.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float):
         raise Invalid(f"{key}: expected a finite number, got {json.dumps(v)[:40]}")
-    return float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an integer of hundreds of digits: JSON allows it, floats do not
+        raise Invalid(f"{key}: a {len(str(abs(v)))}-digit integer is out of range") from None
+    if not math.isfinite(f):
+        raise Invalid(f"{key}: expected a finite number, got {json.dumps(v)[:40]}")
+    return f
 
 
 def _decode(payload: bytes, limits: Limits) -> dict:
@@ -121,6 +149,8 @@ def _decode(payload: bytes, limits: Limits) -> dict:
         obj = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise Invalid("payload is not UTF-8 JSON") from None
+    except ValueError:  # an integer over Python's 4,300-digit conversion limit
+        raise Invalid("payload has a number with too many digits") from None
     if not isinstance(obj, dict):
         raise Invalid("payload must be a JSON object")
     return obj
@@ -139,6 +169,11 @@ def _only(obj: dict, allowed: set[str]) -> None:
         raise Invalid(f"unknown field {extra[0]!r}; allowed: {', '.join(sorted(allowed))}")
 
 
+def seen_key(kind: str, ident: str) -> str:
+    """The journal key of a remembered id (neither part contains a space)."""
+    return f"{kind} {ident}"
+
+
 @dataclass
 class DirectiveStore:
     """Active events, overrides, pause and remembered ids; see the module docstring."""
@@ -149,12 +184,23 @@ class DirectiveStore:
     paused_until: float | None = None
     paused_by: str | None = None
     last_heard: float = 0.0
-    #: (kind, id) -> (status, reason, at)
+    #: (kind, id) -> (status, reason, at), oldest first (the order ids are dropped in)
     seen: dict[tuple[str, str], tuple[str, str, float]] = field(default_factory=dict)
-    #: set on every change; the daemon saves the snapshot and clears it
-    dirty: bool = False
+    #: rows changed since the last save: (table, key) -> JSON-able row, None = deleted. Each
+    #: command adds a bounded number; the daemon writes them (take_pending) in one transaction.
+    pending: dict[tuple[str, str], Any] = field(default_factory=dict)
     #: (event id, why) of events that ended since last read (for logs and the bridge)
     released: list[tuple[str, str]] = field(default_factory=list)
+    #: nothing ends before this (events, overrides, pause): housekeep skips the sweep until
+    #: then, so a command costs O(1) however many overrides there are. A lower bound: a later
+    #: heartbeat only moves watchdog ends later. Swept again when the limits object changes.
+    _next_end: float = field(default=-math.inf, init=False, repr=False)
+    _swept_with: Limits | None = field(default=None, init=False, repr=False)
+
+    @property
+    def dirty(self) -> bool:
+        """Something changed that the journal does not have yet."""
+        return bool(self.pending)
 
     # ---------------------------------------------------------------- inbound
     def handle(self, kind: str, payload: bytes, now: float, *, retained: bool = False,
@@ -174,18 +220,20 @@ class DirectiveStore:
                     _only(obj, {"id"})
                 elif len(payload) > self.limits.max_payload_bytes:
                     raise Invalid("payload too large")
+                # Not journaled: after a restart the watchdog clock starts over anyway.
                 self.last_heard = now
-                self.dirty = True
                 return None
             obj = _decode(payload, self.limits)
             ident = _read_id(obj)
             if kind == "curtail/cancel":
                 return self._heard(now, self._cancel(obj, ident, now))
             prior = self.seen.get((kind, ident))
+            if prior is None and kind == "curtail" and ident in self.events:
+                e = self.events[ident]  # its remembered id was dropped: the event still stands
+                prior = ("accepted", self._capped(e, now), e.received_at)
             if prior is not None:
                 if kind == "curtail":
                     self.last_heard = now
-                    self.dirty = True
                 status, reason, _at = prior
                 return Response(ident, status, f"duplicate: {reason}",  # type: ignore[arg-type]
                                 duplicate=True)
@@ -200,20 +248,66 @@ class DirectiveStore:
         self._remember(kind, resp, now)
         return self._heard(now, resp)
 
+    def shed(self, kind: str, payload: bytes, now: float, why: str, *,
+             retained: bool = False) -> Response | None:
+        """Answer a command without applying it (the bridge is overloaded): ``rejected`` with
+        a reason starting ``busy:`` and the command's id when one can be read, so the sender
+        knows to send it again. The id is not remembered. Heartbeats are still applied: they
+        cost nothing to keep, and dropping them could fake a signal loss."""
+        if kind == "heartbeat" or kind not in KINDS:
+            return self.handle(kind, payload, now, retained=retained)
+        ident: str | None = None
+        try:
+            ident = _read_id(_decode(payload, self.limits))
+        except Invalid:
+            pass
+        return Response(ident, "rejected", f"busy: {why}; not applied, send it again later")
+
     def _heard(self, now: float, resp: Response) -> Response:
         if resp.status != "rejected":
             self.last_heard = now
-            self.dirty = True
         return resp
+
+    def _mark(self, table: str, key: str, row: Any) -> None:
+        self.pending[(table, key)] = row
+
+    def _mark_seen(self, key: tuple[str, str]) -> None:
+        entry = self.seen.get(key)
+        self._mark(SEEN, seen_key(*key), None if entry is None else list(entry))
 
     def _remember(self, kind: str, resp: Response, now: float) -> None:
         """Remember applied ids (a rejected id may be corrected and sent again)."""
         if resp.id is None or resp.status == "rejected":
             return
-        self.seen[(kind, resp.id)] = (resp.status, resp.reason, now)
-        self.dirty = True
-        while len(self.seen) > MAX_SEEN:
-            self.seen.pop(next(iter(self.seen)))
+        key = (kind, resp.id)
+        self.seen[key] = (resp.status, resp.reason, now)
+        self._mark_seen(key)
+        while len(self.seen) > self.limits.max_remembered_ids:
+            oldest = next(iter(self.seen))
+            del self.seen[oldest]
+            self._mark_seen(oldest)
+
+    def _put_event(self, e: Event) -> None:
+        self.events[e.id] = e
+        self._mark(EVENT, e.id, asdict(e))
+        self._next_end = min(self._next_end, e.end)
+
+    def _event_over(self, ident: str, why: str, now: float) -> None:
+        """An event left the store: say so in its remembered answer, so a retry of its id is
+        answered ``expired`` with what happened rather than the original ``accepted``."""
+        self.events.pop(ident, None)
+        self._mark(EVENT, ident, None)
+        self.released.append((ident, why))
+        key = ("curtail", ident)
+        if key in self.seen:
+            at = self.seen[key][2]
+            self.seen[key] = ("expired", f"event {ident} {why} at {_iso(now)}; not applied "
+                              "again (a new event needs a new id)", at)
+            self._mark_seen(key)
+
+    def _capped(self, e: Event, now: float) -> str:
+        when = "now" if e.start <= now else f"from {_iso(e.start)}"
+        return f"site power capped at {e.target_power_w:g} W {when} until {_iso(e.end)}"
 
     def _curtail(self, obj: dict, ident: str, now: float) -> Response:
         _only(obj, {"id", "target_power_w", "start", "end"})
@@ -221,9 +315,13 @@ class DirectiveStore:
         if target is None:
             raise Invalid("target_power_w: required, the site power to stay under, W")
         lim = self.limits
-        if not 0 < target <= lim.max_target_power_w:
-            raise Invalid(f"target_power_w: {target:g} is out of range (0, "
-                          f"{lim.max_target_power_w:g}]")
+        if target < lim.min_target_power_w:
+            raise Invalid(f"target_power_w: {target:g} W is below min_target_power_w "
+                          f"({lim.min_target_power_w:g} W), the site's sanity floor: a target "
+                          "that small is a unit or encoding error, not a plan")
+        if target > lim.max_target_power_w:
+            raise Invalid(f"target_power_w: {target:g} W is above max_target_power_w "
+                          f"({lim.max_target_power_w:g} W)")
         start = _parse_time(obj, "start")
         end = _parse_time(obj, "end")
         if start is not None and end is not None and end <= start:
@@ -240,19 +338,24 @@ class DirectiveStore:
         note = ""
         if end is None:
             end = start + lim.max_event_duration_s
+            if end <= now:
+                return Response(ident, "expired", f"start {_iso(start)} + max_event_duration_s "
+                                f"ends at {_iso(end)}, already past")
             note = " (no end given: max_event_duration_s)"
-        self.events[ident] = Event(ident, target, start, end, now)
-        self.dirty = True
-        when = "now" if start <= now else f"from {_iso(start)}"
-        return Response(ident, "accepted",
-                        f"site power capped at {target:g} W {when} until {_iso(end)}{note}")
+        if len(self.events) >= lim.max_active_events:
+            raise Invalid(f"{len(self.events)} events are active or scheduled, the most "
+                          f"max_active_events allows; cancel one first")
+        e = Event(ident, target, start, end, now)
+        self._put_event(e)
+        return Response(ident, "accepted", self._capped(e, now) + note)
 
     def _cancel(self, obj: dict, ident: str, now: float) -> Response:
         _only(obj, {"id"})
-        if self.events.pop(ident, None) is None:
-            return Response(ident, "rejected", f"no active or scheduled event {ident!r}")
-        self.released.append((ident, "cancelled"))
-        self.dirty = True
+        if ident not in self.events:
+            prior = self.seen.get(("curtail", ident))
+            known = f" ({prior[1].split(';')[0]})" if prior and prior[0] == "expired" else ""
+            return Response(ident, "rejected", f"no active or scheduled event {ident!r}{known}")
+        self._event_over(ident, "cancelled", now)
         return Response(ident, "accepted", "event cancelled; cap released")
 
     def _until(self, obj: dict, now: float) -> tuple[float, str]:
@@ -289,15 +392,26 @@ class DirectiveStore:
             _only(obj, {"id", "miner", "action"})
             if self.overrides.pop(miner, None) is None:
                 return Response(ident, "accepted", f"no override on {miner} to clear")
-            self.dirty = True
+            self._mark(OVERRIDE, miner, None)
             return Response(ident, "accepted", f"override on {miner} cleared")
         if known_miners is not None and miner not in known_miners.values():
             raise Invalid(f"miner: {miner!r} is not in the fleet (ids: MAC or serial)")
         until, note = self._until(obj, now)
-        self.overrides[miner] = Override(key=miner, action=action, until=until,
-                                         source=f"mqtt:{ident}", reason=f"mqtt override {ident}")
-        self.dirty = True
+        if miner not in self.overrides and len(self.overrides) >= self.limits.max_overrides:
+            raise Invalid(f"{len(self.overrides)} overrides are in force, the most "
+                          "max_overrides allows; clear one first")
+        o = Override(key=miner, action=action, until=until, source=f"mqtt:{ident}",
+                     reason=f"mqtt override {ident}")
+        self.overrides[miner] = o
+        self._mark(OVERRIDE, miner, asdict(o))
+        self._next_end = min(self._next_end, until)
         return Response(ident, "accepted", f"{miner} forced to {action} until {_iso(until)}{note}")
+
+    def _set_pause(self, until: float | None, by: str | None) -> None:
+        self.paused_until, self.paused_by = until, by
+        self._mark(PAUSE, "", None if until is None else {"until": until, "by": by})
+        if until is not None:
+            self._next_end = min(self._next_end, until)
 
     def _automation(self, obj: dict, ident: str, now: float) -> Response:
         _only(obj, {"id", "action", "until", "duration_s"})
@@ -307,12 +421,11 @@ class DirectiveStore:
         if action == "resume":
             _only(obj, {"id", "action"})
             was = self.paused_until is not None
-            self.paused_until = self.paused_by = None
-            self.dirty = True
+            if was:
+                self._set_pause(None, None)
             return Response(ident, "accepted", "automation resumed" if was else "not paused")
         until, note = self._until(obj, now)
-        self.paused_until, self.paused_by = until, ident
-        self.dirty = True
+        self._set_pause(until, ident)
         return Response(ident, "accepted", f"automation paused until {_iso(until)}{note}")
 
     # ---------------------------------------------------------------- outbound
@@ -331,25 +444,36 @@ class DirectiveStore:
         return min(e.end, lost_at + (lim.signal_loss_end_after_s or 0.0))
 
     def housekeep(self, now: float) -> None:
-        """Drop what has ended: events, overrides, the pause, old remembered ids."""
-        for e in list(self.events.values()):
-            end = self.effective_end(e)
-            if end <= now:
-                del self.events[e.id]
-                why = "ended" if end >= e.end else f"signal lost ({self.limits.on_signal_loss})"
-                self.released.append((e.id, why))
-                self.dirty = True
-        for key, o in list(self.overrides.items()):
-            if o.until is not None and o.until <= now:
-                del self.overrides[key]
-                self.dirty = True
-        if self.paused_until is not None and self.paused_until <= now:
-            self.paused_until = self.paused_by = None
-            self.dirty = True
-        old = [k for k, (_s, _r, at) in self.seen.items() if now - at > SEEN_TTL_S]
-        for k in old:
-            del self.seen[k]
-            self.dirty = True
+        """Drop what has ended: events, overrides, the pause, old remembered ids. O(1) per
+        call until something is due (``_next_end``); ids are dropped oldest first."""
+        if now >= self._next_end or self.limits is not self._swept_with:
+            nxt = math.inf
+            for e in list(self.events.values()):
+                end = self.effective_end(e)
+                if end <= now:
+                    why = ("ended" if end >= e.end
+                           else f"released on signal loss ({self.limits.on_signal_loss})")
+                    self._event_over(e.id, why, now)
+                else:
+                    nxt = min(nxt, end)
+            for key, o in list(self.overrides.items()):
+                if o.until is not None and o.until <= now:
+                    del self.overrides[key]
+                    self._mark(OVERRIDE, key, None)
+                elif o.until is not None:
+                    nxt = min(nxt, o.until)
+            if self.paused_until is not None:
+                if self.paused_until <= now:
+                    self._set_pause(None, None)
+                else:
+                    nxt = min(nxt, self.paused_until)
+            self._next_end, self._swept_with = nxt, self.limits
+        while self.seen:
+            oldest = next(iter(self.seen))
+            if now - self.seen[oldest][2] <= SEEN_TTL_S:
+                break
+            del self.seen[oldest]
+            self._mark_seen(oldest)
 
     def active_event(self, now: float) -> Event | None:
         live = [e for e in self.events.values() if e.start <= now < self.effective_end(e)]
@@ -393,8 +517,28 @@ class DirectiveStore:
         return out
 
     # ------------------------------------------------------------- persistence
+    def take_pending(self) -> dict[tuple[str, str], Any]:
+        """The rows changed since the last call (the caller writes them, or gives them back
+        with ``put_back`` when the write failed)."""
+        out, self.pending = self.pending, {}
+        return out
+
+    def put_back(self, rows: dict[tuple[str, str], Any]) -> None:
+        """Rows whose write failed: saved with the next ones (a newer change of a row wins)."""
+        self.pending = {**rows, **self.pending}
+
+    def rows(self) -> dict[tuple[str, str], Any]:
+        """Every row of the current state, as ``pending`` would hold them (a full save)."""
+        out: dict[tuple[str, str], Any] = {(EVENT, e.id): asdict(e) for e in self.events.values()}
+        out.update({(OVERRIDE, k): asdict(o) for k, o in self.overrides.items()})
+        out.update({(SEEN, seen_key(*k)): list(v) for k, v in self.seen.items()})
+        if self.paused_until is not None:
+            out[(PAUSE, "")] = {"until": self.paused_until, "by": self.paused_by}
+        return out
+
     def snapshot(self) -> dict[str, Any]:
-        """JSON-able state for the journal (meta key ``mqtt_directives``)."""
+        """The whole state as one JSON-able object (the format of the journal's former ``meta``
+        key ``mqtt_directives``, still read once to migrate it)."""
         return {
             "version": 1,
             "events": [asdict(e) for e in self.events.values()],
@@ -411,6 +555,7 @@ class DirectiveStore:
 
         The watchdog clock restarts at ``now``: the EMS gets one full heartbeat period after a
         restart before a signal loss is declared (its messages while we were down are lost).
+        Whatever ended meanwhile is dropped, and those deletions are left in ``pending``.
         """
         store = cls(limits=limits, last_heard=now)
         problems: list[str] = []
@@ -446,5 +591,8 @@ class DirectiveStore:
             except (TypeError, ValueError):
                 problems.append("journal directives: bad remembered id, skipped")
         store.housekeep(now)
-        store.dirty = bool(store.released)
+        while len(store.seen) > limits.max_remembered_ids:  # the cap was lowered meanwhile
+            oldest = next(iter(store.seen))
+            del store.seen[oldest]
+            store._mark_seen(oldest)
         return store, problems

@@ -489,7 +489,8 @@ def _controller(s: MetricsState) -> Iterator[Family]:
 
 
 MQTT_COMMAND_TOPICS = ("curtail", "curtail/cancel", "override", "automation", "heartbeat")
-MQTT_COMMAND_RESULTS = ("accepted", "rejected", "expired", "duplicate")
+#: "busy": answered rejected without being applied, the bridge was overloaded (a flood)
+MQTT_COMMAND_RESULTS = ("accepted", "rejected", "expired", "duplicate", "busy")
 MQTT_PUBLISH_KINDS = ("status", "state", "decisions", "miners", "response")
 
 

@@ -73,8 +73,21 @@ class MqttConfig(_Strict):
     publish_queue: Annotated[int, at_most(
         100000, "messages queued while disconnected are held in memory", unit="")] = Field(
         1000, ge=10, description="non-retained messages kept while disconnected")
+    # ---- load shedding: a command flood is answered, never allowed to drop the session
+    inbound_queue: Annotated[int, at_most(
+        100000, "commands waiting to be processed are held in memory (up to "
+        "max_payload_bytes each)", unit="")] = Field(
+        10000, ge=10, description="commands received but not yet processed; beyond it the "
+        "client discards them unanswered. A sender catching up after a stall (or a loop "
+        "busy for a second) delivers a second of commands at once: room for several")
+    busy_backlog: int = Field(
+        200, ge=1, description="with more commands than this waiting, each is answered "
+        "'rejected' ('busy: ...') without being applied, until the backlog drains")
     # ---- demand-response events and overrides
     max_target_power_w: float = Field(1e9, gt=0, description="largest target_power_w accepted")
+    min_target_power_w: float = Field(
+        1.0, gt=0, description="smallest target_power_w accepted: the sanity floor (a target "
+        "of 1e-300 W is an encoding error, and would shed the whole site)")
     max_event_duration_s: Annotated[float, at_most(
         7 * 86400.0, "also the length of an event sent without an end: a lost 'end' message "
         "would keep the site shed for longer than a week")] = Field(
@@ -88,6 +101,16 @@ class MqttConfig(_Strict):
         "forgotten message would hold machines for longer than a month")] = Field(
         86400.0, gt=0, description="longest override or pause; also their length when no "
         "until/duration_s is given")
+    max_active_events: Annotated[int, at_most(
+        10000, "every command and every tick walks the events", unit="")] = Field(
+        100, ge=1, description="events active or scheduled at once; more are rejected")
+    max_overrides: Annotated[int, at_most(
+        1000000, "overrides are held in memory and journaled", unit="")] = Field(
+        10000, ge=1, description="overrides in force at once; more are rejected")
+    max_remembered_ids: Annotated[int, at_most(
+        1000000, "remembered ids are held in memory and journaled", unit="")] = Field(
+        5000, ge=100, description="command ids remembered for duplicates (7 days; the oldest "
+        "is forgotten first)")
     # ---- inbound watchdog
     event_heartbeat_s: Annotated[float | None, at_most(
         86400.0, "a day of silence during an event is a lost signal, whatever the "
@@ -123,6 +146,11 @@ class MqttConfig(_Strict):
             raise ValueError("a password needs a username")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        if self.min_target_power_w > self.max_target_power_w:
+            raise ValueError("min_target_power_w must be <= max_target_power_w")
+        if self.busy_backlog >= self.inbound_queue:
+            raise ValueError("busy_backlog must be < inbound_queue (past inbound_queue commands "
+                             "are discarded unanswered, so shedding has to start before)")
         if self.on_signal_loss == "end_after_s" and self.signal_loss_end_after_s is None:
             raise ValueError("on_signal_loss = 'end_after_s' needs signal_loss_end_after_s")
         if self.on_signal_loss != "hold" and self.event_heartbeat_s is None:

@@ -132,7 +132,7 @@ def daemon_config(path: Path, broker: MosquittoProcess, miner_ip: str, *, tls: d
 
 def tls_retained(broker: MosquittoProcess, topic: str, pki: Pki,
                  timeout: float = 3.0) -> bytes | None:
-    """What the broker holds retained on ``topic``, read by a TLS client (dashboard user)."""
+    """What the broker holds retained on ``topic``, read by a TLS client (observer user)."""
     cert = broker.tls.require_certificate
     return retained(broker, topic, timeout, tls_ca=pki.ca_file,
                     tls_cert=pki.dir / "dashboard.crt" if cert else None,
@@ -140,9 +140,10 @@ def tls_retained(broker: MosquittoProcess, topic: str, pki: Pki,
 
 
 def connects(broker: MosquittoProcess) -> int:
-    """Successful CONNECTs of curtaild's client id seen by the broker."""
+    """Successful CONNECTs of curtaild seen by the broker (the shipped config names the
+    session after the username)."""
     return sum(1 for line in broker.log().splitlines()
-               if "New client connected" in line and " as curtaild-" in line)
+               if "New client connected" in line and " as curtaild (" in line)
 
 
 def assert_keeps_ticking_without_mqtt(d: DaemonProcess, broker: MosquittoProcess,

@@ -27,7 +27,12 @@ CONF = REPO / "deploy" / "mosquitto" / "mosquitto.conf"
 ACL = REPO / "deploy" / "mosquitto" / "acl"
 HOST = "127.51.0.1"
 PREFIX = "curtaild/site1"  # the shipped ACL's prefix
-USERS = {"curtaild": "curtaild-secret", "ems": "ems-secret", "dashboard": "dash-secret"}
+USERS = {"curtaild": "curtaild-secret", "ems": "ems-secret", "dashboard": "dash-secret",
+         "observer": "observer-secret"}
+#: Added to the shipped ACL for tests only: a read-only user for one-off reads (retained()).
+#: The shipped mosquitto.conf names each session after its username, so a one-off read as
+#: `dashboard` would replace a test's long-lived `dashboard` subscriber.
+TEST_ACL = "\n# tests only\nuser observer\ntopic read {prefix}/#\n"
 
 
 def free_port(host: str = HOST) -> int:
@@ -68,7 +73,8 @@ class MosquittoProcess:
         self.dir = Path(self._tmp.name)
         self.passwd = self.dir / "passwd"
         self.acl = self.dir / "acl"
-        self.acl.write_text(ACL.read_text().replace(PREFIX, prefix))
+        self.acl.write_text(ACL.read_text().replace(PREFIX, prefix)
+                            + TEST_ACL.format(prefix=prefix))
         for i, (user, pw) in enumerate(USERS.items()):
             subprocess.run([self.passwd_tool, "-b", *(["-c"] if i == 0 else []),
                             str(self.passwd), user, pw], check=True, capture_output=True)
@@ -88,6 +94,7 @@ class MosquittoProcess:
             names = {"cafile": "tls-ca.crt", "certfile": "tls-server.crt",
                      "keyfile": "tls-server.key"}
             lines.append(f"listener {self.tls_port} {host}")
+            lines.append("use_username_as_clientid true")  # as the shipped TLS block says
             for word, src in zip(names, (tls.ca_file, tls.cert_file, tls.key_file), strict=True):
                 dst = self.dir / names[word]
                 shutil.copy(src, dst)
@@ -237,10 +244,10 @@ class Client:
 
 def retained(broker: MosquittoProcess, topic: str, timeout: float = 3.0,
              **client_kw: object) -> bytes | None:
-    """What the broker holds retained on ``topic`` now, as a new subscriber (the dashboard
-    user) sees it first; None if nothing arrives within ``timeout``. ``client_kw`` goes to
-    :class:`Client` (TLS files)."""
-    c = Client(broker, user="dashboard", subscribe=topic, **client_kw).start()  # type: ignore[arg-type]
+    """What the broker holds retained on ``topic`` now, as a new subscriber (the test-only
+    ``observer`` user) sees it first; None if nothing arrives within ``timeout``.
+    ``client_kw`` goes to :class:`Client` (TLS files)."""
+    c = Client(broker, user="observer", subscribe=topic, **client_kw).start()  # type: ignore[arg-type]
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
