@@ -10,7 +10,8 @@ events, cancels, overrides, pause/resume, heartbeats; every id unique) at a fixe
 Reported: answers by status (and how many were "busy"), unanswered commands, the daemon's
 MQTT connections during the flood (1 = the session never dropped), its RSS before and peak,
 what it wrote to storage (``/proc/<pid>/io`` write_bytes, of which its log file), and its
-tick durations meanwhile. Uses 127.154.0.1 (broker) and 127.154.1.1 upwards (miners).
+tick durations meanwhile. Uses 127.154.0.1 (broker) and 127.154.1.1 upwards (miners) unless
+``--broker-ip`` / ``--first-ip`` say otherwise.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ from tests.support.mosquitto import PREFIX, Client, MosquittoProcess
 BROKER_IP, FIRST_MINER_IP = "127.154.0.1", "127.154.1.1"
 
 
-def run(n: int, rate: float, miners: int, mqtt_extra: dict) -> None:
+def run(n: int, rate: float, miners: int, mqtt_extra: dict, *, broker_ip: str = BROKER_IP,
+        first_ip: str = FIRST_MINER_IP) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="curtaild-flood-"))
     state = tmp / "state"
-    ips = addresses(FIRST_MINER_IP, miners)
-    with EmulatorProcess(count=miners, first_ip=FIRST_MINER_IP, time_scale=0.01) as emu, \
-            MosquittoProcess(host=BROKER_IP) as broker:
+    ips = addresses(first_ip, miners)
+    with EmulatorProcess(count=miners, first_ip=first_ip, time_scale=0.01), \
+            MosquittoProcess(host=broker_ip) as broker:
         cfg = write_config(tmp / "config.toml", ranges=[f"{ips[0]}-{ips[-1]}"], hashprice=0.09,
                            tariff=0.03, state_dir=state, poll_interval_s=5.0,
                            extra=broker.mqtt_toml(state, **mqtt_extra))
@@ -49,7 +51,6 @@ def run(n: int, rate: float, miners: int, mqtt_extra: dict) -> None:
             wait_for(lambda: len({t for t, _p, _r in watch.messages}) >= miners, 120,
                      what="every miner published")
             keys = sorted({json.loads(p)["id"] for _t, p, _r in watch.messages})
-            del emu
             cmds = commands(n, keys)
             res = flood(broker, PREFIX, cmds, rate_per_s=rate, daemon_pid=d.proc.pid,
                         daemon_log=d.log_path)
@@ -89,6 +90,8 @@ def main() -> int:
     ap.add_argument("--commands", type=int, default=10_000)
     ap.add_argument("--rate", type=float, default=1000.0, help="commands per second")
     ap.add_argument("--miners", type=int, default=20)
+    ap.add_argument("--broker-ip", default=BROKER_IP)
+    ap.add_argument("--first-ip", default=FIRST_MINER_IP, help="the first miner's address")
     ap.add_argument("--mqtt", action="append", default=[], metavar="KEY=VALUE",
                     help="an [mqtt] setting for the daemon (TOML value), e.g. max_active_events=50")
     args = ap.parse_args()
@@ -96,7 +99,8 @@ def main() -> int:
     for kv in args.mqtt:
         k, v = kv.split("=", 1)
         extra[k] = json.loads(v) if v[:1] in "0123456789-[{tf\"" else v
-    run(args.commands, args.rate, args.miners, extra)
+    run(args.commands, args.rate, args.miners, extra, broker_ip=args.broker_ip,
+        first_ip=args.first_ip)
     return 0
 
 
