@@ -55,7 +55,11 @@ ACTIONS = ("run", "limit", "sleep")
 COMMAND_RESULTS = ("ok", "failed", "dry_run")
 VERDICTS = ("mismatch", "flagged")
 #: MinerDriver.error_counts kinds, always exported (0 until seen) so rate() has a series.
-POLL_ERROR_KINDS = ("timeout", "refused", "error", "garbage", "discovery", "auth")
+POLL_ERROR_KINDS = ("timeout", "refused", "error", "garbage", "discovery", "auth",
+                    "transitioning")
+#: MinerDriver.config_writes outcomes (stock Antminer sleep/wake by config write).
+CONFIG_WRITE_OUTCOMES = ("applied", "already", "not_applied", "refused_read_failed",
+                         "refused_no_pool")
 TICK_RESULTS = ("ok", "failed")
 RELOAD_RESULTS = ("ok", "failed")
 
@@ -193,6 +197,7 @@ class MetricsState:
     curtailed: frozenset[str] = frozenset()  # miners curtaild curtailed (journal.curtailed())
     flagged: frozenset[str] = frozenset()  # miners flagged for ignoring commands
     poll_errors: tuple[tuple[str, int], ...] = ()  # MinerDriver.error_counts
+    config_writes: tuple[tuple[str, int], ...] = ()  # MinerDriver.config_writes
     journal_writes: int = 0
     status_write_failures: int = 0  # Daemon.status_write_failures (status.json not written)
     unknown_owner_miners: int = 0  # a new or lost journal's machines of unknown owner
@@ -221,6 +226,7 @@ def state_from_daemon(daemon: Any, stats: LoopStats) -> MetricsState:
         curtailed=frozenset(journal.curtailed()),
         flagged=frozenset(k for k, e in expectations.items() if e.flagged),
         poll_errors=tuple(sorted(rec.driver.error_counts.items())),
+        config_writes=tuple(sorted(getattr(rec.driver, "config_writes", {}).items())),
         journal_writes=journal.writes,
         status_write_failures=getattr(daemon, "status_write_failures", 0),
         unknown_owner_miners=len(journal.unknown_owner()),
@@ -456,6 +462,11 @@ def _controller(s: MetricsState) -> Iterator[Family]:
                   "(gave up).", "verdict", VERDICTS, c.verification_failures)
     yield _counts("curtaild_poll_errors", "Failed miner polls since start, by kind.", "kind",
                   POLL_ERROR_KINDS, s.poll_errors)
+    yield _counts("curtaild_config_writes", "Stock Antminer sleep/wake config writes since "
+                  "start, by outcome: applied and read back, already in the mode, not_applied "
+                  "(acknowledged, read back otherwise), refused_* (nothing posted: the read "
+                  "failed or the config has no pool).", "outcome", CONFIG_WRITE_OUTCOMES,
+                  s.config_writes)
     yield Family("curtaild_journal_writes", "counter",
                  "Journal (SQLite) write transactions since start.", (), [((), s.journal_writes)])
     yield Family("curtaild_status_write_failures", "counter", "Ticks whose status.json (for "

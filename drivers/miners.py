@@ -42,7 +42,7 @@ from pyasic.miners.backends.btminer import BTMinerV3
 from pyasic.miners.data import DataOptions
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
     wait_random_exponential,
@@ -51,6 +51,7 @@ from tenacity import (
 from controller.config import FleetConfig
 from controller.secret import redact
 from controller.snapshot import Command, FleetSnapshot, MinerReading, PowerSource
+from drivers import antminer_writes as amw
 from drivers import bounded
 from drivers import credentials as creds
 from drivers.nameplate import lookup
@@ -87,7 +88,20 @@ def _bound(table_w: float | None, firmware_w: float | None, pick) -> float | Non
 
 
 class CommandFailed(Exception):
-    """The firmware refused or did not confirm a command."""
+    """The firmware refused or did not confirm a command. ``retryable`` False: trying again
+    would do harm (a stock Antminer that acknowledged a write and did not apply it would be
+    restarted again for nothing)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+#: Families whose commands restart the miner process: silence for this long after one of our
+#: commands is "transitioning", not a fault (no re-discovery), and the command's attempt gets
+#: this long (stock Antminer: a ~21 s CGI, twice when the key must be found by trying).
+TRANSITION_GRACE_S = {"antminer": amw.GRACE_S}
+ATTEMPT_TIMEOUT_S = {"antminer": 2 * amw.WRITE_TIMEOUT_S + 3 * amw.READ_TIMEOUT_S}
 
 
 class ObservationAborted(Exception):
@@ -140,14 +154,28 @@ async def poll_stock_antminer(miner: Any) -> PollData:
     carries the same chains with the firmware's hottest sensor per board, parsed here by
     pyasic's own BMMiner parsers (the parent class of AntminerModern).
     """
-    try:
-        raw = await miner.rpc.send_command("summary+stats", allow_warning=False)
-        summary, stats = raw["summary"][0], raw["stats"][0]
-    except (APIError, LookupError, TypeError):
-        # firmware that refuses joined commands: pyasic's own split fallback
-        raw = await miner.rpc.multicommand("summary", "stats", allow_warning=False)
-        summary = (raw.get("summary") or [None])[0]
-        stats = (raw.get("stats") or [None])[0]
+    summary = stats = None
+    if not getattr(miner, "_curtaild_split_rpc", False):
+        try:
+            raw = await miner.rpc.send_command("summary+stats", allow_warning=False)
+            summary, stats = raw["summary"][0], raw["stats"][0]
+        except (APIError, LookupError, TypeError) as exc:
+            # Dec-2022 stock firmware answers a joined command "Invalid command" (pyasic's
+            # rpc/base.py: "doesn't work for S19"): remember, and ask one by one from now on
+            # instead of spending a refused round trip on every poll.
+            if "Invalid command" in str(exc):
+                miner._curtaild_split_rpc = True
+            else:  # anything else: pyasic's own fallback (joined again, then split)
+                raw = await miner.rpc.multicommand("summary", "stats", allow_warning=False)
+                summary = (raw.get("summary") or [None])[0]
+                stats = (raw.get("stats") or [None])[0]
+    if getattr(miner, "_curtaild_split_rpc", False):
+        replies = await asyncio.gather(miner.rpc.send_command("summary", allow_warning=False),
+                                       miner.rpc.send_command("stats", allow_warning=False),
+                                       return_exceptions=True)
+        summary, stats = (r if isinstance(r, dict) else None for r in replies)
+        if isinstance(replies[0], BaseException):
+            raise replies[0]
     if summary is None:
         raise APIError("no summary in the RPC reply")
     return PollData(hashrate=await miner._get_hashrate(rpc_summary=summary),
@@ -247,6 +275,18 @@ class _Tracked:
     auth_refused: str | None = None
     #: the config key of the password applied (never the password), for reports
     credential_source: str | None = None
+    #: our last command may be restarting the miner until this time (monotonic): a failed
+    #: poll before then is "transitioning" (TRANSITION_GRACE_S), neither a fault nor a reason
+    #: to re-discover; cleared once telemetry shows the commanded state
+    transition_until: float = 0.0
+    transition_action: str | None = None
+    transition_since: float = 0.0
+    transition_noted: bool = False  # its first silence was logged
+    #: stock Antminer: firmware build (pyasic fw_ver), the work-mode key that worked, and the
+    #: work mode to wake into (what it ran in before we slept it: normal, HEM or low power)
+    fw_ver: str | None = None
+    write_key: str | None = None
+    wake_mode: int = amw.NORMAL
 
 
 class MinerDriver:
@@ -258,6 +298,9 @@ class MinerDriver:
         self._tracked: dict[str, _Tracked] = {}
         #: poll errors by kind since start (timeout, refused, garbage, discovery)
         self.error_counts: dict[str, int] = {}
+        #: stock Antminer config writes by outcome: applied, already, not_applied,
+        #: refused_read_failed, refused_no_pool (refused: nothing was posted)
+        self.config_writes: dict[str, int] = {}
         #: background re-discoveries by address (a sweep never waits on one)
         self._rediscovering: dict[str, asyncio.Task[bool]] = {}
         #: set by stop(): no new sweep, discovery or command starts
@@ -410,6 +453,9 @@ class MinerDriver:
         t.family = family_of(miner)
         t.plate = lookup(str(getattr(miner, "raw_model", None) or miner.model or ""))
         t.rpc_only = is_stock_antminer(miner)
+        if t.rpc_only:  # no pyasic path on this object can post a config without a pool
+            amw.guard_miner(miner, sleep=lambda t=t, m=miner: self._antminer_mode(t, m, "sleep"),
+                            wake=lambda t=t, m=miner: self._antminer_mode(t, m, "run"))
         t.discovery_attempts = 0
         t.failures = 0
         if isinstance(miner, BTMinerV3):
@@ -433,6 +479,52 @@ class MinerDriver:
             miner.rpc.salt = t.v3_salt
         if t.plate is not None:
             t.preset_ceiling_w = t.plate.power_w
+
+    async def _antminer_write(self, t: _Tracked, miner: Any, action: str) -> str:
+        """Sleep or wake a stock Antminer by a read-modify-write of its config that is read
+        back (drivers/antminer_writes.py); CommandFailed with the reason otherwise, counted in
+        ``config_writes``. Never posts a config it has not just read whole, or one without a
+        pool."""
+        if t.fw_ver is None:
+            try:  # which generation: the key it obeys (RPC version, pyasic's fw_ver)
+                t.fw_ver = await asyncio.wait_for(miner.get_fw_ver(), self.cfg.poll_timeout_s)
+            except Exception as exc:  # restarting: the keys are then found by trying
+                log.debug("%s: firmware version unread: %r", t.ip, exc)
+        keys = (t.write_key,) if t.write_key else amw.write_keys(t.fw_ver)
+        target = amw.SLEEP if action == "sleep" else t.wake_mode
+
+        def posted(key: str) -> None:
+            now = time.monotonic()  # from here the miner may restart: silence is expected
+            t.transition_since, t.transition_action = now, action
+            t.transition_noted = False
+            t.transition_until = now + TRANSITION_GRACE_S.get(t.family, 0.0)
+
+        try:
+            result = await amw.set_work_mode(miner.web, target, keys, on_post=posted,
+                                             read_timeout_s=self.cfg.poll_timeout_s)
+        except amw.WriteRefused as exc:
+            self._count_write(f"refused_{exc.reason}")
+            log.warning("%s: %s not sent: %s", t.ip, action, exc)
+            raise CommandFailed(str(exc)) from None
+        except amw.WriteNotApplied as exc:
+            self._count_write("not_applied")
+            log.warning("%s: %s not applied: %s", t.ip, action, exc)
+            raise CommandFailed(f"not applied: {exc}", retryable=False) from None
+        self._count_write("already" if result.key is None else "applied")
+        if result.key is not None:
+            t.write_key = result.key
+        if action == "sleep" and result.before in amw.AWAKE_MODES:
+            t.wake_mode = result.before  # wake into the mode it ran in (HEM, low power)
+        return result.summary()
+
+    async def _antminer_mode(self, t: _Tracked, miner: Any, action: str) -> bool:
+        """The safe write in pyasic's shape: what ``stop_mining``/``resume_mining`` become on a
+        stock Antminer's object (drivers/antminer_writes.guard_miner)."""
+        await self._antminer_write(t, miner, action)
+        return True
+
+    def _count_write(self, outcome: str) -> None:
+        self.config_writes[outcome] = self.config_writes.get(outcome, 0) + 1
 
     @staticmethod
     async def _v3_power_limit(t: _Tracked, miner: BTMinerV3, watts: int) -> bool:
@@ -497,6 +589,10 @@ class MinerDriver:
         if reading.error:
             return self._failed(t, "garbage", reading.error)
         t.failures = 0
+        if t.transition_until and self._transition_done(t, reading):
+            log.info("%s: %s confirmed by telemetry %.0fs after the command", t.ip,
+                     t.transition_action, time.monotonic() - t.transition_since)
+            t.transition_until = 0.0
         if t.auth_refused is not None:
             # Answers, but refuses our credentials: its own kind, neither unreachable nor a
             # healthy machine (the guards do not command it; see controller/guards.py).
@@ -538,7 +634,26 @@ class MinerDriver:
         nameplate_ths = t.plate.hashrate_ths if t.plate else 0.0
         return math.isfinite(ths) and ths > max(0.05 * nameplate_ths, 0.0)
 
+    def _transition_done(self, t: _Tracked, reading: MinerReading) -> bool:
+        """Telemetry shows what our last command asked for: asleep, or hashing again."""
+        if t.transition_action == "sleep":
+            return reading.state == "sleeping"
+        return reading.state == "mining" and self._hashing(t, reading.hashrate_ths)
+
     def _failed(self, t: _Tracked, kind: str, detail: str) -> MinerReading:
+        now = time.monotonic()
+        if now < t.transition_until:
+            # Silent right after our own command: the miner process is restarting. Expected
+            # for its family's restart time; the object (and what it learned) is kept.
+            self._count("transitioning")
+            if not t.transition_noted:
+                t.transition_noted = True
+                log.info("%s: silent %.0fs after our %s: transitioning (its miner process "
+                         "restarts), not a fault", t.ip, now - t.transition_since,
+                         t.transition_action)
+            return self._unreachable(t, _cut(
+                f"transitioning: {t.transition_action} sent {now - t.transition_since:.0f}s "
+                f"ago, restarting; {kind}: {detail}"))
         self._count(kind)
         t.failures += 1
         if t.failures >= self.cfg.rediscover_after_failures:
@@ -688,6 +803,11 @@ class MinerDriver:
         if refused is not None:
             raise CommandFailed(f"auth: {refused}")
         per_try = max(1.0, timeout_s / attempts)
+        if t.family in ATTEMPT_TIMEOUT_S and (cmd.action == "sleep" or observed_state != "mining"):
+            # The firmware's write takes its time (a stock Antminer's CGI about 21 s): the
+            # attempt and the overall deadline fit it, whatever command_timeout_s says.
+            per_try = max(per_try, ATTEMPT_TIMEOUT_S[t.family])
+            timeout_s = max(timeout_s, per_try)
         fresh_session = family_of(miner) == "luxos" and getattr(miner, "rpc", None) is not None
 
         async def once() -> str:
@@ -695,11 +815,15 @@ class MinerDriver:
                 # LuxOS sessions expire 60 s after last use and on reboot, but pyasic keeps its
                 # session id forever: start each attempt with a fresh logon.
                 miner.rpc.session_token = None
-            steps: list[tuple[str, Callable[[], Awaitable[bool]]]] = []
-            if cmd.action == "sleep":
+            steps: list[tuple[str, Callable[[], Awaitable[bool | str]]]] = []
+            if cmd.action == "sleep" and t.rpc_only:
+                steps.append(("sleep", lambda: self._antminer_write(t, miner, "sleep")))
+            elif cmd.action == "sleep":
                 steps.append(("stop_mining", miner.stop_mining))
             else:
-                if observed_state != "mining":
+                if observed_state != "mining" and t.rpc_only:
+                    steps.append(("wake", lambda: self._antminer_write(t, miner, "run")))
+                elif observed_state != "mining":
                     steps.append(("resume_mining", miner.resume_mining))
                 if cmd.power_limit_w is not None:
                     # Under a preset ladder's floor the firmware refuses: its lowest profile
@@ -719,7 +843,7 @@ class MinerDriver:
                     ok = await bounded.run(call, timeout_s=per_try, label=f"{cmd.ip} {name}")
                     if ok is False:
                         raise CommandFailed(f"{name} returned False")
-                    done.append(name)
+                    done.append(f"{name}: {ok}" if isinstance(ok, str) else name)
             finally:
                 if isinstance(miner, BTMinerV3) and miner.rpc.salt:
                     t.v3_salt = miner.rpc.salt
@@ -731,7 +855,7 @@ class MinerDriver:
                 async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(attempts) | stop_after_delay(timeout_s),
                     wait=wait_random_exponential(multiplier=0.5, max=5.0),
-                    retry=retry_if_exception_type(Exception),
+                    retry=retry_if_exception(lambda e: getattr(e, "retryable", True)),
                     reraise=True,
                 ):
                     with attempt:

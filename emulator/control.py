@@ -15,6 +15,9 @@ Endpoints::
                                         "accept_close"|"drip"|"none", "delay_s": 5.0,
                                         "size_bytes": 52428800}
     POST /miners/{ip}/action          {"action": "sleep"|"wake"|"reboot"|"off"|"on"}
+    POST /miners/{ip}/power           {"on": false|true}: cut or restore mains power (the
+                                        machine boots back into what its firmware stored:
+                                        a slept stock Antminer comes back asleep)
 
 Errors are JSON ``{"error": "..."}`` with 400 (bad body), 404 (unknown miner or path),
 405 (wrong method) or 409 (action impossible in the current state).
@@ -69,6 +72,12 @@ def parse_control(text: str) -> tuple[str, int]:
 def miner_view(endpoint: MinerEndpoint) -> dict:
     """Truth plus the emulator's own bookkeeping (fault, listening, LED, requests seen)."""
     miner = endpoint.miner
+    # What only the firmware family knows (Whatsminer: API generation, firmware version,
+    # btminer process, API v3 tokens per client IP; stock Antminer: firmware generation, miner
+    # process, whether it obeys). Asked first: it applies what happened meanwhile (a stock
+    # Antminer's silent_reboot fault), so the truth below includes it.
+    family_view = getattr(endpoint.family, "control_view", None)
+    family = family_view(miner) if family_view is not None else {}
     view = miner.truth()
     view.update({
         "fault_delay_s": miner.fault.delay_s,
@@ -82,12 +91,14 @@ def miner_view(endpoint: MinerEndpoint) -> dict:
         "changes": [list(c) for c in miner.changes],
         "api": miner.api,
         "firmware_version": miner.firmware_version,
+        # false once the machine has no pool (it then boots and hashes nothing)
+        "pools_ok": miner.has_work,
+        # running | restarting | off (families that restart their process say more)
+        "process": "off" if miner.state == "off" else "running",
+        # false while a fault (or, per family, its firmware generation) ignores sleep
+        "obeys": miner.fault.kind not in ("ignore_sleep", "lie"),
     })
-    # What only the firmware family knows (Whatsminer: API generation, firmware version,
-    # btminer process, API v3 tokens per client IP).
-    family_view = getattr(endpoint.family, "control_view", None)
-    if family_view is not None:
-        view.update(family_view(miner))
+    view.update(family)
     return view
 
 
@@ -122,6 +133,8 @@ class ControlApi:
                 return self._only(req, "POST") or self.set_fault(endpoint, req.body)
             if parts[2:] == ["action"]:
                 return self._only(req, "POST") or self.action(endpoint, req.body)
+            if parts[2:] == ["power"]:
+                return self._only(req, "POST") or self.power(endpoint, req.body)
         return _error(404, f"no such endpoint {req.method} {req.path}")
 
     @staticmethod
@@ -188,6 +201,29 @@ class ControlApi:
             return self._operate(endpoint, miner, action)
         finally:
             miner.actor = "client"
+
+    def power(self, endpoint: MinerEndpoint, body: bytes) -> HttpResponse:
+        """Mains power off or on (idempotent: the plug is where it was asked to be)."""
+        data = self._body(body)
+        if isinstance(data, HttpResponse):
+            return data
+        on = data.get("on")
+        if not isinstance(on, bool):
+            return _error(400, f"'on' must be true or false; got {on!r}")
+        miner = endpoint.miner
+        miner.actor = "operator"
+        try:
+            if on and miner.state == "off":
+                miner.restore_power()
+            elif not on and miner.state != "off":
+                miner.cut_power()
+        finally:
+            miner.actor = "client"
+        try:
+            endpoint.sync_listening()
+        except BindError as exc:
+            return _error(409, str(exc))
+        return HttpResponse.json(miner_view(endpoint))
 
     def _operate(self, endpoint: MinerEndpoint, miner, action: str) -> HttpResponse:
         if action == "on":

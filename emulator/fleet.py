@@ -26,12 +26,16 @@ File format::
                                # the factory one. LuxOS and Bitaxe have none to change.
     api = "v3"                 # optional, Whatsminer only: "v2" (4028) or "v3" (4433 too);
                                # default: what firmware_version implies, else "v2"
-    firmware_version = "20250915.16.Rel2"  # optional, Whatsminer only; must agree with api
-                               # (pyasic speaks v3 to firmware dated after 2024-11)
+    firmware_version = "20250915.16.Rel2"  # optional, Whatsminer: must agree with api
+                               # (pyasic speaks v3 to firmware dated after 2024-11);
+                               # stock Antminer: a generation ("2022-12", "2025-02",
+                               # "2025-10") or a version it reports (emulator/families/
+                               # antminer.py GENERATIONS); default "2022-12"
     fast_boot = true           # optional, Whatsminer API v3 only: a power limit applies
                                # without restarting btminer ("Power Fast Boot")
 
-``--count N`` cycles through every model; every M50 in it runs API v3 firmware.
+``--count N`` cycles through every model; every M50 in it runs API v3 firmware, and its stock
+Antminers run each firmware generation in turn (``antminer.COUNT_GENERATIONS``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emulator.families.antminer import (
+    COUNT_GENERATIONS,
+    DEFAULT_GENERATION,
+    GENERATIONS,
+    generation_named,
+)
 from emulator.families.whatsminer_v3 import RAMP_S as V3_RAMP_S
 from emulator.families.whatsminer_v3 import api_for_version
 from emulator.models import MODELS
@@ -115,6 +125,7 @@ def plan_count(count: int, first_ip: str = DEFAULT_FIRST_IP) -> FleetPlan:
     keys = list(MODELS)
     ips = consecutive(parse_loopback(first_ip))
     miners = []
+    stock = 0  # stock Antminers so far: each gets the next firmware generation
     for i in range(count):
         try:
             ip = next(ips)
@@ -122,8 +133,11 @@ def plan_count(count: int, first_ip: str = DEFAULT_FIRST_IP) -> FleetPlan:
             raise FleetError(f"--count: {count} miners do not fit in 127.0.0.0/8 after "
                              f"{first_ip}") from None
         model = keys[i % len(keys)]
-        miners.append(MinerPlan(ip=ip, model=model,
-                                api="v3" if model in COUNT_V3_MODELS else None))
+        plan = MinerPlan(ip=ip, model=model, api="v3" if model in COUNT_V3_MODELS else None)
+        if MODELS[model].firmware == "antminer":
+            plan.firmware_version = COUNT_GENERATIONS[stock % len(COUNT_GENERATIONS)]
+            stock += 1
+        miners.append(plan)
     return FleetPlan(miners)
 
 
@@ -250,8 +264,27 @@ def _table(where: str, table: dict) -> tuple[str, dict]:
         out["power_limit_w"] = limit
     if "password" in table:
         out["password"] = _password(where, spec.firmware, table["password"])
-    out.update(_whatsminer_api(where, spec.firmware, table))
+    if spec.firmware == "antminer":
+        out.update(_antminer_firmware(where, table))
+    else:
+        out.update(_whatsminer_api(where, spec.firmware, table))
     return where, out
+
+
+def _antminer_firmware(where: str, table: dict) -> dict:
+    """A stock Antminer's ``firmware_version``: one of the emulated generations, which differ
+    in the config key they obey and in whether they lie (emulator/families/antminer.py)."""
+    for key in ("api", "fast_boot"):
+        if key in table:
+            raise FleetError(f"{where}.{key}: only emulated for Whatsminer firmware, not "
+                             "antminer")
+    if "firmware_version" not in table:
+        return {}
+    gen = generation_named(table["firmware_version"])
+    if gen is None:
+        raise FleetError(f"{where}.firmware_version: unknown stock Antminer firmware "
+                         f"{table['firmware_version']!r}; one of: {', '.join(GENERATIONS)}")
+    return {"firmware_version": gen.name}
 
 
 def _whatsminer_api(where: str, firmware: str, table: dict) -> dict:
@@ -332,6 +365,8 @@ def build_miners(plan: FleetPlan, time_scale: float,
                 miner.fault.size_bytes = p.size_bytes
         if p.password is not None:
             miner.password = p.password
+        if miner.spec.firmware == "antminer":
+            miner.firmware_version = p.firmware_version or DEFAULT_GENERATION
         if miner.spec.firmware == "whatsminer":
             miner.api = p.api or "v2"
             miner.firmware_version = p.firmware_version

@@ -19,9 +19,18 @@ MAX_CHANGES = 200
 
 STATES = ("mining", "sleeping", "booting", "off")
 FAULT_KINDS = ("none", "hang", "refuse", "garbage", "slow", "ignore_sleep",
-               "endless", "huge", "nested", "accept_close", "drip", "token_exhaustion")
+               "endless", "huge", "nested", "accept_close", "drip",
+               "lie", "slow_write", "wipe_pools_on_failed_read", "silent_reboot",
+               "token_exhaustion")
 #: ``token_exhaustion`` (Whatsminer): every new token is refused, code 136, as when this
 #: client IP has had its 32 in the last 30 minutes; tokens already handed out still work.
+#: Field faults (firmware-behaviour.md), applied by the firmware families that have them:
+#: ``lie`` acknowledges a command and changes nothing; ``slow_write`` answers a config write
+#: after ``delay_s`` real seconds (the write still lands); ``wipe_pools_on_failed_read`` makes
+#: the config read fail while writes still work (pyasic then posts empty pools, and the
+#: firmware stores them); ``silent_reboot`` reboots the control board unasked, silent while it
+#: boots.
+FIELD_FAULT_KINDS = ("lie", "slow_write", "wipe_pools_on_failed_read", "silent_reboot")
 #: Hostile kinds (emulator/server.py): a device on a fleet address that attacks the client's
 #: memory, CPU or deadlines rather than merely failing.
 HOSTILE_FAULT_KINDS = ("endless", "huge", "nested", "accept_close", "drip")
@@ -113,12 +122,17 @@ class EmulatedMiner:
     #: Whatsminer only: which btminer API generation the firmware speaks ("v2" on 4028, "v3"
     #: on 4433 as well), the firmware version it reports (None: the family's default for that
     #: API), and whether "Power Fast Boot" lets a power limit apply without a btminer restart.
+    #: Stock Antminer: ``firmware_version`` names the firmware generation (a key of
+    #: ``emulator.families.antminer.GENERATIONS``; None: the default one).
     api: str | None = None
     firmware_version: str | None = None
     fast_boot: bool = False
     #: Emulated seconds from the end of a boot to full power (0: at once). Whatsminers ramp
     #: to full hashrate over 6-10 minutes after power_on (HashSource WhatsMiner_Curtailment).
     ramp_s: float = 0.0
+    #: The firmware stored "asleep" in its own config (stock Antminer ``cgminer.conf``): after
+    #: a power cut the machine boots back asleep, as real firmware does.
+    sleep_persisted: bool = False
     _boot_done_at: float = 0.0
     _next_state: str = "mining"
     _booted_at: float = 0.0
@@ -169,12 +183,31 @@ class EmulatedMiner:
         if len(self.changes) > MAX_CHANGES:
             del self.changes[: len(self.changes) - MAX_CHANGES]
 
-    def _begin_boot(self, then: str = "mining") -> None:
+    def record(self, action: str) -> None:
+        """Log a change the firmware accepted that takes effect later (a stock Antminer config
+        write applies at the next restart of its miner process), at the time it was asked."""
+        self._log(action)
+
+    def _begin_boot(self, then: str = "mining", duration_s: float | None = None) -> None:
         now = self.clock()
         self._update_temp(now)
         self.state = "booting"
         self._next_state = then
-        self._boot_done_at = now + self.spec.boot_s * self.time_scale
+        boot_s = self.spec.boot_s if duration_s is None else duration_s
+        self._boot_done_at = now + boot_s * self.time_scale
+
+    def restart_process(self, then: str, down_s: float) -> bool:
+        """The miner process (bmminer) restarts, as after every stock Antminer config write:
+        the hash boards stop now, nothing hashes for ``down_s`` emulated seconds, then the
+        process is back either asleep (``then="sleeping"``) or booting its boards (boot_s)
+        towards mining. The control board stays up: uptime does not restart."""
+        self._log("restart")
+        self._settle()
+        if self.state == "off":
+            return False
+        extra = self.spec.boot_s if then == "mining" else 0.0
+        self._begin_boot(then, down_s + extra)
+        return True
 
     def sleep(self) -> bool:
         """Stop hashing, keep the control board up. Accepted even under ignore_sleep."""
@@ -200,7 +233,7 @@ class EmulatedMiner:
         self._settle()
         if self.state == "off":
             return False
-        resume = "sleeping" if self.state == "sleeping" else "mining"
+        resume = "sleeping" if self.state == "sleeping" or self._wakes_asleep() else "mining"
         self._booted_at = self.clock() + self.spec.boot_s * self.time_scale
         self._begin_boot(resume)
         return True
@@ -220,13 +253,18 @@ class EmulatedMiner:
         return True
 
     def restore_power(self) -> bool:
-        """Power comes back: the machine boots (uptime restarts) and resumes hashing."""
+        """Power comes back: the machine boots (uptime restarts) and resumes hashing, or stays
+        asleep if its firmware stored sleep (``sleep_persisted``)."""
         self._settle()
         if self.state != "off":
             return False
         self._booted_at = self.clock() + self.spec.boot_s * self.time_scale
-        self._begin_boot("mining")
+        self._begin_boot("sleeping" if self._wakes_asleep() else "mining")
         return True
+
+    def _wakes_asleep(self) -> bool:
+        """Boots asleep: sleep is stored in the firmware's config (and obeyed)."""
+        return self.sleep_persisted and self.fault.kind != "ignore_sleep"
 
     def set_power_limit(self, power_w: float) -> bool:
         """Clamp to the model's accepted range, like firmware does; False if unsupported."""
@@ -267,8 +305,13 @@ class EmulatedMiner:
         done_s = (self.clock() - self._hashing_since) / max(self.time_scale, 1e-9)
         return min(1.0, max(0.0, done_s / self.ramp_s))
 
+    @property
+    def has_work(self) -> bool:
+        """A pool to hash for: a machine whose pools were wiped boots, and hashes nothing."""
+        return any(p.get("url") for p in self.pools)
+
     def _load_fraction(self, state: str) -> float:
-        if state != "mining":
+        if state != "mining" or not self.has_work:
             return 0.0
         spec = self.spec
         span = spec.power_w - spec.idle_power_w
@@ -293,7 +336,10 @@ class EmulatedMiner:
         self._settle()
         spec, rng, now = self.spec, self._rng, self.clock()
         load = self._load_fraction(self.state)
-        if self.state == "mining":
+        if self.state == "mining" and not self.has_work:
+            hashrate = 0.0  # boards up, no pool to hash for: control board and fans
+            power = spec.idle_power_w * (1.0 + rng.gauss(0.0, 0.02))
+        elif self.state == "mining":
             hashrate = spec.hashrate_ths * load**ALPHA * (1.0 + rng.gauss(0.0, 0.01))
             target_w = self.target_power_w()
             ramp = self.ramp_fraction()

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import resource
 import socket
 from collections.abc import Callable, Iterable, Iterator
@@ -532,15 +533,18 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(site, MinerEndpoint):
             site.miner.commands_received += 1
 
+        timing: list[HttpResponse] = []  # the family's response: its delay_s and drop
+
         def render() -> bytes:
             try:
                 resp = site.handle_http(request)
             except Exception:
                 log.exception("HTTP handler failed for %s %s", request.method, request.path)
                 resp = HttpResponse.text("500 - Internal Server Error\n", 500)
+            timing.append(resp)
             return render_http_response(resp, keep_alive, head_only=request.method == "HEAD")
 
-        def send(data: bytes) -> None:
+        def send_now(data: bytes) -> None:
             transport.write(data)
             self.busy = False
             if keep_alive:
@@ -549,8 +553,22 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 transport.close()
 
-        _deliver(asyncio.get_running_loop(), site.fault(), transport, render, send, self,
-                 http=True)
+        def send(data: bytes) -> None:
+            """As the family asked: now, after its delay_s, never (inf), or a bare close."""
+            resp = timing[-1] if timing else None
+            if resp is not None and resp.drop:
+                transport.close()
+                return
+            delay = resp.delay_s if resp is not None else 0.0
+            if delay <= 0:
+                send_now(data)
+            elif math.isfinite(delay):
+                loop.call_later(delay, lambda: None if transport.is_closing()
+                                else send_now(data))
+            # inf: never answered, like the hang fault
+
+        loop = asyncio.get_running_loop()
+        _deliver(loop, site.fault(), transport, render, send, self, http=True)
 
 
 # ------------------------------------------------------------------------ the fleet

@@ -29,6 +29,11 @@ class HttpResponse:
     body: bytes = b""
     # Content-Type etc.; the server adds Content-Length
     headers: dict[str, str] = field(default_factory=dict)
+    #: Real seconds before the reply is sent (a CGI that works before it answers, such as a
+    #: stock Antminer's set_miner_conf.cgi); math.inf: never (the client's timeout ends it).
+    delay_s: float = 0.0
+    #: Close the connection without a byte (a control board that is rebooting).
+    drop: bool = False
 
     @classmethod
     def json(cls, payload: object, status: int = 200) -> HttpResponse:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pyasic import get_miner
 from pyasic.miners.backends.braiins_os import BOSer
 from pyasic.miners.backends.btminer import BTMinerV3
 from pyasic.miners.backends.vnish import VNish
@@ -166,7 +167,9 @@ async def test_a_password_that_stops_working_is_caught_before_the_command(
     d = MinerDriver(fleet_config(credentials(secrets_dir)), poll_interval_s=1.0)
     assert (await readings(d))[ANT_OK].error is None
     d._tracked[ANT_OK].miner.web.pwd = "not-the-password-any-more"
-    assert await d._tracked[ANT_OK].miner.stop_mining() is True  # what pyasic alone believes
+    alone = await get_miner(ANT_OK)  # pyasic's own object (curtaild's is guarded)
+    alone.web.pwd = "not-the-password-any-more"
+    assert await alone.stop_mining() is True  # what pyasic alone believes
     with pytest.raises(CommandFailed, match=r"^auth: web UI refused"):
         await d.execute(cmd(ANT_OK, "sleep"), observed_state="mining", timeout_s=10, attempts=2)
     assert emu.miner(ANT_OK)["state"] == "mining"

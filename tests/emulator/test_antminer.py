@@ -24,6 +24,7 @@ count = 3
 model = "S19"
 [[miner]]
 model = "S21"
+firmware_version = "FR-1.12(251009-S21)"  # the captured S21's: it answers joined commands
 """
 S19JPRO, S19JPRO_2, S19JPRO_3, S19, S21 = (f"127.10.1.{i}" for i in range(1, 6))
 
@@ -79,9 +80,12 @@ async def test_get_data_matches_physical_truth(emu: EmulatorProcess) -> None:
 
 
 async def test_stop_and_resume_mining_change_the_truth(emu: EmulatorProcess) -> None:
+    """Each write answers after the CGI's working time, then restarts bmminer: silent, then
+    asleep; or silent, then the boards boot (asic_num 0, no temperatures), then hashing."""
     miner = await get_miner(S19JPRO_2)
     assert await miner.stop_mining() is True
-    assert emu.miner(S19JPRO_2)["state"] == "sleeping"
+    emu.wait_state(S19JPRO_2, "sleeping", timeout=15)
+    emu.wait_view(S19JPRO_2, "running", lambda m: m["process"] == "running", timeout=15)
     asleep = await miner.get_data()
     assert asleep.is_mining is False
     assert float(asleep.hashrate) == 0.0
@@ -89,8 +93,11 @@ async def test_stop_and_resume_mining_change_the_truth(emu: EmulatorProcess) -> 
 
     assert await miner.resume_mining() is True
     assert emu.miner(S19JPRO_2)["state"] == "booting"
+    emu.wait_view(S19JPRO_2, "running", lambda m: m["process"] == "running", timeout=15)
     booting = await miner.get_data()  # bmminer answers while the boards come up: 0 hashrate
-    assert float(booting.hashrate) == 0.0
+    if emu.miner(S19JPRO_2)["state"] == "booting":
+        assert float(booting.hashrate) == 0.0
+        assert all(not b.chips for b in booting.hashboards)  # asic_num 0 while booting
     truth = emu.wait_state(S19JPRO_2, "mining", timeout=15)  # 90 s boot x 0.01
     assert truth["hashrate_ths"] > 90
     back = await miner.get_data()

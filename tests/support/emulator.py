@@ -165,6 +165,22 @@ class EmulatorProcess:
     def action(self, ip: str, action: str) -> dict:
         return self._call("POST", f"/miners/{ip}/action", {"action": action})
 
+    def power(self, ip: str, on: bool) -> dict:
+        """Cut (False) or restore (True) the miner's mains power."""
+        return self._call("POST", f"/miners/{ip}/power", {"on": on})
+
+    def wait_view(self, ip: str, what: str, predicate, timeout: float = 30.0) -> dict:
+        """Poll GET /miners/{ip} until ``predicate(view)``; EmulatorError naming ``what``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.miner(ip)
+            if predicate(m):
+                return m
+            if time.monotonic() > deadline:
+                raise EmulatorError(f"{ip}: not {what} after {timeout}s: state {m['state']!r}"
+                                    f", process {m.get('process')!r}")
+            time.sleep(0.05)
+
     def wait_state(self, ip: str, state: str, timeout: float = 30.0) -> dict:
         """Poll the truth until the miner is in ``state``; EmulatorError on timeout."""
         deadline = time.monotonic() + timeout
