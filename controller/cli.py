@@ -184,6 +184,13 @@ def cmd_status(config_path: str, as_json: bool) -> int:
               f"{market['tariff_usd_per_kwh']:.4f} USD/kWh ({market['tariff_source']}, "
               f"{market['tariff_age_s']:.0f}s old)")
     print(f"curtailed by curtaild: {len(status.get('curtailed', []))}")
+    commands = fleet.get("command_states") or {}
+    if commands:  # where curtaild's last commands stand; the unusual ones by machine
+        print("commands: " + ", ".join(f"{k} {v}" for k, v in sorted(commands.items())))
+        for row in status.get("miners", []):
+            if row.get("command_state") in ("lying", "failed", "transitioning"):
+                print(f"  {row['command_state']:<13} {row['ip']:<15} {row['key']} "
+                      f"{row.get('error') or row.get('held') or ''}")
     _print_recovery(config_path, status)
     for e in status.get("recent_events", [])[:10]:
         print(f"  {time.strftime('%H:%M:%S', time.localtime(e['ts']))} {e['kind']:<9} "

@@ -80,6 +80,26 @@ UNKNOWN_FULL_POWER_W = 3500.0
 #: and Bitaxe take no power target here, so they need no entry.
 LIMIT_RESTART_S: dict[str, float] = {"whatsminer": 120.0, "luxos": 30.0, "braiins": 60.0,
                                      "vnish": 120.0, "epic": 120.0}
+#: Default time, s, a machine gets after acknowledging a command to be *seen* in the commanded
+#: state (``confirm_grace_s``): until then its command is "pending" (or "transitioning" while it
+#: is silent), neither re-commanded nor counted as done; after it, re-commanded (at most once
+#: per grace) and flagged after ``flag_after_failures``. By family (pyasic backend name), or
+#: ``family.action`` for one action. Stock Antminer: the ~21 s config CGI, bmminer's restart,
+#: then the hash boards' boot (drivers/antminer_writes.GRACE_S). Whatsminer: btminer restarts
+#: for ~2 min on a new limit; ``power_on`` ramps over 6-10 min. LuxOS: a wake ramps like a
+#: boot. Families not listed use ``[controller] verify_grace_s``.
+CONFIRM_GRACE_S: dict[str, float] = {"antminer": 420.0, "whatsminer": 240.0,
+                                     "whatsminer.run": 600.0, "luxos": 300.0,
+                                     "braiins": 300.0, "vnish": 300.0, "epic": 300.0}
+#: Next tiers an operator may allow (``escalate``), for a machine flagged for ignoring a
+#: command: "limit_to_sleep" sleeps a machine that ignored a power limit (Whatsminer
+#: ``power_off``, LuxOS curtail); "sleep_to_reboot" reboots a machine that ignored a sleep on
+#: firmware that stores sleep in its config and applies it at boot (stock Antminer: "some only
+#: apply it after a reboot"; LuxOS: curtailment persists across a reboot). A machine whose
+#: tier fails too is left alone and reported. Hard power-down (a PDU) would be the tier after.
+ESCALATIONS = ("limit_to_sleep", "sleep_to_reboot")
+REBOOT_APPLIES_SLEEP = frozenset({"antminer", "luxos"})
+_GRACE_ACTIONS = ("run", "sleep", "limit")
 
 
 def memory_window_s(cfg: GuardConfig) -> float:
@@ -172,6 +192,38 @@ class GuardConfig(BaseModel):
     (pyasic backend name): a Whatsminer restarts btminer (~2 min; less with fast boot), LuxOS
     ramps to the new profile. Families not given keep these defaults; 0 = free."""
 
+    confirm_grace_s: dict[str, Annotated[float, Field(gt=0.0), at_most(
+        86400.0, "a machine that has not reached its commanded state within a day is not "
+        "restarting; it would never be re-commanded or flagged")]] = Field(
+        default_factory=lambda: dict(CONFIRM_GRACE_S))
+    """Time, s, a machine gets after acknowledging a command to be seen in the commanded state,
+    by family (pyasic backend name) or ``"family.action"`` (run, sleep, limit): its command is
+    "pending" until then (never counted as done, never re-sent), then re-commanded at most once
+    per grace and flagged after ``[controller] flag_after_failures``. Families not given keep
+    the defaults (CONFIRM_GRACE_S); families with none use ``[controller] verify_grace_s``."""
+
+    escalate: list[Literal["limit_to_sleep", "sleep_to_reboot"]] = Field(default_factory=list)
+    """Next tiers allowed for a machine flagged for ignoring a command, each sent once:
+    "limit_to_sleep" (sleep a machine that ignored a power limit), "sleep_to_reboot" (reboot a
+    stock Antminer or LuxOS machine that ignored a sleep, so it boots into the sleep its
+    firmware stored). Empty (default): a flagged machine is only reported."""
+
+    @field_validator("confirm_grace_s", mode="before")
+    @classmethod
+    def _grace_defaults(cls, value: object) -> object:
+        """Merge the operator's families over the defaults; keys "family" or "family.action"."""
+        if not isinstance(value, dict):
+            return value  # the field's own type rejects it
+        out: dict[str, object] = dict(CONFIRM_GRACE_S)
+        for key, seconds in value.items():
+            name = key.strip().casefold() if isinstance(key, str) else ""
+            family, _, action = name.partition(".")
+            if not family or (action and action not in _GRACE_ACTIONS):
+                raise ValueError(f"confirm_grace_s: {key!r} is not a family name or "
+                                 f"'family.action' (action one of {', '.join(_GRACE_ACTIONS)})")
+            out[name] = seconds
+        return out
+
     @field_validator("limit_restart_s", mode="before")
     @classmethod
     def _restart_defaults(cls, value: object) -> object:
@@ -188,6 +240,25 @@ class GuardConfig(BaseModel):
                                  "to 3600 (the hashing a limit change costs)")
             out[family.strip().casefold()] = float(seconds)
         return out
+
+
+def confirm_grace_s(cfg: GuardConfig, family: str, action: str, fallback_s: float) -> float:
+    """The grace a machine of ``family`` gets to be seen in the state ``action`` asked for."""
+    fam = (family or "").casefold()
+    table = cfg.confirm_grace_s
+    return table.get(f"{fam}.{action}", table.get(fam, fallback_s))
+
+
+def next_tier(action: str, r: MinerReading,
+              cfg: GuardConfig) -> tuple[Action, Literal["reboot"] | None] | None:
+    """The stronger command for a machine flagged for ignoring ``action``, where the operator
+    allows it (``escalate``): (action, via) or None (left alone and reported)."""
+    if action == "limit" and "limit_to_sleep" in cfg.escalate and r.supports_sleep:
+        return "sleep", None
+    if (action == "sleep" and "sleep_to_reboot" in cfg.escalate
+            and r.firmware.casefold() in REBOOT_APPLIES_SLEEP):
+        return "sleep", "reboot"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

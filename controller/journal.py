@@ -66,7 +66,10 @@ CREATE TABLE IF NOT EXISTS expectations (
     since REAL NOT NULL,         -- when that command was sent
     last_change_at REAL NOT NULL,
     failures INTEGER NOT NULL DEFAULT 0,
-    flagged INTEGER NOT NULL DEFAULT 0
+    flagged INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'sent', -- sent | pending (acknowledged) | failed | confirmed
+    acked_at REAL,               -- when the firmware acknowledged the command (pending)
+    tier INTEGER NOT NULL DEFAULT 0  -- 1: the next tier sent to a flagged machine ([guards])
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sightings (  -- machines seen reachable during a review
@@ -281,6 +284,12 @@ class Expectation:
     last_change_at: float
     failures: int
     flagged: bool
+    #: sent (intent written) | pending (acknowledged, not yet seen in effect) | failed (not
+    #: acknowledged) | confirmed (seen in effect): "sent, acknowledged, not yet in effect" is a
+    #: state of its own (issue 14), and its grace counts from ``acked_at``
+    state: str = "sent"
+    acked_at: float | None = None
+    tier: int = 0  # 1: the next tier was sent to this machine after it was flagged
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +331,7 @@ class Journal:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            _add_missing_columns(self.db)
         except sqlite3.Error as exc:
             self.db.close()
             raise JournalError(f"journal {self.path}: {_sqlite_reason(exc)}") from None
@@ -377,17 +387,21 @@ class Journal:
             stmts.append(("UPDATE curtailed SET releasing=1 WHERE miner=?", (cmd.key,)))
         stmts.append((
             "INSERT INTO expectations (miner, action, power_limit_w, since, last_change_at,"
-            " failures, flagged) VALUES (?, ?, ?, ?, ?, 0, 0)"
+            " failures, flagged, state, acked_at, tier) VALUES (?, ?, ?, ?, ?, 0, 0, 'sent',"
+            " NULL, ?)"
             " ON CONFLICT(miner) DO UPDATE SET"
-            "  failures = CASE WHEN expectations.action = excluded.action"
+            "  failures = CASE WHEN expectations.action = excluded.action AND excluded.tier = 0"
             "             THEN expectations.failures ELSE 0 END,"
+            # The next tier is judged afresh (verify flags it at its first failure).
+            "  flagged = CASE WHEN excluded.tier > 0 THEN 0 ELSE expectations.flagged END,"
+            "  state='sent', acked_at=NULL, tier=excluded.tier,"
             # A re-sent command keeps its change time; a new power limit is a new change
             # (minimum dwell must hold limit -> limit too: issue 15, Whatsminer restart loop).
             "  last_change_at = CASE WHEN expectations.action = excluded.action"
             "             AND expectations.power_limit_w IS excluded.power_limit_w"
             "             THEN expectations.last_change_at ELSE excluded.last_change_at END,"
             "  action=excluded.action, power_limit_w=excluded.power_limit_w, since=excluded.since",
-            (cmd.key, cmd.action, cmd.power_limit_w, now, now),
+            (cmd.key, cmd.action, cmd.power_limit_w, now, now, cmd.tier),
         ))
         self._tx(stmts)
         if cmd.action in ("sleep", "limit"):
@@ -396,11 +410,19 @@ class Journal:
     def record_outcome(self, cmd: Command, result: str, detail: str | None = None,
                        *, dry_run: bool = False, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        self._tx([(
+        stmts: list[tuple[str, tuple]] = [(
             "INSERT INTO events (ts, miner, ip, kind, action, power_limit_w, result, reason,"
             " dry_run) VALUES (?, ?, ?, 'outcome', ?, ?, ?, ?, ?)",
             (now, cmd.key, cmd.ip, cmd.action, cmd.power_limit_w, result, detail, int(dry_run)),
-        )])
+        )]
+        if not dry_run and result in ("ok", "failed"):
+            # Acknowledged is not in effect: "pending" until an observation confirms it.
+            stmts.append((
+                "UPDATE expectations SET state=?, acked_at=? WHERE miner=? AND action=?"
+                " AND power_limit_w IS ? AND state='sent'",
+                ("pending" if result == "ok" else "failed", now if result == "ok" else None,
+                 cmd.key, cmd.action, cmd.power_limit_w)))
+        self._tx(stmts)
 
     # -------------------------------------------------------------- verification
     def mark_verified(self, miner: str, ip: str, action: str, now: float | None = None) -> None:
@@ -408,7 +430,8 @@ class Journal:
         drop ownership once a released machine is seen running."""
         now = time.time() if now is None else now
         stmts: list[tuple[str, tuple]] = [
-            ("UPDATE expectations SET failures=0, flagged=0, since=? WHERE miner=?", (now, miner)),
+            ("UPDATE expectations SET failures=0, flagged=0, since=?, state='confirmed'"
+             " WHERE miner=?", (now, miner)),
             ("INSERT INTO events (ts, miner, ip, kind, action, result) VALUES (?, ?, ?,"
              " 'verified', ?, 'ok')", (now, miner, ip, action)),
         ]
@@ -457,9 +480,10 @@ class Journal:
 
     def expectations(self) -> dict[str, Expectation]:
         rows = self.db.execute(
-            "SELECT miner, action, power_limit_w, since, last_change_at, failures, flagged"
-            " FROM expectations").fetchall()
-        return {r[0]: Expectation(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows}
+            "SELECT miner, action, power_limit_w, since, last_change_at, failures, flagged,"
+            " state, acked_at, tier FROM expectations").fetchall()
+        return {r[0]: Expectation(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8],
+                                  r[9]) for r in rows}
 
     def recent_changes(self, since: float) -> dict[str, float]:
         """Per machine, the last command that went through (outcome ok, not a dry run) at or
@@ -741,6 +765,26 @@ class Journal:
         self._tx([("DELETE FROM meta WHERE key=?", (REVIEW_META,)),
                   ("INSERT INTO events (ts, miner, kind, reason) VALUES (?, '*',"
                    " 'review_done', ?)", (now, "every machine seen; none of unknown owner"))])
+
+
+#: Columns added to a table after its first release: (table, column, definition). A journal
+#: written by an older curtaild gains them at open (CREATE TABLE IF NOT EXISTS adds none).
+_ADDED_COLUMNS = (
+    ("expectations", "state", "TEXT NOT NULL DEFAULT 'sent'"),
+    ("expectations", "acked_at", "REAL"),
+    ("expectations", "tier", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring an older journal's tables up to SCHEMA (its rows keep their values)."""
+    have: dict[str, set[str]] = {}
+    for table, column, definition in _ADDED_COLUMNS:
+        if table not in have:
+            have[table] = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have[table]:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            have[table].add(column)
 
 
 def _meta_stmt(key: str, value: object) -> tuple[str, tuple]:

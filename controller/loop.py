@@ -20,13 +20,16 @@ from controller.guards import (
     GuardResult,
     RampBucket,
     apply_guards,
+    confirm_grace_s,
     limit_tolerance_w,
     memory_window_s,
+    next_tier,
 )
-from controller.journal import Journal, JournalError
+from controller.journal import Expectation, Journal, JournalError
 from controller.market import MarketInputs
 from controller.snapshot import (
     Command,
+    CommandState,
     Desired,
     Directives,
     FleetSnapshot,
@@ -56,6 +59,15 @@ class TickResult:
     directives: Directives = field(default_factory=Directives)
     fast: bool = False  # decided on the previous observation (an inbound command)
 
+    def command_states(self) -> dict[str, int]:
+        """Machines by where curtaild's last command to them stands (pending, transitioning,
+        confirmed, failed, lying); machines with nothing outstanding are not counted."""
+        out: dict[str, int] = {}
+        for m in self.fleet.miners:
+            if m.command_state is not None:
+                out[m.command_state] = out.get(m.command_state, 0) + 1
+        return out
+
 
 def matches_expectation(expect_action: str, expect_limit: float | None,
                         r: MinerReading) -> bool:
@@ -72,9 +84,13 @@ def matches_expectation(expect_action: str, expect_limit: float | None,
 
 def predicted(last: TickResult) -> FleetSnapshot:
     """``last``'s fleet as its successful commands should have left it: what a fast tick
-    decides on. A slept machine at idle draw, a woken or limited one mining at its target
-    (hashrate from the nameplate along the efficiency curve). The next regular tick observes
-    the truth and verifies; a command that did not take is re-sent from there."""
+    decides on. A slept machine asleep, a woken or limited one mining at its target (hashrate
+    from the nameplate along the efficiency curve), so the guards neither undo nor repeat
+    them. Acknowledged is not confirmed (issue 14: a stock Antminer may store a sleep and keep
+    hashing): each is "pending", and its power stays what was last *observed* until the next
+    regular tick sees it in effect -- a shed is never counted as done on the firmware's word,
+    and a wake counts its full draw at once. The next regular tick observes the truth and
+    verifies; a command that did not take is re-sent from there."""
     if last.dry_run:
         return last.fleet
     sent = {c.key: c for c in last.commands
@@ -85,8 +101,11 @@ def predicted(last: TickResult) -> FleetSnapshot:
     for r in last.fleet.miners:
         c = sent.get(r.key)
         if c is not None and c.action == "sleep":
-            r = replace(r, state="sleeping", hashrate_ths=0.0, power_w=IDLE_ESTIMATE_W,
-                        power_source="idle_estimate")
+            # power_w kept: a sleeping reading's draw is what the power cap counts for it
+            # (policies/layer.idle_w), so an unconfirmed sleep still draws what it drew
+            r = replace(r, state="sleeping", hashrate_ths=0.0, command_state="pending",
+                        commanded_action="sleep", commanded_power_limit_w=None,
+                        power_w=r.power_w if r.power_w > 0 else IDLE_ESTIMATE_W)
         elif c is not None:
             plate_w = r.nameplate_power_w or r.power_w
             target_w = c.power_limit_w or plate_w
@@ -96,10 +115,39 @@ def predicted(last: TickResult) -> FleetSnapshot:
                     power_w=target_w, ref_power_w=plate_w,
                     ref_hashrate_ths=r.nameplate_hashrate_ths, idle_power_w=IDLE_ESTIMATE_W,
                     exponent=0.75)
-            r = replace(r, state="mining", power_w=target_w, hashrate_ths=hashrate,
-                        power_limit_w=c.power_limit_w if c.power_limit_w else r.power_limit_w)
+            drawn_w = r.power_w if r.state == "mining" else 0.0  # a lower target: unconfirmed
+            r = replace(r, state="mining", power_w=max(target_w, drawn_w), hashrate_ths=hashrate,
+                        power_limit_w=c.power_limit_w if c.power_limit_w else r.power_limit_w,
+                        command_state="pending", commanded_action=c.action,
+                        commanded_power_limit_w=c.power_limit_w)
         miners.append(r)
     return FleetSnapshot(tuple(miners), last.fleet.taken_at)
+
+
+def command_states(fleet: FleetSnapshot, expectations: dict[str, Expectation],
+                   verification: dict[str, str]) -> dict[str, CommandState]:
+    """Where curtaild's last command to each machine stands (controller/snapshot.CommandState).
+
+    "transitioning": silent right after our own command (the driver's reading says so);
+    "lying": flagged; otherwise the journal's state: "confirmed" (seen in effect, or verified
+    this tick), "pending" (acknowledged, not yet seen in effect) or "failed" (refused, no
+    answer, or no outcome journaled). Machines with nothing outstanding are absent."""
+    out: dict[str, CommandState] = {}
+    for m in fleet.miners:
+        if m.state == "unreachable" and (m.error or "").startswith("transitioning"):
+            out[m.key] = "transitioning"
+            continue
+        exp = expectations.get(m.key)
+        if exp is not None:
+            if exp.flagged:
+                out[m.key] = "lying"
+            elif exp.state in ("confirmed", "pending"):
+                out[m.key] = exp.state  # type: ignore[assignment]
+            else:
+                out[m.key] = "failed"
+        elif verification.get(m.key) == "verified":
+            out[m.key] = "confirmed"  # a verified wake: its expectation is done
+    return out
 
 
 def _capped(commands: list[Command], cap: int) -> list[Command]:
@@ -126,6 +174,9 @@ class Reconciler:
         self.directives: Callable[[float], Directives] = directives or (lambda _now: Directives())
         self.journal = journal
         self.driver = driver
+        # the operator's LuxOS ATM settings curtaild turned off survive a restart (journal)
+        if hasattr(driver, "attach_journal"):
+            driver.attach_journal(journal)
         self.market = market
         self.policy = policy
         saved = journal.get_meta("ramp_bucket")
@@ -135,6 +186,16 @@ class Reconciler:
             self.bucket = RampBucket(budget_w=float(saved.get("budget_w", 0.0)),
                                      updated_at=float(saved.get("updated_at", time.time())))
         self.last: TickResult | None = None
+        # The driver treats silence after our own command as "transitioning" for as long as
+        # the family's grace (guards.confirm_grace_s; read at each use, so a reload applies).
+        setter = getattr(driver, "set_transition_grace", None)
+        if setter is not None:
+            setter(self.grace_s)
+
+    def grace_s(self, family: str, action: str) -> float:
+        """How long a machine of ``family`` gets to be seen in the state ``action`` asked for."""
+        return confirm_grace_s(self.config.guards, family, action,
+                               self.config.controller.verify_grace_s)
 
     def swap(self, config: Config, policy) -> None:
         """Atomically replace config and policy (SIGHUP); called between ticks."""
@@ -162,6 +223,9 @@ class Reconciler:
             market = await self.market.snapshot(started)
         now = time.time()
         verification = self._verify(fleet, now) if send and not fast else {}
+        # Where each machine's last command stands, before deciding: a policy must not count
+        # an unconfirmed shed as done (policies/power_cap.py), nor pick its machine again.
+        fleet = self._with_command_states(fleet, verification)
         directives = self.directives(now)
         desired = decide_stack(self.policy, fleet, market, directives, now)
         if market is None and not desired:
@@ -173,7 +237,7 @@ class Reconciler:
                                          now=now)
             guarded = apply_guards(fleet, market, desired, memory, self.bucket,
                                    self.config.guards, now)
-        commands = self._with_recommands(guarded.commands, fleet, verification)
+        commands = self._with_recommands(guarded.commands, fleet, verification, guarded.held)
         commands = _capped(commands, self.config.guards.max_commands_per_tick)
         dry_run = self.config.controller.dry_run or not send
         outcomes: dict[str, str] = {}
@@ -187,6 +251,8 @@ class Reconciler:
                 journal_error = str(exc)  # then no intent can be written either: send nothing
             outcomes = await self._act(commands, fleet, dry_run=dry_run,
                                        journal_error=journal_error)
+            if commands and not dry_run:
+                fleet = self._with_command_states(fleet, verification)  # sent -> pending/failed
         result = TickResult(
             started_at=started,
             duration_s=time.time() - started,
@@ -208,54 +274,114 @@ class Reconciler:
 
     # ----------------------------------------------------------------- verify
     def _verify(self, fleet: FleetSnapshot, now: float) -> dict[str, str]:
-        """Compare each outstanding expectation with what was just observed."""
+        """Compare each outstanding expectation with what was just observed.
+
+        A command is "pending" from its acknowledgement (``acked_at``; its sending when it was
+        not acknowledged) for its family's grace (guards.confirm_grace_s): not judged, not
+        re-sent, whatever it looks like meanwhile -- a stock Antminer restarts bmminer and
+        boots, a Whatsminer restarts btminer for a limit. After the grace it is a mismatch
+        (re-commanded: at most once per grace, since each mismatch restarts the clock) and,
+        after ``flag_after_failures``, flagged. A next tier ([guards] escalate) gets one grace:
+        flagged at its first failure. A silent machine is never judged (its reading is
+        "unreachable"; "transitioning" right after our own command)."""
         by_key = fleet.by_key()
         cfg = self.config.controller
         out: dict[str, str] = {}
         curtailed = self.journal.curtailed()
-        for key, exp in self.journal.expectations().items():
+        expectations = self.journal.expectations()
+        for key, exp in expectations.items():
             r = by_key.get(key)
             if r is None or r.state == "unreachable":
                 continue
             if matches_expectation(exp.action, exp.power_limit_w, r):
                 row = curtailed.get(key)
-                if exp.failures or exp.flagged or (
+                if exp.state != "confirmed" or exp.failures or exp.flagged or (
                     exp.action == "run" and (row is None or row.releasing)
                 ):
                     self.journal.mark_verified(key, r.ip, exp.action, now)
                     out[key] = "verified"
-            elif not exp.flagged and now - exp.since >= cfg.verify_grace_s:
-                n = self.journal.mark_mismatch(key, r.ip, exp.action, r.state,
-                                               flag_after=cfg.flag_after_failures, now=now)
-                out[key] = "flagged" if n >= cfg.flag_after_failures else "mismatch"
-                log.warning("%s (%s) did not reach %s (observed %s): failure %d of %d",
-                            key, r.ip, exp.action, r.state, n, cfg.flag_after_failures)
+                continue
+            if exp.flagged:
+                continue
+            since = max(exp.since, exp.acked_at or 0.0)
+            if now - since < self.grace_s(r.firmware, exp.action):
+                continue  # pending: acknowledged (or sent), not yet in effect
+            flag_after = 1 if exp.tier else cfg.flag_after_failures
+            n = self.journal.mark_mismatch(key, r.ip, exp.action, r.state,
+                                           flag_after=flag_after, now=now)
+            out[key] = "flagged" if n >= flag_after else "mismatch"
+            log.warning("%s (%s) did not reach %s (observed %s): failure %d of %d%s",
+                        key, r.ip, exp.action, r.state, n, flag_after,
+                        " (next tier)" if exp.tier else "")
         # A released machine seen running with no expectation left (crash in between).
         for key, row in curtailed.items():
             r = by_key.get(key)
             if row.releasing and r is not None and r.state == "mining" and key not in out:
-                if key not in self.journal.expectations():
+                if key not in expectations:
                     self.journal.release_ownership(key, "observed running after release", now)
         return out
 
+    def _with_command_states(self, fleet: FleetSnapshot,
+                             verification: dict[str, str]) -> FleetSnapshot:
+        """``fleet`` with each reading's ``command_state`` from the journal (see
+        controller/snapshot.CommandState); readings that already say it are kept as they are."""
+        expectations = self.journal.expectations()
+        states = command_states(fleet, expectations, verification)
+        if not states and not any(m.command_state for m in fleet.miners):
+            return fleet
+        miners = []
+        for m in fleet.miners:
+            state, exp = states.get(m.key), expectations.get(m.key)
+            action = exp.action if exp is not None and state is not None else None
+            limit = exp.power_limit_w if exp is not None and state is not None else None
+            if (m.command_state, m.commanded_action, m.commanded_power_limit_w) != (
+                    state, action, limit):
+                m = replace(m, command_state=state, commanded_action=action,
+                            commanded_power_limit_w=limit)
+            miners.append(m)
+        return FleetSnapshot(tuple(miners), fleet.taken_at)
+
     def _with_recommands(self, commands: list[Command], fleet: FleetSnapshot,
-                         verification: dict[str, str]) -> list[Command]:
+                         verification: dict[str, str],
+                         held: dict[str, str] | None = None) -> list[Command]:
         """Re-send the expected state to machines that did not obey (dwell does not apply:
-        this is the same decision, not a new one)."""
+        this is the same decision, not a new one); send a machine just flagged its next tier
+        once, where ``[guards] escalate`` allows it (guards.next_tier)."""
         planned = {c.key for c in commands}
         expect = self.journal.expectations()
         by_key = fleet.by_key()
+        held = held or {}
         extra = []
         for key, verdict in verification.items():
-            if verdict != "mismatch" or key in planned:
+            if verdict not in ("mismatch", "flagged") or key in planned:
                 continue
             exp, r = expect.get(key), by_key.get(key)
             if exp is None or r is None:
                 continue
-            extra.append(Command(key=key, ip=r.ip, action=exp.action,  # type: ignore[arg-type]
-                                 power_limit_w=exp.power_limit_w,
-                                 reason=f"re-command: not in {exp.action} after grace",
-                                 delta_power_w=0.0))
+            if held.get(key, "").startswith(("excluded", "credentials refused")):
+                continue  # never commanded: an operator's exclusion, refused credentials
+            if verdict == "mismatch":
+                extra.append(Command(key=key, ip=r.ip, action=exp.action,  # type: ignore[arg-type]
+                                     power_limit_w=exp.power_limit_w,
+                                     reason=f"re-command: not in {exp.action} after grace",
+                                     delta_power_w=0.0, tier=exp.tier))
+                continue
+            tier = next_tier(exp.action, r, self.config.guards) if exp.tier == 0 else None
+            if tier is None:
+                log.warning("%s (%s) flagged: it ignored %s %d times; left alone and reported "
+                            "(%s)", key, r.ip, exp.action, exp.failures,
+                            "its next tier did not take either" if exp.tier
+                            else "no next tier allowed by [guards] escalate")
+                continue
+            action, via = tier
+            extra.append(Command(
+                key=key, ip=r.ip, action=action, power_limit_w=None,
+                reason=(f"next tier: ignored {exp.action} {exp.failures} times; "
+                        + ("reboot into the sleep its firmware stored" if via == "reboot"
+                           else f"{action} instead")),
+                delta_power_w=-max(0.0, r.power_w - IDLE_ESTIMATE_W), tier=1, via=via))
+            log.warning("%s (%s) flagged for ignoring %s: sending the next tier (%s%s)", key,
+                        r.ip, exp.action, action, f" via {via}" if via else "")
         return list(commands) + extra
 
     # -------------------------------------------------------------------- act

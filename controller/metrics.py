@@ -41,6 +41,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from controller import __version__, economics
 from controller.scrape_server import DROP_REASONS, BoundedHTTPServer
+from controller.snapshot import COMMAND_STATES
 
 if TYPE_CHECKING:  # controller.loop imports controller.config, which validates with us
     from controller.loop import TickResult
@@ -51,6 +52,9 @@ log = logging.getLogger("curtaild.metrics")
 SWEEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
                  120.0, 300.0, 600.0)
 STATES = ("mining", "sleeping", "unreachable")
+#: curtaild_site_miners also counts "transitioning": silent right after our own command (the
+#: miner process restarts), expected for its family's grace -- not an unreachable fault.
+SITE_STATES = (*STATES, "transitioning")
 ACTIONS = ("run", "limit", "sleep")
 COMMAND_RESULTS = ("ok", "failed", "dry_run")
 VERDICTS = ("mismatch", "flagged")
@@ -595,15 +599,27 @@ def _site(t: TickResult, s: MetricsState) -> Iterator[Family]:
                       "machines' idle draw included), watts.", e.power_w)
     yield from _gauge("curtaild_site_hashrate_hashes_per_second",
                       "Hashrate of the whole fleet, H/s.", e.hashrate_hs)
-    states = dict.fromkeys(STATES, 0)
+    states = dict.fromkeys(SITE_STATES, 0)
     desired = dict.fromkeys(ACTIONS, 0)
+    commands = dict.fromkeys(COMMAND_STATES, 0)
     for m in t.fleet.miners:
-        states[m.state] = states.get(m.state, 0) + 1
+        seen = "transitioning" if m.command_state == "transitioning" else m.state
+        states[seen] = states.get(seen, 0) + 1
+        if m.command_state is not None:
+            commands[m.command_state] = commands.get(m.command_state, 0) + 1
         d = t.desired.get(m.key)
         if d is not None:
             desired[d.action] = desired.get(d.action, 0) + 1
-    f = _lf("curtaild_site_miners", "Miners by observed state.", ["state"])
+    f = _lf("curtaild_site_miners", "Miners by observed state; transitioning: silent right "
+            "after curtaild's own command (restarting), not counted as unreachable.", ["state"])
     for k, n in states.items():
+        f.add((k,), n)
+    yield f
+    f = _lf("curtaild_site_miners_command_state", "Miners by where curtaild's last command "
+            "stands: pending (acknowledged, not yet seen in effect), transitioning (pending and "
+            "silent), confirmed, failed (not acknowledged), lying (flagged); only confirmed "
+            "sheds count toward a power cap.", ["state"])
+    for k, n in commands.items():
         f.add((k,), n)
     yield f
     f = _lf("curtaild_site_miners_desired", "Miners by what the policy wants.", ["action"])
@@ -664,6 +680,10 @@ def _miners(t: TickResult, s: MetricsState) -> Iterator[Family]:
     curtailed = _lf("curtaild_miner_curtailed", "1 when curtaild curtailed this miner (it owns "
                     "the curtailment and will restore it).", ml)
     flagged = _lf("curtaild_miner_flagged", "1 when the miner ignored repeated commands.", ml)
+    command = _lf("curtaild_miner_command_state", "Where curtaild's last command to the miner "
+                  "stands: one series per miner with a command outstanding, value 1, label "
+                  "state = pending | transitioning | confirmed | failed | lying.",
+                  (*ml, "state"))
     desired = _lf("curtaild_miner_desired", "What the policy wants: one series per miner, "
                   "value 1, label action = run | limit | sleep.", (*ml, "action"))
     dlimit = _lf("curtaild_miner_desired_power_limit_watts",
@@ -686,6 +706,8 @@ def _miners(t: TickResult, s: MetricsState) -> Iterator[Family]:
             fans.samples.append(((*lv, str(i)), rpm))
         curtailed.samples.append((lv, 1.0 if m.key in s.curtailed else 0.0))
         flagged.samples.append((lv, 1.0 if m.key in s.flagged else 0.0))
+        if m.command_state is not None:
+            command.samples.append(((*lv, m.command_state), 1.0))
         d = t.desired.get(m.key)
         if d is not None:
             desired.samples.append(((*lv, d.action), 1.0))
@@ -694,7 +716,7 @@ def _miners(t: TickResult, s: MetricsState) -> Iterator[Family]:
             if d.run_margin_usd_per_day is not None:
                 margin.samples.append((lv, d.run_margin_usd_per_day))
     yield from (info, up, state, hashrate, power, limit, temp, fans, curtailed, flagged,
-                desired, dlimit, margin)
+                command, desired, dlimit, margin)
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -52,7 +52,9 @@ def state_payload(result: TickResult, directives_view: dict, *, stale_after_s: f
                   curtailed: int) -> dict[str, Any]:
     states = {"mining": 0, "sleeping": 0, "unreachable": 0}
     for m in result.fleet.miners:
-        states[m.state] = states.get(m.state, 0) + 1
+        # silent right after our own command: restarting, not an unreachable fault
+        seen = "transitioning" if m.command_state == "transitioning" else m.state
+        states[seen] = states.get(seen, 0) + 1
     mk = result.market
     return {
         "at": iso(result.started_at + result.duration_s),
@@ -75,6 +77,9 @@ def state_payload(result: TickResult, directives_view: dict, *, stale_after_s: f
         },
         "miners": len(result.fleet.miners),
         "states": states,
+        # where curtaild's last commands stand: pending (acknowledged, not yet in effect),
+        # transitioning (pending and silent: restarting), confirmed, failed, lying (flagged)
+        "command_states": result.command_states(),
         "curtailed_by_curtaild": curtailed,
         "dry_run": result.dry_run,
     }
@@ -139,5 +144,6 @@ def miner_payload(m: MinerReading, result: TickResult) -> dict[str, Any]:
         "hashrate_ths": round(m.hashrate_ths, 0),
         "desired": d.action if d else None,
         "held": result.held.get(m.key),
+        "command_state": m.command_state,
         "error": m.error,
     }

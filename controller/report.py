@@ -104,6 +104,9 @@ def miner_json(m: MinerReading, result: TickResult) -> dict[str, Any]:
         ),
         "held": result.held.get(m.key),
         "outcome": result.outcomes.get(m.key),
+        # pending | transitioning | confirmed | failed | lying (controller/snapshot.py); None:
+        # no command outstanding
+        "command_state": m.command_state,
         "error": m.error,
         "age_s": round(max(0.0, time.time() - m.observed_at), 1),
     }
@@ -112,7 +115,9 @@ def miner_json(m: MinerReading, result: TickResult) -> dict[str, Any]:
 def tick_summary(result: TickResult, journal: Journal | None = None) -> dict[str, Any]:
     states: dict[str, int] = {}
     for m in result.fleet.miners:
-        states[m.state] = states.get(m.state, 0) + 1
+        # silent right after our own command: restarting, not an unreachable fault
+        seen = "transitioning" if m.command_state == "transitioning" else m.state
+        states[seen] = states.get(seen, 0) + 1
     out: dict[str, Any] = {
         "at": result.started_at,
         "duration_s": round(result.duration_s, 3),
@@ -123,6 +128,7 @@ def tick_summary(result: TickResult, journal: Journal | None = None) -> dict[str
             "states": states,
             "power_w": round(sum(m.power_w for m in result.fleet.miners), 1),
             "hashrate_ths": round(sum(m.hashrate_ths for m in result.fleet.miners), 3),
+            "command_states": result.command_states(),
         },
         "miners": [miner_json(m, result) for m in result.fleet.miners],
         "commands": [

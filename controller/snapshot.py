@@ -20,6 +20,13 @@ Action = Literal["run", "limit", "sleep"]
 Priority = Literal["normal", "forced", "emergency"]
 #: Where a power figure came from; stock Antminers report none, so a fallback chain exists.
 PowerSource = Literal["firmware", "override", "model_table", "nameplate", "idle_estimate", "none"]
+#: Where curtaild's last command to a machine stands (controller/loop.py, issue 14): "pending"
+#: -- sent and acknowledged, not yet seen in effect, within its family's grace; "transitioning"
+#: -- pending and silent (the miner process restarts after our own command: expected, not a
+#: fault); "confirmed" -- seen in effect; "failed" -- not acknowledged (refused, no answer, or
+#: read back otherwise); "lying" -- flagged: acknowledged again and again and never in effect.
+CommandState = Literal["pending", "transitioning", "confirmed", "failed", "lying"]
+COMMAND_STATES: tuple[str, ...] = ("pending", "transitioning", "confirmed", "failed", "lying")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +55,12 @@ class MinerReading:
     error: str | None = None
     mac: str | None = None
     serial: str | None = None
+    #: where curtaild's last command to it stands; None: nothing outstanding. Set by the loop
+    #: from the journal before deciding: a policy never counts an unconfirmed shed as done.
+    command_state: CommandState | None = None
+    #: what that command asked for (the journal's expectation), with its power limit
+    commanded_action: Action | None = None
+    commanded_power_limit_w: float | None = None
 
     @property
     def efficiency_j_per_th(self) -> float | None:
@@ -142,3 +155,10 @@ class Command:
     #: "emergency" sheds (thermal, demand response) are exempt from the ramp and the per-tick
     #: command cap; see controller/guards.py
     priority: Priority = "normal"
+    #: 0: the command as decided; 1: the next tier, sent once to a machine flagged for ignoring
+    #: tier 0 ([guards] escalate; controller/guards.py next_tier)
+    tier: int = 0
+    #: how the driver reaches ``action``: None, the family's usual command; "reboot": reboot the
+    #: control board, which boots into the state its firmware stored (a stock Antminer that
+    #: stored sleep and kept hashing)
+    via: Literal["reboot"] | None = None

@@ -306,6 +306,24 @@ class MinerDriver:
         #: set by stop(): no new sweep, discovery or command starts
         self.stopping = False
         self._sweep: asyncio.Future[list[MinerReading | None]] | None = None
+        #: (family, action) -> s of silence after our own command that is "transitioning";
+        #: the loop sets it from [guards] confirm_grace_s (set_transition_grace)
+        self._transition_grace: Callable[[str, str], float] | None = None
+
+    def set_transition_grace(self, grace_s: Callable[[str, str], float]) -> None:
+        """How long silence after our own command is expected, by family and action (every
+        family: a command may restart the miner process, a reboot the control board)."""
+        self._transition_grace = grace_s
+
+    def _begin_transition(self, t: _Tracked, action: str) -> None:
+        """From now the miner may restart: a failed poll is "transitioning" (no fault, no
+        re-discovery) until its grace ends or telemetry shows the commanded state."""
+        now = time.monotonic()
+        grace = (self._transition_grace(t.family or "", action) if self._transition_grace
+                 else TRANSITION_GRACE_S.get(t.family or "", 0.0))
+        t.transition_since, t.transition_action = now, action
+        t.transition_noted = False
+        t.transition_until = now + grace
 
     def prepare_credentials(self, cfg: FleetConfig) -> None:
         """Read the secrets of a config about to be swapped in (a reload), so that an
@@ -494,10 +512,7 @@ class MinerDriver:
         target = amw.SLEEP if action == "sleep" else t.wake_mode
 
         def posted(key: str) -> None:
-            now = time.monotonic()  # from here the miner may restart: silence is expected
-            t.transition_since, t.transition_action = now, action
-            t.transition_noted = False
-            t.transition_until = now + TRANSITION_GRACE_S.get(t.family, 0.0)
+            self._begin_transition(t, action)  # from here the miner may restart
 
         try:
             result = await amw.set_work_mode(miner.web, target, keys, on_post=posted,
@@ -809,6 +824,7 @@ class MinerDriver:
             per_try = max(per_try, ATTEMPT_TIMEOUT_S[t.family])
             timeout_s = max(timeout_s, per_try)
         fresh_session = family_of(miner) == "luxos" and getattr(miner, "rpc", None) is not None
+        started = time.monotonic()
 
         async def once() -> str:
             if fresh_session:
@@ -816,7 +832,11 @@ class MinerDriver:
                 # session id forever: start each attempt with a fresh logon.
                 miner.rpc.session_token = None
             steps: list[tuple[str, Callable[[], Awaitable[bool | str]]]] = []
-            if cmd.action == "sleep" and t.rpc_only:
+            if cmd.via == "reboot":
+                # the next tier for a machine that stored a sleep and kept hashing: its control
+                # board boots into the state its firmware stored (guards.next_tier)
+                steps.append(("reboot", miner.reboot))
+            elif cmd.action == "sleep" and t.rpc_only:
                 steps.append(("sleep", lambda: self._antminer_write(t, miner, "sleep")))
             elif cmd.action == "sleep":
                 steps.append(("stop_mining", miner.stop_mining))
@@ -847,6 +867,8 @@ class MinerDriver:
             finally:
                 if isinstance(miner, BTMinerV3) and miner.rpc.salt:
                     t.v3_salt = miner.rpc.salt
+            if done and t.transition_since < started:
+                self._begin_transition(t, cmd.action)  # acknowledged: silence is expected
             return "+".join(done) or "nothing to send"
 
         overall = asyncio.timeout(timeout_s)  # the deadline holds across retries and waits

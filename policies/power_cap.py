@@ -18,6 +18,14 @@ idle)^efficiency_exponent, a lower target is more efficient, so it keeps more re
 watt); otherwise it is slept. Machines decided by a higher layer (operator overrides, thermal)
 are counted but never shed by the cap.
 
+The cap is met on *confirmed* power (issue 14): a machine whose last command is not yet seen in
+effect (``MinerReading.command_state`` "pending" or "failed": a stock Antminer may store a sleep
+and keep hashing) or that is flagged for ignoring commands ("lying") is counted at what it was
+last observed drawing -- a pending wake at its full draw -- and is never picked to shed: its
+command is already out (re-sent at most once per grace) or it does not obey. The cap sheds
+another machine instead. A machine silent right after our own command ("transitioning") counts
+as any unreachable one (its draw is unknown: ``headroom_w``).
+
 Every shed has priority "emergency" (it acts at once, ahead of the ramp and the command cap,
 with no dwell or hysteresis, and through stale market inputs): a cap is a physical or
 contractual limit -- a feeder, a transformer, a demand-response obligation -- not an economic
@@ -100,6 +108,21 @@ class _Shed:
     saved_w: float
 
 
+#: Command states whose machine is counted at its observed draw and never shed by the cap.
+UNCONFIRMED = frozenset({"pending", "failed", "lying"})
+
+
+def counted_w(r: MinerReading, d: Desired | None) -> float:
+    """What ``r`` counts toward the cap under decision ``d``: the estimate under ``d``, but
+    never less than its observed draw while its last command is unconfirmed (a shed counts
+    once it is seen), and its observed draw alone when it is flagged (it is not commanded)."""
+    if r.command_state == "lying":
+        return layer.present_w(r)
+    if r.command_state in UNCONFIRMED:
+        return max(layer.present_w(r), layer.power_under_w(r, d))
+    return layer.power_under_w(r, d)
+
+
 class PowerCapPolicy:
     """Keep estimated site power under the cap in force."""
 
@@ -145,13 +168,29 @@ class PowerCapPolicy:
         if cap is None:
             return out
         budget = cap.cap_w - self.config.headroom_w
-        total = sum(layer.power_under_w(r, out.get(r.key)) for r in fleet.miners)
+        total = sum(counted_w(r, out.get(r.key)) for r in fleet.miners)
         excess = total - budget
         if excess <= 0:
             return out
         priority = "emergency"  # see the module docstring: a cap is not a price decision
+        for r in fleet.miners:
+            # A shed already sent stays wanted while the site is over its cap (re-sent at most
+            # once per grace, flagged if it never takes), but saves nothing until it is seen.
+            if (r.command_state in UNCONFIRMED and r.commanded_action in ("sleep", "limit")
+                    and r.key not in pinned):
+                what = (f"limit to {r.commanded_power_limit_w:.0f} W"
+                        if r.commanded_action == "limit" and r.commanded_power_limit_w
+                        else "sleep")
+                out[r.key] = layer.curtailing(
+                    f"power cap {cap.cap_w:.0f} W ({cap.source}): {what} already sent, "
+                    f"{r.command_state} (not yet seen in effect): counted at its observed "
+                    f"{layer.present_w(r):.0f} W", out.get(r.key),
+                    action="limit" if what != "sleep" else "sleep",
+                    power_limit_w=r.commanded_power_limit_w if what != "sleep" else None,
+                    priority=priority)
         scored = [(self._order(r, out.get(r.key), market), r) for r in fleet.miners
-                  if r.key not in pinned and r.state != "unreachable"]
+                  if r.key not in pinned and r.state != "unreachable"
+                  and r.command_state not in UNCONFIRMED]
         for order, r in sorted(scored, key=lambda x: x[0]):
             if excess <= 0:
                 break
