@@ -366,3 +366,51 @@ def test_every_report_carries_the_command_state() -> None:
     assert 'curtaild_site_miners{state="unreachable"} 0' in text
     assert 'curtaild_miner_command_state{miner="L",model="S19j Pro",firmware="antminer",' \
            'state="lying"} 1' in text
+
+
+# ------------------------------------------------------------------------- next tiers
+def test_next_tier_only_where_the_operator_allows_it_and_the_firmware_can() -> None:
+    from controller.guards import GuardConfig, next_tier
+
+    wm = replace(fleet3()[0], firmware="whatsminer", supports_power_limit=True)
+    stock, lux = fleet3()[0], replace(fleet3()[0], firmware="luxos")
+    none, both = GuardConfig(), GuardConfig(escalate=["limit_to_sleep", "sleep_to_reboot"])
+    assert next_tier("limit", wm, none) is None and next_tier("sleep", stock, none) is None
+    assert next_tier("limit", wm, both) == ("sleep", None)  # Whatsminer: power_off
+    assert next_tier("sleep", stock, both) == ("sleep", "reboot")  # boots into stored sleep
+    assert next_tier("sleep", lux, both) == ("sleep", "reboot")  # curtailment persists
+    # A Whatsminer wakes from a reboot (sleep is not stored): no reboot tier for it.
+    assert next_tier("sleep", wm, both) is None
+    assert next_tier("limit", replace(wm, supports_sleep=False), both) is None
+    assert next_tier("run", stock, both) is None  # a machine that will not wake: reported
+
+
+def test_a_machine_ignoring_its_limit_is_slept_once_flagged(tmp_path: Path,
+                                                            clock: Clock) -> None:
+    """Whatsminer-like: takes power targets and ignores them; sleeps when told."""
+    m = MinerReading(key="W", ip="127.160.0.7", make="WhatsMiner", model="M50",
+                     firmware="whatsminer", state="mining", hashrate_ths=114.0, power_w=3306.0,
+                     power_source="firmware", power_limit_w=3306.0, temp_c=70.0,
+                     nameplate_hashrate_ths=114.0, nameplate_power_w=3306.0,
+                     supports_power_limit=True, min_power_limit_w=1500.0,
+                     max_power_limit_w=3600.0)
+    driver = FakeDriver(m, obey=set())
+    config_grace = {"antminer": GRACE_S, "whatsminer": GRACE_S}
+    rec = reconciler(tmp_path, driver, cap_w=2500.0, escalate=["limit_to_sleep"])
+    rec.config = rec.config.model_copy(update={"guards": rec.config.guards.model_copy(
+        update={"confirm_grace_s": {**rec.config.guards.confirm_grace_s, **config_grace}})})
+    r = tick(rec, clock, 0)
+    assert [(c.action, c.tier) for c in r.commands] == [("limit", 0)]
+    for n in (1, 2, 3):
+        r = tick(rec, clock, n * (GRACE_S + 1))
+    assert r.verification["W"] == "flagged"
+    assert [(c.action, c.via, c.tier) for c in r.commands] == [("sleep", None, 1)]
+    driver.obey = {"W"}  # power_off works where the limit did not
+    driver.readings["W"] = replace(driver.readings["W"], state="sleeping", hashrate_ths=0.0,
+                                   power_w=35.0)
+    r = tick(rec, clock, 3 * (GRACE_S + 1) + 10)
+    assert r.verification["W"] == "verified"  # the next tier took: the flag is cleared
+    assert [e["action"] for e in rec.journal.events(miner="W") if e["kind"] == "verified"] \
+        == ["sleep"]
+    assert "W" in rec.journal.curtailed()  # still curtaild's: restored when the cap allows
+    assert not any(c.action == "sleep" for c in r.commands)  # never re-sent
