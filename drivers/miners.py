@@ -26,6 +26,7 @@ the sweep in progress and refuses new commands, so SIGTERM ends a tick in bounde
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -52,7 +53,7 @@ from controller.config import FleetConfig
 from controller.secret import redact
 from controller.snapshot import Command, FleetSnapshot, MinerReading, PowerSource
 from drivers import antminer_writes as amw
-from drivers import bounded
+from drivers import bounded, luxos
 from drivers import credentials as creds
 from drivers.nameplate import lookup
 
@@ -287,6 +288,12 @@ class _Tracked:
     fw_ver: str | None = None
     write_key: str | None = None
     wake_mode: int = amw.NORMAL
+    #: LuxOS (drivers/luxos.py): every profile's watts, the limit curtaild last set and the
+    #: profile that stands for it (readings report the target while that profile is active),
+    #: and the ATM switch as last read
+    preset_steps_w: tuple[float, ...] = ()
+    luxos_target: tuple[float, float] | None = None
+    atm_enabled: bool | None = None
 
 
 class MinerDriver:
@@ -298,6 +305,9 @@ class MinerDriver:
         self._tracked: dict[str, _Tracked] = {}
         #: poll errors by kind since start (timeout, refused, garbage, discovery)
         self.error_counts: dict[str, int] = {}
+        #: the operator's ATM setting of LuxOS machines curtaild limited (journal-backed once
+        #: ``attach_journal`` is called)
+        self.luxos_atm = luxos.AtmMemory()
         #: stock Antminer config writes by outcome: applied, already, not_applied,
         #: refused_read_failed, refused_no_pool (refused: nothing was posted)
         self.config_writes: dict[str, int] = {}
@@ -482,7 +492,28 @@ class MinerDriver:
         await self._check_credentials(t)
         if t.family in PRESET_FAMILIES:
             await self._read_presets(t, miner)
+        if t.family == "luxos":
+            await self._read_atm(t, miner)
         return True
+
+    def attach_journal(self, journal: luxos.MetaStore) -> None:
+        """Keep the operator's LuxOS ATM settings in the journal (survives a restart)."""
+        self.luxos_atm.attach(journal)
+
+    async def _read_atm(self, t: _Tracked, miner: Any) -> None:
+        """LuxOS: re-read the ATM switch at every discovery. On while curtaild holds a limit it
+        turned ATM off for (journaled): someone turned it back on, and the profile may drift
+        (the loop's verification re-sets it once per grace)."""
+        try:
+            t.atm_enabled = await bounded.run(lambda: luxos.atm_enabled(miner.rpc),
+                                              timeout_s=self.cfg.poll_timeout_s,
+                                              label=f"{t.ip} atm")
+        except Exception as exc:
+            log.debug("%s: ATM unread: %s", t.ip, _cut(repr(exc)))
+            return
+        if t.atm_enabled and self.luxos_atm.get(self.key_of(t)) is not None:
+            log.warning("%s: ATM is on again while curtaild holds its power limit (ATM off "
+                        "since curtaild limited it): the profile may drift", t.ip)
 
     @staticmethod
     def _setup_v3(t: _Tracked, miner: BTMinerV3) -> None:
@@ -569,6 +600,7 @@ class MinerDriver:
             return
         if watts:
             t.preset_floor_w, t.preset_ceiling_w = min(watts), max(watts)
+            t.preset_steps_w = tuple(sorted(set(watts)))
 
     async def _observe_one(self, ip: str) -> MinerReading | None:
         t = self._tracked.get(ip)
@@ -627,7 +659,14 @@ class MinerDriver:
         else:
             fields = POLL_FIELDS if t.mac or t.serial else POLL_FIELDS + IDENTITY_FIELDS
             data = PollData.of(await miner.get_data(include=fields))
-        if t.family not in NO_IS_MINING_FAMILIES and not self._hashing(t, data.hashrate):
+        if t.family == "luxos":
+            # pyasic's LuxOS is_mining is a default True: the firmware's stored curtailment
+            # says whether a machine that does not hash is asleep or booting/ramping
+            data.is_mining = None
+            if not self._hashing(t, data.hashrate):
+                mode = await luxos.curtailed(miner.rpc)
+                data.is_mining = None if mode is None else not mode
+        elif t.family not in NO_IS_MINING_FAMILIES and not self._hashing(t, data.hashrate):
             # only a machine that does not hash can be asleep: ask the firmware
             if t.family == "antminer" and t.auth_refused is None:
                 # is_mining() itself, not get_data, whose default (True) hides the None that
@@ -734,8 +773,8 @@ class MinerDriver:
         # A firmware that refuses our credentials cannot say (pyasic's is_mining() is None and
         # get_data's default is True): not hashing is then reported as asleep, with the
         # "auth" error, never as a mining machine.
-        says_asleep = (data.is_mining is False or family in NO_IS_MINING_FAMILIES
-                       or t.auth_refused is not None)
+        says_asleep = (data.is_mining is False or t.auth_refused is not None
+                       or (family in NO_IS_MINING_FAMILIES and data.is_mining is None))
         state = "sleeping" if (says_asleep and not hashing) else "mining"
         power_w, source = self._power(t, model, data.wattage, state, plate)
         temps = [
@@ -746,6 +785,12 @@ class MinerDriver:
         ]
         fans = tuple(int(f.speed) for f in data.fans if f.speed is not None)
         limit = data.wattage_limit
+        if t.luxos_target is not None and isinstance(limit, int | float):
+            # the profile pyasic picked for curtaild's target stands for that target (a
+            # ladder cannot hit it exactly); any other profile (ATM drift) is what it is
+            target_w, profile_w = t.luxos_target
+            if abs(float(limit) - profile_w) < 0.5 and profile_w <= target_w + 0.5:
+                limit = target_w  # (a target under the lowest profile is not reached)
         supports_limit = family in POWER_LIMIT_FAMILIES
         return MinerReading(
             key=self.key_of(t),
@@ -800,6 +845,55 @@ class MinerDriver:
         return 0.0, "none"
 
     # ------------------------------------------------------------------- act
+    @staticmethod
+    def _limit_watts(t: _Tracked, target_w: float) -> int:
+        """The watts sent for a target: under a preset ladder's floor the firmware refuses,
+        so its lowest profile is the closest it can get (the next tick sees the result and,
+        under a power cap, sheds more); never above what the firmware takes."""
+        watts = round(max(target_w, t.preset_floor_w or 0.0))
+        if t.preset_ceiling_w is not None:
+            watts = min(watts, math.floor(t.preset_ceiling_w))
+        return watts
+
+    def _luxos_steps(self, t: _Tracked, miner: Any, cmd: Command,
+                     steps: list[tuple[str, Callable[[], Awaitable[bool | str]]]]
+                     ) -> list[tuple[str, Callable[[], Awaitable[bool | str]]]]:
+        """A LuxOS command's steps with ATM kept out of curtaild's limits (drivers/luxos.py):
+        ATM off (the operator's setting journaled first) before a limit's profile is set, the
+        operator's setting back once the limit is released (any "run"). The profile set
+        stands for the target in later readings."""
+        key = self.key_of(t)
+        out: list[tuple[str, Callable[[], Awaitable[bool | str]]]] = []
+        for name, call in steps:
+            if name == "set_power_limit" and cmd.power_limit_w is not None:
+                if cmd.action == "limit":
+                    out.append(("atm", lambda: luxos.hold_atm(miner.rpc, key, self.luxos_atm)))
+                target_w = float(cmd.power_limit_w)
+
+                async def set_and_record(call=call, target_w=target_w) -> bool | str:
+                    ok = await call()
+                    profile_w = luxos.profile_for(self._limit_watts(t, target_w),
+                                                  t.preset_steps_w)
+                    if ok is not False and profile_w is not None:
+                        t.luxos_target = (target_w, profile_w)
+                    return ok
+
+                out.append((name, set_and_record))
+            else:
+                out.append((name, call))
+        if cmd.action == "run":
+            if cmd.power_limit_w is None:
+                t.luxos_target = None
+
+            def unknown() -> None:
+                if t.atm_enabled is False:
+                    log.info("%s: limit released; ATM stays off (curtaild did not turn it off, "
+                             "or the journal that knew is lost)", t.ip)
+
+            out.append(("atm", lambda: luxos.release_atm(miner.rpc, key, self.luxos_atm,
+                                                         on_unknown=unknown)))
+        return out
+
     async def execute(self, cmd: Command, *, observed_state: str, timeout_s: float,
                       attempts: int) -> str:
         """Send one command with jittered retries under an overall deadline.
@@ -827,10 +921,14 @@ class MinerDriver:
         started = time.monotonic()
 
         async def once() -> str:
+            created: bool | None = None
             if fresh_session:
-                # LuxOS sessions expire 60 s after last use and on reboot, but pyasic keeps its
-                # session id forever: start each attempt with a fresh logon.
-                miner.rpc.session_token = None
+                # LuxOS: one session per machine, dead a minute after its last use or when
+                # luxminer restarts, yet pyasic keeps its id forever: each attempt takes the
+                # live session or logs on; "Another session is active" fails the attempt and
+                # is retried (drivers/luxos.py)
+                created = await bounded.run(lambda: luxos.open_session(miner.rpc),
+                                            timeout_s=per_try, label=f"{cmd.ip} session")
             steps: list[tuple[str, Callable[[], Awaitable[bool | str]]]] = []
             if cmd.via == "reboot":
                 # the next tier for a machine that stored a sleep and kept hashing: its control
@@ -849,14 +947,14 @@ class MinerDriver:
                     # Under a preset ladder's floor the firmware refuses: its lowest profile
                     # is the closest it can get (the next tick sees the result and, under a
                     # power cap, sheds more).
-                    watts = round(max(cmd.power_limit_w, t.preset_floor_w or 0.0))
-                    if t.preset_ceiling_w is not None:  # never above what the firmware takes
-                        watts = min(watts, math.floor(t.preset_ceiling_w))
+                    watts = self._limit_watts(t, cmd.power_limit_w)
                     set_limit = (
                         (lambda: self._v3_power_limit(t, miner, watts))
                         if isinstance(miner, BTMinerV3) else
                         (lambda: miner.set_power_limit(watts)))
                     steps.append(("set_power_limit", set_limit))
+            if fresh_session and cmd.via != "reboot":
+                steps = self._luxos_steps(t, miner, cmd, steps)
             done = []
             try:
                 for name, call in steps:
@@ -867,6 +965,11 @@ class MinerDriver:
             finally:
                 if isinstance(miner, BTMinerV3) and miner.rpc.salt:
                     t.v3_salt = miner.rpc.salt
+                if created is not None:
+                    with contextlib.suppress(Exception):  # it expires by itself in a minute
+                        await bounded.run(lambda: luxos.close_session(miner.rpc, created),
+                                          timeout_s=min(per_try, 5.0),
+                                          label=f"{cmd.ip} logoff")
             if done and t.transition_since < started:
                 self._begin_transition(t, cmd.action)  # acknowledged: silence is expected
             return "+".join(done) or "nothing to send"

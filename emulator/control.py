@@ -35,6 +35,10 @@ from emulator.physics import FAULT_KINDS, Fault
 from emulator.server import BindError, FleetServer, HttpProtocol, MinerEndpoint, bind_listener
 
 ACTIONS = ("sleep", "wake", "reboot", "off", "on")
+#: Families whose firmware stores "asleep" across a reboot and a power cut (stock Antminer:
+#: cgminer.conf; LuxOS: "the curtailment state will persist if you restart the machine",
+#: docs.luxor.tech curtail). Whatsminer and Bitaxe: no source says so, so they wake.
+SLEEP_STORED = frozenset({"antminer", "luxos"})
 #: Largest ``huge`` reply (64 GiB): streamed lazily, so only the client's patience limits it.
 MAX_SIZE_BYTES = 64 * 1024**3
 
@@ -83,6 +87,9 @@ def miner_view(endpoint: MinerEndpoint) -> dict:
         "fault_delay_s": miner.fault.delay_s,
         "fault_size_bytes": miner.fault.size_bytes,
         "listening": endpoint.listening,
+        # up | refused | blackhole: what a client's connect meets (powered off or the first
+        # half of a control-board boot: blackhole; the second half or ``refuse``: refused)
+        "network": endpoint.network_state()[0],
         "led_on": miner.led_on,
         "pools": [p["url"] for p in miner.pools],
         "commands_received": miner.commands_received,
@@ -236,10 +243,14 @@ class ControlApi:
             miner.cut_power()
         elif action == "sleep":
             miner.sleep()
+            # at the machine's own UI: firmware that stores sleep stores it (power-cut test)
+            if endpoint.family.name in SLEEP_STORED:
+                miner.sleep_persisted = miner.fault.kind != "ignore_sleep"
         elif action == "wake":
             miner.wake()
+            miner.sleep_persisted = False
         elif action == "reboot":
-            miner.reboot()
+            miner.reboot_board()
         try:
             endpoint.sync_listening()
         except BindError as exc:

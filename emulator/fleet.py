@@ -33,6 +33,8 @@ File format::
                                # antminer.py GENERATIONS); default "2022-12"
     fast_boot = true           # optional, Whatsminer API v3 only: a power limit applies
                                # without restarting btminer ("Power Fast Boot")
+    atm = false                # optional, LuxOS only: advanced thermal management (default
+                               # true, as LuxOS ships; it moves the profile with temperature)
 
 ``--count N`` cycles through every model; every M50 in it runs API v3 firmware, and its stock
 Antminers run each firmware generation in turn (``antminer.COUNT_GENERATIONS``).
@@ -52,6 +54,8 @@ from emulator.families.antminer import (
     GENERATIONS,
     generation_named,
 )
+from emulator.families.luxos import ATM_KEY as LUXOS_ATM_KEY
+from emulator.families.luxos import RAMP_S as LUXOS_RAMP_S
 from emulator.families.whatsminer_v3 import RAMP_S as V3_RAMP_S
 from emulator.families.whatsminer_v3 import api_for_version
 from emulator.models import MODELS
@@ -61,7 +65,7 @@ DEFAULT_FIRST_IP = "127.1.0.1"
 DEFAULT_AMBIENT_C = 25.0
 TOP_KEYS = {"time_scale", "ambient_c", "miner"}
 MINER_KEYS = {"model", "ip", "firmware", "count", "fault", "delay_s", "size_bytes", "ambient_c",
-              "power_limit_w", "password", "api", "firmware_version", "fast_boot"}
+              "power_limit_w", "password", "api", "firmware_version", "fast_boot", "atm"}
 #: ``--count`` fleets: models whose machines run Whatsminer API v3 firmware.
 COUNT_V3_MODELS = {"M50"}
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
@@ -86,6 +90,7 @@ class MinerPlan:
     api: str | None = None  # Whatsminer: "v2" | "v3"; None: v2
     firmware_version: str | None = None  # None: the family's default for the API
     fast_boot: bool = False
+    atm: bool | None = None  # LuxOS: ATM on (None: the firmware default, on)
 
 
 @dataclass(slots=True)
@@ -208,7 +213,7 @@ def plan_fleet_text(text: str, first_ip: str = DEFAULT_FIRST_IP,
                 ambient_c=table.get("ambient_c"),
                 power_limit_w=table.get("power_limit_w"), password=table.get("password"),
                 api=table.get("api"), firmware_version=table.get("firmware_version"),
-                fast_boot=table.get("fast_boot", False)))
+                fast_boot=table.get("fast_boot", False), atm=table.get("atm")))
     return plan
 
 
@@ -268,6 +273,13 @@ def _table(where: str, table: dict) -> tuple[str, dict]:
         out.update(_antminer_firmware(where, table))
     else:
         out.update(_whatsminer_api(where, spec.firmware, table))
+    if "atm" in table:
+        if spec.firmware != "luxos":
+            raise FleetError(f"{where}.atm: advanced thermal management is LuxOS's; model "
+                             f"{model!r} runs {spec.firmware}")
+        if not isinstance(table["atm"], bool):
+            raise FleetError(f"{where}.atm: expected true or false, got {table['atm']!r}")
+        out["atm"] = table["atm"]
     return where, out
 
 
@@ -373,6 +385,10 @@ def build_miners(plan: FleetPlan, time_scale: float,
             miner.fast_boot = p.fast_boot
             if miner.api == "v3":
                 miner.ramp_s = V3_RAMP_S
+        if miner.spec.firmware == "luxos":
+            miner.ramp_s = LUXOS_RAMP_S  # a wakeup ramps the boards like a boot
+            if p.atm is not None:
+                miner.firmware_state[LUXOS_ATM_KEY] = p.atm
         if p.power_limit_w is not None:
             miner.actor = "fleet-file"
             miner.set_power_limit(p.power_limit_w)

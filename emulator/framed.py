@@ -117,3 +117,4 @@ class FramedProtocol(asyncio.Protocol):
                 self._next()
 
         _deliver(endpoint.loop, endpoint.fault(), transport, render, send, self, http=False)
+        endpoint.after_request()  # a reboot command silences the control board

@@ -52,10 +52,12 @@ MODELS: dict[str, ModelSpec] = {
                   chips_per_chain=148, fans=2, boot_s=120.0),
     "M50": _spec("WhatsMiner", "M50", "whatsminer", 114.0, 3306.0, 35.0, 1500.0, 3600.0,
                  chips_per_chain=105, fans=2, boot_s=120.0),
-    # Luxor LuxOS on Antminer hardware (profiles, curtail sleep/wakeup, power targets).
-    "S19 XP": _spec("AntMiner", "S19 XP", "luxos", 141.0, 3010.0, 40.0, 1200.0, 3600.0,
+    # Luxor LuxOS on Antminer hardware (profiles, curtail sleep/wakeup, power targets). The
+    # power range is the ends of the 25-step profile ladder (the captured S19k Pro ladder,
+    # 784-4195 W at 2794 W, scaled to the nameplate: emulator/families/luxos.py).
+    "S19 XP": _spec("AntMiner", "S19 XP", "luxos", 141.0, 3010.0, 40.0, 845.0, 4519.0,
                     chips_per_chain=110, boot_s=60.0),
-    "S19j Pro LuxOS": _spec("AntMiner", "S19j Pro", "luxos", 104.0, 3068.0, 40.0, 1200.0, 3400.0,
+    "S19j Pro LuxOS": _spec("AntMiner", "S19j Pro", "luxos", 104.0, 3068.0, 40.0, 861.0, 4606.0,
                             chips_per_chain=126, boot_s=60.0),
     # Bitaxe (AxeOS/ESP-Miner HTTP API): a hobby miner that cannot be curtailed remotely
     # through pyasic, present in real fleets and a test of "cannot command" handling.

@@ -133,6 +133,10 @@ class EmulatedMiner:
     #: The firmware stored "asleep" in its own config (stock Antminer ``cgminer.conf``): after
     #: a power cut the machine boots back asleep, as real firmware does.
     sleep_persisted: bool = False
+    #: Clock time the control board answers again after a board reboot or a power cut (0: it
+    #: runs). Only ``reboot_board()`` and ``restore_power()`` set it: ``reboot()`` alone is
+    #: also how families model a miner-process restart with its own, shorter silence.
+    board_down_until: float = 0.0
     _boot_done_at: float = 0.0
     _next_state: str = "mining"
     _booted_at: float = 0.0
@@ -168,6 +172,12 @@ class EmulatedMiner:
         if self.password is not None:
             return self.password
         return FACTORY_PASSWORDS.get(self.spec.firmware)
+
+    @property
+    def board_up_at(self) -> float:
+        """Clock time the running boot finished (or finishes): changes with every reboot and
+        power cycle, so firmware state tied to one boot (a LuxOS session) can tell."""
+        return self._booted_at
 
     # ----------------------------------------------------------------- state changes
     def _settle(self) -> None:
@@ -259,7 +269,16 @@ class EmulatedMiner:
         if self.state != "off":
             return False
         self._booted_at = self.clock() + self.spec.boot_s * self.time_scale
+        self.board_down_until = self._booted_at
         self._begin_boot("sleeping" if self._wakes_asleep() else "mining")
+        return True
+
+    def reboot_board(self) -> bool:
+        """The control board itself reboots (a reboot command, a watchdog): as ``reboot()``,
+        and nothing on the machine answers until it has booted (emulator/server.py)."""
+        if not self.reboot():
+            return False
+        self.board_down_until = self._booted_at
         return True
 
     def _wakes_asleep(self) -> bool:

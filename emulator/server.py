@@ -34,8 +34,15 @@ Replies that are streamed (``endless``, ``huge``, ``drip``) are generated lazily
 only as fast as the client drains them (``pause_writing``/``resume_writing``), so a hostile
 miner costs the emulator a few kilobytes per connection, not the reply's size.
 
-A powered-off machine (state ``off``) does not listen either: on loopback that is the closest
-we get to an unplugged host (a real LAN would give EHOSTUNREACH or a connect timeout).
+Off the network and rebooting (every family; firmware-behaviour.md "Every family"): a host
+whose mains power is cut is *blackholed*: its addresses hold a listening socket with a zero
+backlog that is never accepted, so the kernel drops every SYN past the first and a client's
+connect times out, as on a real LAN where a dead host answers nothing (``refuse`` is the other
+silence: the host is up and nothing listens). A control board that reboots (a reboot command,
+the ``silent_reboot`` fault, power coming back) is silent for its boot time: blackholed for the
+first half (the NIC is down), refused for the second (the host is up, the miner daemon not yet).
+``EmulatedMiner.board_down_until`` says when: ``reboot_board()`` and ``restore_power()`` set it
+(the stock Antminer family also drops connections during its own reboots).
 """
 
 from __future__ import annotations
@@ -70,6 +77,10 @@ STREAM_BURST = 16
 #: from the first bytes that the rest is filler.
 HOSTILE_PREFIX = b'{"STATUS":[{"STATUS":"S","When":0,"Code":11,"Msg":"'
 HOSTILE_SUFFIX = b'","Description":"emulator"}],"id":1}'
+
+#: Families that apply the ``silent_reboot`` fault themselves (the stock Antminer reboots its
+#: board and drops connections while it is down: emulator/families/antminer.py), not here.
+OWN_REBOOT_FAMILIES = frozenset({"antminer"})
 
 REASONS = {
     200: "OK", 204: "No Content", 302: "Found", 400: "Bad Request", 401: "Unauthorized",
@@ -415,6 +426,7 @@ class RpcProtocol(asyncio.Protocol):
             transport.close()
 
         _deliver(endpoint.loop, endpoint.fault(), transport, render, send, self, http=False)
+        endpoint.after_request()
 
 
 class _BadRequest(Exception):
@@ -569,6 +581,8 @@ class HttpProtocol(asyncio.Protocol):
 
         loop = asyncio.get_running_loop()
         _deliver(loop, site.fault(), transport, render, send, self, http=True)
+        if isinstance(site, MinerEndpoint):
+            site.after_request()
 
 
 # ------------------------------------------------------------------------ the fleet
@@ -580,7 +594,8 @@ class MinerEndpoint:
     ``asyncio.Server`` objects. ``generation`` makes a stop that races a pending start win.
     """
 
-    __slots__ = ("family", "generation", "loop", "miner", "pending", "servers")
+    __slots__ = ("blackholes", "family", "generation", "loop", "miner", "pending", "resync",
+                 "servers")
 
     def __init__(self, miner: EmulatedMiner, family: Family,
                  loop: asyncio.AbstractEventLoop) -> None:
@@ -590,6 +605,9 @@ class MinerEndpoint:
         self.servers: list[asyncio.Server] = []
         self.pending: list[tuple[socket.socket, str]] = []  # bound, not yet served
         self.generation = 0
+        #: listening sockets never accepted (zero backlog): connects time out
+        self.blackholes: list[socket.socket] = []
+        self.resync: asyncio.TimerHandle | None = None  # the next timed network change
 
     @property
     def ip(self) -> str:
@@ -615,12 +633,40 @@ class MinerEndpoint:
             out.append((self.family.http_port, "http"))
         return out
 
+    def silent_reboot(self) -> None:
+        """The ``silent_reboot`` fault: the control board reboots unasked (once per fault
+        set), silent for its boot time. Families in OWN_REBOOT_FAMILIES apply it themselves."""
+        if self.family.name in OWN_REBOOT_FAMILIES:
+            return
+        actor, self.miner.actor = self.miner.actor, "firmware"
+        try:
+            self.miner.reboot_board()
+        finally:
+            self.miner.actor = actor
+
     @property
     def listening(self) -> bool:
         return bool(self.servers or self.pending)
 
+    def network_state(self) -> tuple[str, float | None]:
+        """("up" | "refused" | "blackhole", clock time it next changes by itself or None).
+
+        Powered off: blackholed (off the network). A control board booting after a reboot or
+        a power cut: blackholed for the first half of its boot, refused for the second. The
+        ``refuse`` fault: refused."""
+        miner = self.miner
+        if miner.state == "off":
+            return "blackhole", None
+        now, up_at = miner.clock(), miner.board_down_until
+        if now < up_at:
+            half = up_at - miner.spec.boot_s * miner.time_scale / 2.0
+            return ("blackhole", half) if now < half else ("refused", up_at)
+        if miner.fault.kind == "refuse":
+            return "refused", None
+        return "up", None
+
     def should_listen(self) -> bool:
-        return self.miner.fault.kind != "refuse" and self.miner.state != "off"
+        return self.network_state()[0] == "up"
 
     def bind(self) -> None:
         """Bind every port now (all or none); ``serve()`` starts accepting on them."""
@@ -662,14 +708,57 @@ class MinerEndpoint:
             sock.close()
         self.pending = []
 
+    def bind_blackholes(self) -> None:
+        """Every port held by a socket that listens with a zero backlog and is never
+        accepted: the first connect completes and hangs, every later one times out."""
+        socks: list[socket.socket] = []
+        try:
+            for port, _ in self.ports:
+                socks.append(bind_listener(self.ip, port, backlog=0))
+        except BindError:
+            for sock in socks:
+                sock.close()
+            raise
+        self.blackholes.extend(socks)
+
+    def close_blackholes(self) -> None:
+        for sock in self.blackholes:
+            sock.close()
+        self.blackholes = []
+
     def sync_listening(self) -> None:
-        """Listen or not according to fault and power state (after run-time changes)."""
-        if self.should_listen() and not self.listening:
+        """Listen, refuse or blackhole according to fault, power and boot state (after
+        run-time changes, after each request, and when a boot phase ends)."""
+        state, until = self.network_state()
+        if state != "up" and self.listening:
+            self.stop_listening()
+        if state != "blackhole" and self.blackholes:
+            self.close_blackholes()
+        if state == "up" and not self.listening:
             self.bind()
             task = self.loop.create_task(self.serve())
             task.add_done_callback(_log_task_error)
-        elif not self.should_listen() and self.listening:
-            self.stop_listening()
+        elif state == "blackhole" and not self.blackholes:
+            self.bind_blackholes()
+        if self.resync is not None:
+            self.resync.cancel()
+            self.resync = None
+        if until is not None:
+            delay = max(0.0, until - self.miner.clock()) + 0.001
+            self.resync = self.loop.call_later(delay, self._resync)
+
+    def _resync(self) -> None:
+        self.resync = None
+        try:
+            self.sync_listening()
+        except BindError as exc:
+            log.error("%s: %s", self.ip, exc)
+
+    def after_request(self) -> None:
+        """A request may have rebooted the control board (a reboot command): go silent now
+        (the reply already written still leaves on its open connection)."""
+        if self.network_state()[0] != "up":
+            self._resync()
 
 
 def _log_task_error(task: asyncio.Task) -> None:
@@ -694,9 +783,13 @@ class FleetServer:
         """Bind every listener; on the first failure close what was bound and raise BindError."""
         try:
             for endpoint in self.endpoints.values():
+                if endpoint.miner.fault.kind == "silent_reboot":
+                    endpoint.silent_reboot()
                 if endpoint.should_listen():
                     endpoint.bind()
                     await endpoint.serve()
+                else:
+                    endpoint.sync_listening()  # blackholed or refused (and when it ends)
         except BindError:
             await self.close()
             raise
@@ -717,6 +810,8 @@ class FleetServer:
         if size_bytes is not None:
             fault.size_bytes = int(size_bytes)
         endpoint.miner.fault = fault
+        if kind == "silent_reboot":
+            endpoint.silent_reboot()
         endpoint.sync_listening()
 
     def sync_listening(self, ip: str) -> None:
@@ -726,4 +821,7 @@ class FleetServer:
         """Stop every listener. Open connections (e.g. hung ones) die with the process."""
         for endpoint in self.endpoints.values():
             endpoint.stop_listening()
+            endpoint.close_blackholes()
+            if endpoint.resync is not None:
+                endpoint.resync.cancel()
         await asyncio.sleep(0)

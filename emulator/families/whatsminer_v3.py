@@ -381,7 +381,8 @@ class BtminerFamily(WhatsminerFamily):
         if cmd == "set.miner.power_limit":
             return self._v3_power_limit(miner, param)
         if cmd == "set.system.reboot":
-            return _reply(0, "ok", cmd) if miner.reboot() else _reply(-1, "reboot failed", cmd)
+            ok = miner.reboot_board()  # the control board: silent for its boot time
+            return _reply(0, "ok", cmd) if ok else _reply(-1, "reboot failed", cmd)
         if cmd == "set.system.led":
             miner.led_on = param != "auto"
             return _reply(0, "ok", cmd)

@@ -74,10 +74,13 @@ async def test_readings_match_the_truth(emu: EmulatorProcess) -> None:
         assert got[ip].power_w == pytest.approx(truth[ip]["power_w"], rel=0.1), ip
     assert not got[S19].supports_power_limit and not got[AXE].supports_sleep
     assert got[M30S].supports_power_limit and got[LUX].supports_power_limit
-    # LuxOS power targets are its profile ladder: the floor is its lowest profile, not the
-    # model table's 1200 W (a target under it is refused by the firmware).
-    assert got[LUX].min_power_limit_w == 1227.0
-    assert got[XP].min_power_limit_w == 1203.0
+    # LuxOS power targets are its profile ladder: the floor is the higher of its lowest
+    # profile and the model table's 1200 W (the full 25-step ladder reaches lower: 861 W on
+    # the S19j Pro, 845 W on the S19 XP), the ceiling the lower of the top profile and the
+    # table's.
+    assert got[LUX].min_power_limit_w == 1200.0
+    assert got[XP].min_power_limit_w == 1200.0
+    assert got[LUX].max_power_limit_w == 3400.0 and got[XP].max_power_limit_w == 3600.0
     assert got[M30S].min_power_limit_w == 1500.0
 
 
@@ -102,12 +105,12 @@ async def test_luxos_target_under_its_lowest_profile_takes_the_lowest(
         emu: EmulatorProcess) -> None:
     d = driver()
     await d.observe()
-    out = await d.execute(cmd(LUX, "limit", 1000.0), observed_state="mining", timeout_s=20,
+    out = await d.execute(cmd(LUX, "limit", 800.0), observed_state="mining", timeout_s=20,
                           attempts=2)
     assert "set_power_limit" in out
-    assert emu.miner(LUX)["power_limit_w"] == 1227.0
+    assert emu.miner(LUX)["power_limit_w"] == 861.0  # 145MHz, the lowest of 25 profiles
     r = {m.ip: m for m in (await d.observe()).miners}[LUX]
-    assert r.power_limit_w == pytest.approx(1227.0, abs=30)
+    assert r.power_limit_w == pytest.approx(861.0, abs=30)
     await d.execute(cmd(M30S, "limit", 2000.0), observed_state="mining", timeout_s=20, attempts=2)
     assert emu.miner(M30S)["power_limit_w"] == 2000.0
     # A target a firmware cannot take at all is a clear failure, not a silent success.

@@ -94,8 +94,12 @@ async def test_curtail_sleep_and_wakeup(emu) -> None:
     assert t["state"] == "sleeping" and t["hashrate_ths"] == 0.0 and t["power_w"] < 100
     assert float((await client.get_data()).hashrate) == 0.0
     assert await client.resume_mining() is True
-    t = await wait_state(emu, XP[2], "mining")
-    assert close(t["hashrate_ths"], t["nameplate_hashrate_ths"], 0.05)
+    await wait_state(emu, XP[2], "mining")
+    # the wakeup ramps the boards like a boot (RAMP_S, scaled), then full hashrate
+    t = await asyncio.to_thread(emu.wait_view, XP[2], "at nameplate hashrate",
+                                lambda m: close(m["hashrate_ths"], m["nameplate_hashrate_ths"],
+                                                0.05), 20.0)
+    assert t["state"] == "mining"
 
 
 async def test_power_limit_picks_profile(emu) -> None:

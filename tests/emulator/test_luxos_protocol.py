@@ -76,7 +76,7 @@ async def test_get_data_reports_physical_truth(served) -> None:
     assert close(float(data.hashrate), truth.hashrate_ths, 0.06)
     assert close(data.wattage, truth.power_w, 0.03)
     assert data.wattage_limit == round(miner.spec.power_w)  # the "default" profile
-    assert data.fw_ver == "2024.5.1.160616" and data.api_ver == "3.7"
+    assert data.fw_ver == "2025.4.8.220305" and data.api_ver == "3.7"  # the captured firmware
     assert data.uptime is not None and close(data.uptime, truth.uptime_s, 0.01)
     assert data.fault_light is False
     assert data.expected_hashrate is not None
@@ -99,7 +99,8 @@ async def test_curtail_sleep_and_wakeup_change_physics(served) -> None:
     assert miner.read().state == "sleeping"
     data = await client.get_data()
     assert float(data.hashrate) == 0.0
-    assert close(data.wattage, miner.spec.idle_power_w, 0.1)
+    # LuxOS estimates the hash boards' power from the profile (PSU false): 0 with them off
+    assert data.wattage == 0
 
     assert await client.resume_mining() is True
     assert miner.read().state == "booting"
