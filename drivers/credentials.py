@@ -38,6 +38,9 @@ from controller.secret import read_secret
 Verdict = Literal["accepted", "refused", "unknown"]
 #: Whatsminer API codes that are not about the password (so never reported as ``auth``).
 NOT_AUTH_CODES = {136}  # "token over max times": the 32-tokens-per-30-min limit
+#: What Whatsminer API v2 firmware answers (in clear) to every write while its "Miner API
+#: Switch" is off (pyasic's send_privileged_command tests for this very text).
+WRITE_API_DISABLED = "can't access write cmd"
 #: CGI every stock Antminer generation serves behind digest auth (pyasic reads it for the MAC).
 ANTMINER_PROBE_CGI = "get_system_info"
 
@@ -239,6 +242,11 @@ async def _probe_btminer(rpc: Any, timeout_s: float, trusted: bool) -> tuple[Ver
             return "unknown", "API answered without a status"
         if code in NOT_AUTH_CODES:
             return "unknown", f"API: {msg or code}"
+        if msg == WRITE_API_DISABLED:
+            # The firmware refused before reading the request: no password can help.
+            return "refused", ("write API disabled on the miner (enable it in WhatsMinerTool: "
+                               "Remote Ctrl -> Miner API Switch, and change the admin "
+                               "password)")
         if trusted and attempt == 0:
             rpc.token = None  # maybe a token the firmware forgot: one fresh one
             continue

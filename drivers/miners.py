@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import math
 import time
@@ -77,6 +78,9 @@ POWER_LIMIT_FAMILIES = {"whatsminer", "luxos", "braiins", "vnish", "epic"}
 NO_IS_MINING_FAMILIES = {"luxos"}
 #: firmware whose power target is a choice among presets (profiles) rather than any wattage
 PRESET_FAMILIES = {"luxos"}
+#: Whatsminer firmware power below this share of nameplate while its one-minute hashrate
+#: average still shows hashing: a machine that has just stopped (``_lagging_tail``).
+LAGGING_TAIL_POWER_FRACTION = 0.15
 #: Families pyasic cannot stop (hobby miners with no sleep command).
 NO_SLEEP_FAMILIES = {"bitaxe"}
 
@@ -193,6 +197,14 @@ def v3_btminer_down(reply: Any) -> bool:
     return isinstance(reply, dict) and V3_DOWN in str(reply.get("msg", ""))
 
 
+def v2_btminer_stopped(status: Any) -> bool:
+    """Legacy (pre-2023) Whatsminer firmware's ``status``: btminer is not running. Its API
+    daemon then answers every read it forwards to btminer (summary, devs, pools) with "Socket
+    connect failed: Connection refused", so ``get_data`` has no hashrate at all."""
+    msg = status.get("Msg") if isinstance(status, dict) else None
+    return isinstance(msg, dict) and str(msg.get("btmineroff", "")).lower() == "true"
+
+
 async def poll_whatsminer_v3(miner: BTMinerV3, *, identity: bool) -> PollData:
     """A Whatsminer on API v3, parsed by pyasic's own BTMinerV3 parsers.
 
@@ -270,6 +282,9 @@ class _Tracked:
     #: Whatsminer API v3: the salt the firmware handed out (a token: 32 per client IP per 30
     #: minutes), carried over to the object of the next discovery instead of asking again
     v3_salt: str | None = None
+    #: Whatsminer API v2: the token pyasic holds (get_token: 32 per client IP per 30 min), with
+    #: a digest of the password it was made from, carried over to a re-discovered object
+    v2_token: tuple[str, Any] | None = field(default=None, repr=False)
     auth_recheck: bool = False  # credentials changed: check before the next poll
     #: why the firmware refused our credentials (drivers/credentials.py), None when it took
     #: them or could not tell; such a miner reads as error kind "auth" and is not commanded
@@ -294,6 +309,32 @@ class _Tracked:
     preset_steps_w: tuple[float, ...] = ()
     luxos_target: tuple[float, float] | None = None
     atm_enabled: bool | None = None
+
+
+def _pwd_digest(rpc: Any) -> str:
+    """Which password a v2 token was made from, without keeping the password itself."""
+    return hashlib.sha256(str(getattr(rpc, "pwd", "")).encode()).hexdigest()
+
+
+def _v2_token_keep(t: _Tracked, miner: Any) -> None:
+    """Remember the v2 token pyasic holds (see ``_Tracked.v2_token``)."""
+    rpc = getattr(miner, "rpc", None)
+    token = getattr(rpc, "token", None) if t.family == "whatsminer" else None
+    if token is not None and not isinstance(miner, BTMinerV3):
+        t.v2_token = (_pwd_digest(rpc), token)
+
+
+def _v2_token_reuse(t: _Tracked, miner: Any) -> None:
+    """Give a re-discovered Whatsminer v2 object the token of the last one, if it was made
+    from the same password: a new pyasic object would otherwise fetch one (the firmware
+    allows 32 per client IP per 30 minutes; pyasic keeps one for 30 minutes)."""
+    rpc = getattr(miner, "rpc", None)
+    if (t.v2_token is None or isinstance(miner, BTMinerV3) or rpc is None
+            or not hasattr(rpc, "token") or rpc.token is not None):
+        return
+    digest, token = t.v2_token
+    if digest == _pwd_digest(rpc):
+        rpc.token = token
 
 
 class MinerDriver:
@@ -457,6 +498,7 @@ class MinerDriver:
         elif verdict == "accepted" and t.auth_refused is not None:
             log.info("%s: %s firmware accepts the credentials again", t.ip, t.family)
             t.auth_refused = None
+        _v2_token_keep(t, miner)  # the probe may have fetched one
         return t.auth_refused
 
     async def _discover(self, t: _Tracked) -> bool:
@@ -488,7 +530,10 @@ class MinerDriver:
         t.failures = 0
         if isinstance(miner, BTMinerV3):
             self._setup_v3(t, miner)  # before credentials: it sets the default they restore
+        elif t.family == "whatsminer" and t.plate is not None:
+            t.preset_ceiling_w = t.plate.power_w  # API v2 refuses a limit above nameplate too
         self._apply_credentials(t)
+        _v2_token_reuse(t, miner)
         await self._check_credentials(t)
         if t.family in PRESET_FAMILIES:
             await self._read_presets(t, miner)
@@ -659,6 +704,12 @@ class MinerDriver:
         else:
             fields = POLL_FIELDS if t.mac or t.serial else POLL_FIELDS + IDENTITY_FIELDS
             data = PollData.of(await miner.get_data(include=fields))
+        if data.hashrate is None and t.family == "whatsminer":
+            # Legacy Whatsminer firmware stops btminer on power_off: its reads fail and only
+            # the API daemon's status answers. Asleep (and still ours), not unreachable.
+            if v2_btminer_stopped(await miner.rpc.status()):
+                data.hashrate, data.is_mining = 0.0, False
+                return data
         if t.family == "luxos":
             # pyasic's LuxOS is_mining is a default True: the firmware's stored curtailment
             # says whether a machine that does not hash is asleep or booting/ramping
@@ -666,7 +717,8 @@ class MinerDriver:
             if not self._hashing(t, data.hashrate):
                 mode = await luxos.curtailed(miner.rpc)
                 data.is_mining = None if mode is None else not mode
-        elif t.family not in NO_IS_MINING_FAMILIES and not self._hashing(t, data.hashrate):
+        elif t.family not in NO_IS_MINING_FAMILIES and (
+                not self._hashing(t, data.hashrate) or self._lagging_tail(t, data)):
             # only a machine that does not hash can be asleep: ask the firmware
             if t.family == "antminer" and t.auth_refused is None:
                 # is_mining() itself, not get_data, whose default (True) hides the None that
@@ -674,9 +726,26 @@ class MinerDriver:
                 data.is_mining = await miner.is_mining()
                 if data.is_mining is None:
                     await self._check_credentials(t)
+            elif t.family == "whatsminer":
+                # is_mining() reads ``status`` itself: get_data(include=[IS_MINING]) sends it
+                # beside an empty joined command, which btminer refuses, and pyasic 0.79
+                # (BTMinerRPCAPI.multicommand) then parses nothing as "not mining" -- a
+                # Whatsminer starting its ramp read as asleep
+                data.is_mining = await miner.is_mining()
             else:
                 data.is_mining = (await miner.get_data(include=IS_MINING_FIELDS)).is_mining
         return data
+
+    @staticmethod
+    def _lagging_tail(t: _Tracked, data: PollData) -> bool:
+        """A Whatsminer's hashrate is its ``MHS 1m``: for up to a minute after a sleep it
+        still reports most of it while the machine draws idle power. Firmware power under
+        ``LAGGING_TAIL_POWER_FRACTION`` of nameplate cannot hash; whether the firmware says
+        mining is off decides (a machine that says off and draws full power is mining)."""
+        watts = data.wattage
+        return (t.family == "whatsminer" and t.plate is not None
+                and isinstance(watts, int | float) and not isinstance(watts, bool)
+                and 0 <= watts < LAGGING_TAIL_POWER_FRACTION * t.plate.power_w)
 
     @staticmethod
     def _hashing(t: _Tracked, hashrate: Any) -> bool:
@@ -770,6 +839,8 @@ class MinerDriver:
         # is mining (it burns power), and where is_mining has no source, no hashing = asleep.
         # (_poll asks for is_mining only when not hashing, the only case where it matters.)
         hashing = self._hashing(t, hashrate_ths)
+        if hashing and data.is_mining is False and self._lagging_tail(t, data):
+            hashing, hashrate_ths = False, 0.0  # the minute's average of a stopped machine
         # A firmware that refuses our credentials cannot say (pyasic's is_mining() is None and
         # get_data's default is True): not hashing is then reported as asleep, with the
         # "auth" error, never as a mining machine.
@@ -965,6 +1036,7 @@ class MinerDriver:
             finally:
                 if isinstance(miner, BTMinerV3) and miner.rpc.salt:
                     t.v3_salt = miner.rpc.salt
+                _v2_token_keep(t, miner)
                 if created is not None:
                     with contextlib.suppress(Exception):  # it expires by itself in a minute
                         await bounded.run(lambda: luxos.close_session(miner.rpc, created),

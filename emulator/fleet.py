@@ -30,9 +30,15 @@ File format::
                                # (pyasic speaks v3 to firmware dated after 2024-11);
                                # stock Antminer: a generation ("2022-12", "2025-02",
                                # "2025-10") or a version it reports (emulator/families/
-                               # antminer.py GENERATIONS); default "2022-12"
-    fast_boot = true           # optional, Whatsminer API v3 only: a power limit applies
-                               # without restarting btminer ("Power Fast Boot")
+                               # antminer.py GENERATIONS); default "2022-12";
+                               # Whatsminer v2 dated before 2023: the legacy API daemon;
+                               # Bitaxe: an AxeOS version ("v2.4.5" default, "v2.14.0")
+    fast_boot = true           # optional, Whatsminer: a power limit applies without
+                               # restarting btminer (v2 "btminer fast boot", v3 "Power Fast
+                               # Boot"); default false
+    write_api = false          # optional, Whatsminer API v2: the WhatsMinerTool "Miner API
+                               # Switch"; false: every write answers "can't access write cmd"
+                               # (a factory unit); default true
     atm = false                # optional, LuxOS only: advanced thermal management (default
                                # true, as LuxOS ships; it moves the profile with temperature)
 
@@ -54,8 +60,11 @@ from emulator.families.antminer import (
     GENERATIONS,
     generation_named,
 )
+from emulator.families.bitaxe import DEFAULT_VERSION as BITAXE_DEFAULT_VERSION
+from emulator.families.bitaxe import axeos_version
 from emulator.families.luxos import ATM_KEY as LUXOS_ATM_KEY
 from emulator.families.luxos import RAMP_S as LUXOS_RAMP_S
+from emulator.families.whatsminer import WRITE_API_KEY as WHATSMINER_WRITE_API_KEY
 from emulator.families.whatsminer_v3 import RAMP_S as V3_RAMP_S
 from emulator.families.whatsminer_v3 import api_for_version
 from emulator.models import MODELS
@@ -65,7 +74,8 @@ DEFAULT_FIRST_IP = "127.1.0.1"
 DEFAULT_AMBIENT_C = 25.0
 TOP_KEYS = {"time_scale", "ambient_c", "miner"}
 MINER_KEYS = {"model", "ip", "firmware", "count", "fault", "delay_s", "size_bytes", "ambient_c",
-              "power_limit_w", "password", "api", "firmware_version", "fast_boot", "atm"}
+              "power_limit_w", "password", "api", "firmware_version", "fast_boot", "atm",
+              "write_api"}
 #: ``--count`` fleets: models whose machines run Whatsminer API v3 firmware.
 COUNT_V3_MODELS = {"M50"}
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
@@ -90,6 +100,7 @@ class MinerPlan:
     api: str | None = None  # Whatsminer: "v2" | "v3"; None: v2
     firmware_version: str | None = None  # None: the family's default for the API
     fast_boot: bool = False
+    write_api: bool | None = None  # Whatsminer v2: the API switch (None: on)
     atm: bool | None = None  # LuxOS: ATM on (None: the firmware default, on)
 
 
@@ -213,7 +224,8 @@ def plan_fleet_text(text: str, first_ip: str = DEFAULT_FIRST_IP,
                 ambient_c=table.get("ambient_c"),
                 power_limit_w=table.get("power_limit_w"), password=table.get("password"),
                 api=table.get("api"), firmware_version=table.get("firmware_version"),
-                fast_boot=table.get("fast_boot", False), atm=table.get("atm")))
+                fast_boot=table.get("fast_boot", False), atm=table.get("atm"),
+                write_api=table.get("write_api")))
     return plan
 
 
@@ -272,7 +284,11 @@ def _table(where: str, table: dict) -> tuple[str, dict]:
     if spec.firmware == "antminer":
         out.update(_antminer_firmware(where, table))
     else:
-        out.update(_whatsminer_api(where, spec.firmware, table))
+        rest = table
+        if spec.firmware == "bitaxe" and "firmware_version" in table:
+            out["firmware_version"] = _bitaxe_firmware(where, table["firmware_version"])
+            rest = {k: v for k, v in table.items() if k != "firmware_version"}
+        out.update(_whatsminer_api(where, spec.firmware, rest))
     if "atm" in table:
         if spec.firmware != "luxos":
             raise FleetError(f"{where}.atm: advanced thermal management is LuxOS's; model "
@@ -286,7 +302,7 @@ def _table(where: str, table: dict) -> tuple[str, dict]:
 def _antminer_firmware(where: str, table: dict) -> dict:
     """A stock Antminer's ``firmware_version``: one of the emulated generations, which differ
     in the config key they obey and in whether they lie (emulator/families/antminer.py)."""
-    for key in ("api", "fast_boot"):
+    for key in ("api", "fast_boot", "write_api"):
         if key in table:
             raise FleetError(f"{where}.{key}: only emulated for Whatsminer firmware, not "
                              "antminer")
@@ -303,7 +319,7 @@ def _whatsminer_api(where: str, firmware: str, table: dict) -> dict:
     """``api``, ``firmware_version`` and ``fast_boot``, coherent with each other: pyasic picks
     its Whatsminer backend from the firmware date, so a v3 machine must report a date after
     2024-11 and a v2 machine one before."""
-    keys = [k for k in ("api", "firmware_version", "fast_boot") if k in table]
+    keys = [k for k in ("api", "firmware_version", "fast_boot", "write_api") if k in table]
     if not keys:
         return {}
     if firmware != "whatsminer":
@@ -331,11 +347,26 @@ def _whatsminer_api(where: str, firmware: str, table: dict) -> dict:
         if not isinstance(table["fast_boot"], bool):
             raise FleetError(f"{where}.fast_boot: expected true or false, got "
                              f"{table['fast_boot']!r}")
-        if api != "v3":
-            raise FleetError(f"{where}.fast_boot: \"Power Fast Boot\" is a 2025 firmware "
-                             "feature; set api = \"v3\"")
         out["fast_boot"] = table["fast_boot"]
+    if "write_api" in table:
+        if not isinstance(table["write_api"], bool):
+            raise FleetError(f"{where}.write_api: expected true or false, got "
+                             f"{table['write_api']!r}")
+        if api == "v3":
+            raise FleetError(f"{where}.write_api: the API switch is emulated for API v2 "
+                             "firmware only")
+        out["write_api"] = table["write_api"]
     return out
+
+
+def _bitaxe_firmware(where: str, value: object) -> str:
+    """An AxeOS version ("v2.4.5", "v2.14.0-3-gabc"): which endpoints and reply shape the
+    Bitaxe serves (emulator/families/bitaxe.py)."""
+    parsed = axeos_version(value) if isinstance(value, str) else None
+    if parsed is None or parsed[0] != 2 or parsed[1] < 4:
+        raise FleetError(f"{where}.firmware_version: expected an AxeOS 2.x version from "
+                         f"v2.4.0 on, such as \"v2.4.5\" or \"v2.14.0\", got {value!r}")
+    return str(value)
 
 
 def _password(where: str, firmware: str, value: object) -> str:
@@ -383,8 +414,12 @@ def build_miners(plan: FleetPlan, time_scale: float,
             miner.api = p.api or "v2"
             miner.firmware_version = p.firmware_version
             miner.fast_boot = p.fast_boot
-            if miner.api == "v3":
-                miner.ramp_s = V3_RAMP_S
+            # every Whatsminer ramps to full hashrate over minutes after power_on
+            miner.ramp_s = V3_RAMP_S
+            if p.write_api is not None:
+                miner.firmware_state[WHATSMINER_WRITE_API_KEY] = p.write_api
+        if miner.spec.firmware == "bitaxe":
+            miner.firmware_version = p.firmware_version or BITAXE_DEFAULT_VERSION
         if miner.spec.firmware == "luxos":
             miner.ramp_s = LUXOS_RAMP_S  # a wakeup ramps the boards like a boot
             if p.atm is not None:

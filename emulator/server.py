@@ -366,7 +366,7 @@ def _deliver(loop: asyncio.AbstractEventLoop, fault: Fault | None,
 class RpcProtocol(asyncio.Protocol):
     """cgminer-style API: one JSON request per connection; reply, then close (EOF ends it)."""
 
-    __slots__ = ("buf", "done", "endpoint", "streamer", "transport")
+    __slots__ = ("buf", "done", "endpoint", "peer", "streamer", "transport")
 
     def __init__(self, endpoint: MinerEndpoint) -> None:
         self.endpoint = endpoint
@@ -374,9 +374,12 @@ class RpcProtocol(asyncio.Protocol):
         self.buf = bytearray()
         self.done = False
         self.streamer: Streamer | None = None
+        self.peer = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else ""
         if accept_hostile(self.endpoint.fault(), transport, self, http=False):
             self.done = True  # requests on this connection are never answered
 
@@ -414,8 +417,13 @@ class RpcProtocol(asyncio.Protocol):
         endpoint = self.endpoint
         endpoint.miner.commands_received += 1
 
+        peer = self.peer
+
         def render() -> bytes:
             try:
+                if getattr(endpoint.family, "rpc_client_ip", False):
+                    # a firmware that counts per client (Whatsminer tokens per IP)
+                    return endpoint.family.handle_rpc(endpoint.miner, request, peer)
                 return endpoint.family.handle_rpc(endpoint.miner, request)
             except Exception:
                 log.exception("%s: RPC handler failed for %r", endpoint.ip, request[:200])

@@ -49,6 +49,7 @@ from typing import Any
 
 from emulator.families.whatsminer import (
     DEVDETAILS_MODEL,
+    LOCAL_CLIENT,
     NOMINAL_FREQ_MHZ,
     WhatsminerFamily,
     belief,
@@ -152,7 +153,7 @@ class BtminerFamily(WhatsminerFamily):
 
     def process(self, miner: EmulatedMiner) -> str:
         """running | restarting | off: what btminer is doing, for the control API."""
-        if is_v3(miner) and self._silent(miner):
+        if (self._silent(miner) if is_v3(miner) else self.restarting(miner)):
             return "restarting"
         r = miner.read()
         if r.state == "off":
@@ -166,11 +167,16 @@ class BtminerFamily(WhatsminerFamily):
         economy reads."""
         view: dict[str, Any] = {"api": miner.api or "v2",
                                 "firmware_version": self.fw_version(miner),
-                                "process": self.process(miner)}
+                                "process": self.process(miner),
+                                "fast_boot": miner.fast_boot}
+        if not is_v3(miner):
+            # API v2: the write API switch, the firmware generation, get_token per client IP
+            view["write_api"] = self.write_api(miner)
+            view["legacy_api"] = self.is_legacy(miner)
+            view["api_tokens"] = self.token_view(miner)
         if is_v3(miner):
             st = self._v3(miner)
             now = self._clock()
-            view["fast_boot"] = miner.fast_boot
             view["api_tokens"] = {
                 "issued": dict(st["issued"]),
                 "live": {ip: sum(1 for t in q if now - t < self.token_window_s)
@@ -181,9 +187,10 @@ class BtminerFamily(WhatsminerFamily):
         return view
 
     # -------------------------------------------------------------------- port 4028 (v2)
-    def handle_rpc(self, miner: EmulatedMiner, request: bytes) -> bytes:
+    def handle_rpc(self, miner: EmulatedMiner, request: bytes,
+                   client_ip: str = LOCAL_CLIENT) -> bytes:
         if not is_v3(miner):
-            return super().handle_rpc(miner, request)
+            return super().handle_rpc(miner, request, client_ip)
         if self._silent(miner):
             return b""  # btminer restarting: the connection closes unanswered
         try:
@@ -193,7 +200,7 @@ class BtminerFamily(WhatsminerFamily):
         if isinstance(req, dict) and "enc" in req:
             # Firmware after 2024-11 broke the v2 write API (pyasic#363): writes are v3's.
             return self._dump(_v2_error(45, "Permission denied"))
-        return super().handle_rpc(miner, request)
+        return super().handle_rpc(miner, request, client_ip)
 
     # -------------------------------------------------------------------- port 4433 (v3)
     def handle_framed(self, miner: EmulatedMiner, request: bytes,

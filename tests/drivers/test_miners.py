@@ -101,6 +101,15 @@ async def test_sleep_and_wake_each_family_for_real(emu: EmulatorProcess) -> None
     assert all(seen[ip].state == "mining" for ip in (S19, M30S, LUX))
 
 
+def btminer_up(emu: EmulatorProcess, ip: str, within_s: float = 10.0) -> None:
+    """A Whatsminer restarts btminer to apply each accepted limit and is silent meanwhile,
+    as real firmware is: wait for it before the next command (or the next test)."""
+    deadline = time.monotonic() + within_s
+    while emu.miner(ip).get("process") == "restarting":
+        assert time.monotonic() < deadline, f"{ip}: btminer still restarting"
+        time.sleep(0.05)
+
+
 async def test_luxos_target_under_its_lowest_profile_takes_the_lowest(
         emu: EmulatorProcess) -> None:
     d = driver()
@@ -118,7 +127,9 @@ async def test_luxos_target_under_its_lowest_profile_takes_the_lowest(
         await d.execute(cmd(S19, "limit", 2000.0), observed_state="mining", timeout_s=10,
                         attempts=1)
     for ip, full in ((LUX, 3068.0), (M30S, 3344.0)):
+        btminer_up(emu, ip)
         await d.execute(cmd(ip, "run", full), observed_state="mining", timeout_s=20, attempts=2)
+    btminer_up(emu, M30S)
 
 
 async def test_a_hung_miner_costs_one_deadline_and_is_marked(emu: EmulatorProcess) -> None:

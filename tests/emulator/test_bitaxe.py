@@ -18,7 +18,9 @@ AXE, AXE_2 = "127.10.2.1", "127.10.2.2"
 
 @pytest.fixture(scope="module")
 def emu() -> Iterator[EmulatorProcess]:
-    fleet = '[[miner]]\nmodel = "BitAxe Gamma"\ncount = 2\n'
+    # AxeOS v2.13: a JSON restart reply and the later routes (the v2.4.5 default and v2.14's
+    # pause are tests/emulator/test_bitaxe_field.py's)
+    fleet = '[[miner]]\nmodel = "BitAxe Gamma"\ncount = 2\nfirmware_version = "v2.13.0"\n'
     with EmulatorProcess(fleet_toml=fleet, first_ip="127.10.2.1", time_scale=0.01) as e:
         yield e
 

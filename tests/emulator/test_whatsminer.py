@@ -48,6 +48,15 @@ async def wait_state(emu: EmulatorProcess, ip: str, state: str) -> dict:
     return await asyncio.to_thread(emu.wait_state, ip, state, 20.0)
 
 
+async def wait_for(emu: EmulatorProcess, ip: str, pred, within_s: float = 20.0) -> dict:
+    """The truth once ``pred`` holds (a ramp to full power takes 4.8 s at this scale)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not pred(t := await truth(emu, ip)):
+        assert asyncio.get_running_loop().time() < deadline, t
+        await asyncio.sleep(0.1)
+    return t
+
+
 async def test_detected_as_api_v2_models(emu) -> None:
     m50, m30s = await asyncio.gather(pyasic.get_miner(M50[0]), pyasic.get_miner(M30S))
     assert type(m50).__name__ == "BTMinerM50VH50" and isinstance(m50, BTMinerV2)
@@ -72,13 +81,20 @@ async def test_stop_and_resume_mining(emu) -> None:
     assert t["state"] == "sleeping" and t["hashrate_ths"] == 0.0
     assert t["power_w"] < 100
     data = await client.get_data()
+    # the firmware says off at once; MHS 1m (pyasic's hashrate) lags by up to a minute
+    assert data.is_mining is False and float(data.hashrate) > 0.5 * t["nameplate_hashrate_ths"]
+    await asyncio.sleep(60 * 0.01 + 0.1)  # a minute, at this emulator's time scale
+    data = await client.get_data()
     assert data.is_mining is False and float(data.hashrate) == 0.0
     assert close(data.wattage, t["power_w"], 0.15)
 
     assert await client.resume_mining() is True
     assert (await truth(emu, M50[2]))["state"] == "booting"
     t = await wait_state(emu, M50[2], "mining")
-    assert close(t["hashrate_ths"], t["nameplate_hashrate_ths"], 0.05)
+    # power_on ramps to full hashrate over minutes (480 s emulated, 4.8 s here)
+    assert t["hashrate_ths"] < 0.5 * t["nameplate_hashrate_ths"]
+    await wait_for(emu, M50[2],
+                   lambda m: close(m["hashrate_ths"], m["nameplate_hashrate_ths"], 0.05))
     assert (await client.get_data()).is_mining is True
 
 
@@ -88,7 +104,7 @@ async def test_power_limit_changes_truth(emu) -> None:
     t = await truth(emu, M30S)
     assert t["power_limit_w"] == 2400
     t = await wait_state(emu, M30S, "mining")  # btminer restarts to apply the limit
-    assert close(t["power_w"], 2400, 0.03)
+    t = await wait_for(emu, M30S, lambda m: close(m["power_w"], 2400, 0.03))  # and ramps
     assert t["hashrate_ths"] < 0.85 * t["nameplate_hashrate_ths"]
     data = await client.get_data()
     assert data.wattage_limit == 2400

@@ -6,6 +6,7 @@ Every assertion compares what pyasic makes of the firmware's replies with the ph
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pyasic
@@ -14,7 +15,7 @@ from pyasic.errors import APIError
 from pyasic.miners.backends.btminer import BTMinerV2
 from pyasic.rpc.btminer import BTMinerRPCAPI, TokenData, create_privileged_cmd
 
-from emulator.families.whatsminer import WhatsminerFamily
+from emulator.families.whatsminer import BTMINER_RESTART_S, WhatsminerFamily
 from emulator.models import MODELS
 from emulator.physics import EmulatedMiner
 from tests.emulator.loopback_family import FamilyServer, wait_state
@@ -90,6 +91,10 @@ async def test_stop_and_resume_mining_change_physics(served) -> None:
     assert miner.read().state == "sleeping"
     data = await client.get_data()
     assert data.is_mining is False
+    # MHS 1m, pyasic's hashrate, lags the sleep by up to a minute (60 ms at this scale)
+    assert float(data.hashrate) > 0.5 * miner.spec.hashrate_ths
+    await asyncio.sleep(60 * TIME_SCALE + 0.01)
+    data = await client.get_data()
     assert float(data.hashrate) == 0.0
     assert close(data.wattage, miner.spec.idle_power_w, 0.1)
 
@@ -97,6 +102,7 @@ async def test_stop_and_resume_mining_change_physics(served) -> None:
     assert miner.read().state == "booting"
     assert (await client.get_data()).is_mining is True
     await wait_state(miner, "mining")
+    await asyncio.sleep(60 * TIME_SCALE + 0.01)  # and MHS 1m catches up
     data = await client.get_data()
     assert close(float(data.hashrate), miner.spec.hashrate_ths, 0.06)
 
@@ -144,6 +150,7 @@ async def test_power_modes_and_pool_update(served) -> None:
     assert summary["SUMMARY"][0]["Power Mode"] == "Low"
     await client.rpc.set_normal_power()
     assert miner.mode == "normal"
+    await asyncio.sleep(BTMINER_RESTART_S * TIME_SCALE + 0.01)  # btminer restarts: silent
     await client.rpc.update_pools("stratum+tcp://other.example:700", "acct.w1", "x")
     assert miner.pools == [{"url": "stratum+tcp://other.example:700", "user": "acct.w1",
                             "pass": "x"}]
