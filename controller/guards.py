@@ -80,17 +80,20 @@ UNKNOWN_FULL_POWER_W = 3500.0
 #: and Bitaxe take no power target here, so they need no entry.
 LIMIT_RESTART_S: dict[str, float] = {"whatsminer": 120.0, "luxos": 30.0, "braiins": 60.0,
                                      "vnish": 120.0, "epic": 120.0}
-#: Default time, s, a machine gets after acknowledging a command to be *seen* in the commanded
-#: state (``confirm_grace_s``): until then its command is "pending" (or "transitioning" while it
-#: is silent), neither re-commanded nor counted as done; after it, re-commanded (at most once
-#: per grace) and flagged after ``flag_after_failures``. By family (pyasic backend name), or
-#: ``family.action`` for one action. Stock Antminer: the ~21 s config CGI, bmminer's restart,
-#: then the hash boards' boot (drivers/antminer_writes.GRACE_S). Whatsminer: btminer restarts
-#: for ~2 min on a new limit; ``power_on`` ramps over 6-10 min. LuxOS: a wake ramps like a
-#: boot. Families not listed use ``[controller] verify_grace_s``.
-CONFIRM_GRACE_S: dict[str, float] = {"antminer": 420.0, "whatsminer": 240.0,
-                                     "whatsminer.run": 600.0, "luxos": 300.0,
-                                     "braiins": 300.0, "vnish": 300.0, "epic": 300.0}
+#: The time a machine gets after acknowledging a command to be *seen* in the commanded state:
+#: until then its command is "pending" (or "transitioning" while it is silent), neither
+#: re-commanded nor counted as done; after it, re-commanded (at most once per grace) and
+#: flagged after ``flag_after_failures``. By default ``[controller] verify_grace_s`` scaled by
+#: the family's factor here (by family, pyasic backend name, or ``family.action``), so the
+#: shipped 240 s gives: stock Antminer 420 s (the ~21 s config CGI, bmminer's restart, then the
+#: hash boards' boot: drivers/antminer_writes.GRACE_S); Whatsminer 240 s (btminer restarts for
+#: ~2 min on a new limit), 600 s for a wake (``power_on`` ramps over 6-10 min); LuxOS and the
+#: other tuning firmware 300 s (a wake ramps like a boot). A test fleet booting in seconds
+#: with a 5 s ``verify_grace_s`` keeps proportionate graces. ``[guards] confirm_grace_s``
+#: sets absolute seconds per family instead.
+CONFIRM_GRACE_FACTORS: dict[str, float] = {"antminer": 1.75, "whatsminer": 1.0,
+                                           "whatsminer.run": 2.5, "luxos": 1.25,
+                                           "braiins": 1.25, "vnish": 1.25, "epic": 1.25}
 #: Next tiers an operator may allow (``escalate``), for a machine flagged for ignoring a
 #: command: "limit_to_sleep" sleeps a machine that ignored a power limit (Whatsminer
 #: ``power_off``, LuxOS curtail); "sleep_to_reboot" reboots a machine that ignored a sleep on
@@ -194,13 +197,13 @@ class GuardConfig(BaseModel):
 
     confirm_grace_s: dict[str, Annotated[float, Field(gt=0.0), at_most(
         86400.0, "a machine that has not reached its commanded state within a day is not "
-        "restarting; it would never be re-commanded or flagged")]] = Field(
-        default_factory=lambda: dict(CONFIRM_GRACE_S))
+        "restarting; it would never be re-commanded or flagged")]] = Field(default_factory=dict)
     """Time, s, a machine gets after acknowledging a command to be seen in the commanded state,
     by family (pyasic backend name) or ``"family.action"`` (run, sleep, limit): its command is
     "pending" until then (never counted as done, never re-sent), then re-commanded at most once
-    per grace and flagged after ``[controller] flag_after_failures``. Families not given keep
-    the defaults (CONFIRM_GRACE_S); families with none use ``[controller] verify_grace_s``."""
+    per grace and flagged after ``[controller] flag_after_failures``. Families not given get
+    ``[controller] verify_grace_s`` scaled by their factor (CONFIRM_GRACE_FACTORS: 420 s for a
+    stock Antminer, 600 s for a Whatsminer wake, with the shipped 240 s)."""
 
     escalate: list[Literal["limit_to_sleep", "sleep_to_reboot"]] = Field(default_factory=list)
     """Next tiers allowed for a machine flagged for ignoring a command, each sent once:
@@ -211,10 +214,10 @@ class GuardConfig(BaseModel):
     @field_validator("confirm_grace_s", mode="before")
     @classmethod
     def _grace_defaults(cls, value: object) -> object:
-        """Merge the operator's families over the defaults; keys "family" or "family.action"."""
+        """Keys "family" or "family.action", case-insensitive."""
         if not isinstance(value, dict):
             return value  # the field's own type rejects it
-        out: dict[str, object] = dict(CONFIRM_GRACE_S)
+        out: dict[str, object] = {}
         for key, seconds in value.items():
             name = key.strip().casefold() if isinstance(key, str) else ""
             family, _, action = name.partition(".")
@@ -243,10 +246,17 @@ class GuardConfig(BaseModel):
 
 
 def confirm_grace_s(cfg: GuardConfig, family: str, action: str, fallback_s: float) -> float:
-    """The grace a machine of ``family`` gets to be seen in the state ``action`` asked for."""
+    """The grace a machine of ``family`` gets to be seen in the state ``action`` asked for:
+    the operator's ``confirm_grace_s``, else ``fallback_s`` (``verify_grace_s``) scaled by the
+    family's factor (CONFIRM_GRACE_FACTORS)."""
     fam = (family or "").casefold()
-    table = cfg.confirm_grace_s
-    return table.get(f"{fam}.{action}", table.get(fam, fallback_s))
+    for key in (f"{fam}.{action}", fam):
+        if key in cfg.confirm_grace_s:
+            return cfg.confirm_grace_s[key]
+    for key in (f"{fam}.{action}", fam):
+        if key in CONFIRM_GRACE_FACTORS:
+            return fallback_s * CONFIRM_GRACE_FACTORS[key]
+    return fallback_s
 
 
 def next_tier(action: str, r: MinerReading,

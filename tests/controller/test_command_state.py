@@ -245,11 +245,16 @@ def test_the_driver_gets_the_family_grace(tmp_path: Path, clock: Clock) -> None:
     driver = FakeDriver(*fleet3(), obey=set())
     rec = reconciler(tmp_path, driver, cap_w=None)
     assert driver.grace is not None
-    assert driver.grace("antminer", "sleep") == GRACE_S
-    assert driver.grace("whatsminer", "limit") == 240.0  # the shipped default
-    assert driver.grace("whatsminer", "run") == 600.0  # power_on ramps over 6-10 min
-    assert driver.grace("bitaxe", "sleep") == 5.0  # none: [controller] verify_grace_s
+    assert driver.grace("antminer", "sleep") == GRACE_S  # [guards] confirm_grace_s
+    # Otherwise [controller] verify_grace_s (5 s here) scaled by the family's factor: with the
+    # shipped 240 s, a Whatsminer limit 240 s and its wake 600 s (power_on ramps 6-10 min).
+    assert driver.grace("whatsminer", "limit") == 5.0
+    assert driver.grace("whatsminer", "run") == 12.5
+    assert driver.grace("bitaxe", "sleep") == 5.0
     assert rec.grace_s("antminer", "run") == GRACE_S
+    rec.config = rec.config.model_copy(update={"guards": rec.config.guards.model_copy(
+        update={"confirm_grace_s": {}})})  # a reload: read at each use
+    assert driver.grace("antminer", "sleep") == 5.0 * 1.75
 
 
 # ---------------------------------------------------------------- states, journal rows
@@ -395,10 +400,9 @@ def test_a_machine_ignoring_its_limit_is_slept_once_flagged(tmp_path: Path,
                      supports_power_limit=True, min_power_limit_w=1500.0,
                      max_power_limit_w=3600.0)
     driver = FakeDriver(m, obey=set())
-    config_grace = {"antminer": GRACE_S, "whatsminer": GRACE_S}
     rec = reconciler(tmp_path, driver, cap_w=2500.0, escalate=["limit_to_sleep"])
     rec.config = rec.config.model_copy(update={"guards": rec.config.guards.model_copy(
-        update={"confirm_grace_s": {**rec.config.guards.confirm_grace_s, **config_grace}})})
+        update={"confirm_grace_s": {"whatsminer": GRACE_S}})})
     r = tick(rec, clock, 0)
     assert [(c.action, c.tier) for c in r.commands] == [("limit", 0)]
     for n in (1, 2, 3):
