@@ -627,6 +627,17 @@ class MinerEndpoint:
     def handle_http(self, request: HttpRequest) -> HttpResponse:
         return self.family.handle_http(self.miner, request)
 
+    def silent_reboot(self) -> None:
+        """The ``silent_reboot`` fault: the control board reboots unasked (once per fault
+        set), silent for its boot time. Families in OWN_REBOOT_FAMILIES apply it themselves."""
+        if self.family.name in OWN_REBOOT_FAMILIES:
+            return
+        actor, self.miner.actor = self.miner.actor, "firmware"
+        try:
+            self.miner.reboot_board()
+        finally:
+            self.miner.actor = actor
+
     @property
     def ports(self) -> list[tuple[int, str]]:
         """(port, kind) to listen on; a family whose ports differ per machine (Whatsminer
@@ -640,17 +651,6 @@ class MinerEndpoint:
         if self.family.http_port is not None:
             out.append((self.family.http_port, "http"))
         return out
-
-    def silent_reboot(self) -> None:
-        """The ``silent_reboot`` fault: the control board reboots unasked (once per fault
-        set), silent for its boot time. Families in OWN_REBOOT_FAMILIES apply it themselves."""
-        if self.family.name in OWN_REBOOT_FAMILIES:
-            return
-        actor, self.miner.actor = self.miner.actor, "firmware"
-        try:
-            self.miner.reboot_board()
-        finally:
-            self.miner.actor = actor
 
     @property
     def listening(self) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pyasic
 import pytest
 
@@ -109,6 +110,22 @@ async def test_silent_reboot_blackholes_then_refuses_then_answers(emu, ip: str) 
     assert miner is not None and (await miner.get_data()).hashrate is not None
     await asyncio.sleep(0.5)  # the fault reboots once, not for as long as it is set
     assert (await asyncio.to_thread(emu.set_fault, ip, "none"))["network"] == "up"
+
+
+@pytest.mark.parametrize("ip", [M30S2, AXE2])
+async def test_a_reboot_command_silences_the_board_for_its_boot(emu, ip: str) -> None:
+    if ip == M30S2:
+        miner = await pyasic.get_miner(ip)
+        miner.rpc.pwd = "admin"
+        assert await miner.reboot() is True
+    else:  # AxeOS v2.4 answers /restart in plain text, which pyasic's reboot() cannot parse
+        async with httpx.AsyncClient() as http:
+            assert (await http.post(f"http://{ip}/api/system/restart")).status_code == 200
+    v = await asyncio.to_thread(emu.miner, ip)
+    assert v["network"] in ("blackhole", "refused") and v["listening"] is False
+    assert await silence(ip, PORT[ip]) != "answered"
+    await wait_view(emu, ip, "up again", lambda m: m["network"] == "up")
+    assert await silence(ip, PORT[ip]) == "answered"
 
 
 async def test_a_power_cut_blackholes_and_stored_sleep_survives_it(emu) -> None:
