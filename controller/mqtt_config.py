@@ -80,7 +80,9 @@ class MqttConfig(_Strict):
         10000, ge=10, description="commands received but not yet processed; beyond it the "
         "client discards them unanswered. A sender catching up after a stall (or a loop "
         "busy for a second) delivers a second of commands at once: room for several")
-    busy_backlog: int = Field(
+    busy_backlog: Annotated[int, at_most(
+        99999, "it must stay under inbound_queue (at most 100,000): past inbound_queue "
+        "commands are discarded unanswered, so shedding has to start before", unit="")] = Field(
         200, ge=1, description="with more commands than this waiting, each is answered "
         "'rejected' ('busy: ...') without being applied, until the backlog drains")
     # ---- demand-response events and overrides
