@@ -4,27 +4,13 @@ watchdog, persistence."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.directives import DirectiveStore, Limits
-
-T0 = 1_760_000_000.0
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def cmd(**kw) -> bytes:
-    return json.dumps(kw).encode()
-
-
-def store(**limits) -> DirectiveStore:
-    return DirectiveStore(limits=Limits(**limits), last_heard=T0)
+from tests.support.directives import T0, cmd, iso, store
 
 
 def test_event_now_caps_until_end_then_releases():

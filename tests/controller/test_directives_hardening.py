@@ -6,28 +6,14 @@ the store holds or writes per command is bounded (a flood rewrote 590 KB per com
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.directives import SEEN, DirectiveStore, Limits
-
-T0 = 1_760_000_000.0
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def cmd(**kw) -> bytes:
-    return json.dumps(kw).encode()
-
-
-def store(**limits) -> DirectiveStore:
-    return DirectiveStore(limits=Limits(**limits), last_heard=T0)
+from controller.directives import SEEN, Limits
+from tests.support.directives import T0, cmd, iso, store
 
 
 # ------------------------------------------------------------- numbers and times out of range
