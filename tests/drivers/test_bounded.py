@@ -34,15 +34,20 @@ async def serve(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
         server.close()
 
 
+async def write_forever(writer: asyncio.StreamWriter, chunk: bytes) -> None:
+    """Stream ``chunk`` until the client goes away: a device whose reply never ends."""
+    try:
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+
+
 @pytest.fixture
 async def endless() -> AsyncIterator[int]:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                writer.write(b"x" * 65536)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
+        await write_forever(writer, b"x" * 65536)
 
     async with serve(handler) as port:
         yield port
@@ -79,12 +84,7 @@ async def test_a_stream_read_stops_at_the_cap_and_the_connection_is_dropped(
 async def test_a_length_prefix_cannot_make_the_reader_buffer_more() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(struct.pack("<I", 3 * 1024**3))  # btminer framing: "3 GiB follow"
-        try:
-            while True:
-                writer.write(b"y" * 65536)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
+        await write_forever(writer, b"y" * 65536)
 
     async with serve(handler) as port:
         async def read_framed() -> bytes:
