@@ -44,6 +44,18 @@ def everything_said(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(f"{r.getMessage()} {r.args} {r.exc_text}" for r in caplog.records)
 
 
+async def fails_without_showing_the_key(src, caplog: pytest.LogCaptureFixture,
+                                        error: str) -> None:
+    """The Hashrate Index fetch fails with ``error`` (key masked as ``***``), and no piece of
+    the key is in the error, the source's detail (status, plan) or anything logged."""
+    with pytest.raises(StaleSource) as info:
+        await src.fetch()
+    shown = [str(info.value), json.dumps(src.detail()), everything_said(caplog)]
+    assert error in shown[0] and "***" in shown[0], shown[0]
+    for s in shown:
+        assert pieces_of_key(s) == [], s
+
+
 def source(api: FakeApi):
     cfg = HashrateIndexSource(base_url=f"{api.url}/v1/hashrateindex", api_key=KEY,
                               attempts=1, backoff_s=0.05, backoff_max_s=0.1)
@@ -85,13 +97,7 @@ async def test_a_non_numeric_field_echoing_the_key_never_shows_it(
         fake_api: FakeApi, caplog: pytest.LogCaptureFixture, value: str) -> None:
     caplog.set_level(logging.DEBUG)
     fake_api.routes[PATH] = js({"data": {"priceUSD": value, "timestamp": time.time()}})
-    src = source(fake_api)
-    with pytest.raises(StaleSource) as info:
-        await src.fetch()
-    shown = [str(info.value), json.dumps(src.detail()), everything_said(caplog)]
-    assert "is not a number" in shown[0] and "***" in shown[0], shown[0]
-    for s in shown:
-        assert pieces_of_key(s) == [], s
+    await fails_without_showing_the_key(source(fake_api), caplog, "is not a number")
 
 
 # ------------------------------------------------------- a body cut at 80 characters
@@ -101,13 +107,7 @@ async def test_an_html_body_with_the_key_across_the_cut_never_shows_it(
     body = "<html>" + "a" * 64 + KEY + "</html>"  # the key starts at 70: the cut is at 80
     assert body.index(KEY) == 70
     fake_api.routes[PATH] = text(body, content_type="text/html")
-    src = source(fake_api)
-    with pytest.raises(StaleSource) as info:
-        await src.fetch()
-    shown = [str(info.value), json.dumps(src.detail()), everything_said(caplog)]
-    assert "malformed JSON" in shown[0] and "***" in shown[0], shown[0]
-    for s in shown:
-        assert pieces_of_key(s) == [], s
+    await fails_without_showing_the_key(source(fake_api), caplog, "malformed JSON")
 
 
 # ------------------------------------- a realtime tariff's header secret echoed by the feed
