@@ -15,10 +15,10 @@ import time
 import pytest
 
 from controller.config import FleetConfig
-from controller.snapshot import Command
 from drivers import antminer_writes as amw
 from drivers.miners import CommandFailed, MinerDriver
 from emulator.families.antminer import CGI_S, GENERATIONS
+from tests.support.driving import cmd
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration
@@ -53,11 +53,6 @@ def driver() -> MinerDriver:
     cfg = FleetConfig(hosts=ALL, poll_timeout_s=5.0, discovery_timeout_s=8.0,
                       rediscover_after_failures=2)
     return MinerDriver(cfg, poll_interval_s=1.0)
-
-
-def cmd(ip: str, action: str) -> Command:
-    return Command(key=ip, ip=ip, action=action, power_limit_w=None,  # type: ignore[arg-type]
-                   reason="test", delta_power_w=0.0)
 
 
 async def readings(d: MinerDriver) -> dict:

@@ -20,9 +20,9 @@ from pydantic import SecretStr
 
 from controller.config import FleetConfig
 from controller.credentials_config import CredentialsConfig
-from controller.snapshot import Command
 from drivers import credentials as creds
 from drivers.miners import CommandFailed, MinerDriver
+from tests.support.driving import cmd
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration
@@ -88,11 +88,6 @@ def emu_mac(ip: str) -> str:
 def fleet_config(cred: CredentialsConfig) -> FleetConfig:
     return FleetConfig(ranges=[f"{FIRST}-6"], poll_timeout_s=5.0, discovery_timeout_s=8.0,
                        rediscover_after_failures=2, credentials=cred)
-
-
-def cmd(ip: str, action: str) -> Command:
-    return Command(key=ip, ip=ip, action=action, power_limit_w=None,  # type: ignore[arg-type]
-                   reason="test", delta_power_w=0.0)
 
 
 async def readings(d: MinerDriver) -> dict:

@@ -10,8 +10,8 @@ import pytest
 
 from controller.config import FleetConfig
 from controller.credentials_config import CredentialsConfig
-from controller.snapshot import Command
 from drivers.miners import CommandFailed, MinerDriver
+from tests.support.driving import cmd
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration
@@ -49,11 +49,6 @@ def driver(tmp_path: Path) -> MinerDriver:
     return MinerDriver(FleetConfig(ranges=[f"{FIRST}-3"], poll_timeout_s=5.0,
                                    discovery_timeout_s=8.0, credentials=cred),
                        poll_interval_s=1.0)
-
-
-def cmd(ip: str, action: str) -> Command:
-    return Command(key=ip, ip=ip, action=action, power_limit_w=None,  # type: ignore[arg-type]
-                   reason="test", delta_power_w=0.0)
 
 
 async def test_v3_password_reaches_the_firmware_and_a_wrong_one_is_auth(

@@ -21,13 +21,13 @@ import pytest
 
 from controller.config import FleetConfig
 from controller.journal import Journal
-from controller.snapshot import Command
 from drivers import luxos
 from drivers.miners import CommandFailed, MinerDriver
 from emulator.families.luxos import LuxosFamily, profiles_for
 from emulator.models import MODELS
 from emulator.physics import EmulatedMiner
 from tests.emulator.loopback_family import FamilyServer
+from tests.support.driving import cmd, reading, truth
 from tests.support.emulator import EmulatorProcess
 
 TIME_SCALE = 0.002  # ATM acts 1.8 s after a profile change, then one step per 0.12 s
@@ -64,19 +64,6 @@ def driver(journal: Journal | None = None, ip: str = ON) -> MinerDriver:
     if journal is not None:
         d.attach_journal(journal)
     return d
-
-
-def cmd(ip: str, action: str, limit: float | None = None) -> Command:
-    return Command(key=ip, ip=ip, action=action, power_limit_w=limit,  # type: ignore[arg-type]
-                   reason="test", delta_power_w=0.0)
-
-
-async def reading(d: MinerDriver, ip: str):
-    return {r.ip: r for r in (await d.observe()).miners}[ip]
-
-
-async def truth(emu: EmulatorProcess, ip: str) -> dict:
-    return await asyncio.to_thread(emu.miner, ip)
 
 
 @pytest.mark.integration

@@ -10,15 +10,12 @@ machine", clamp limits to the nameplate and check the firmware's answer, and kee
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 
-from controller.config import FleetConfig
-from controller.snapshot import Command, MinerReading
-from drivers.miners import CommandFailed, MinerDriver
+from drivers.miners import CommandFailed
 from emulator.models import MODELS
+from tests.support.driving import cmd, reading, until
+from tests.support.driving import driver_for as driver
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration
@@ -34,33 +31,6 @@ TIME_SCALE = 0.01
 def emu():
     with EmulatorProcess(fleet_toml=FLEET, first_ip=POLL, time_scale=TIME_SCALE) as e:
         yield e
-
-
-def driver(*ips: str) -> MinerDriver:
-    cfg = FleetConfig(ranges=[f"{ip}-{ip}" for ip in ips], poll_timeout_s=5.0,
-                      discovery_timeout_s=8.0, rediscover_after_failures=2)
-    return MinerDriver(cfg, poll_interval_s=0.2)
-
-
-def cmd(ip: str, action: str, limit: float | None = None) -> Command:
-    return Command(key=ip, ip=ip, action=action, power_limit_w=limit,  # type: ignore[arg-type]
-                   reason="test", delta_power_w=0.0)
-
-
-async def reading(d: MinerDriver, ip: str) -> MinerReading:
-    snap = await d.observe()
-    return next(r for r in snap.miners if r.ip == ip)
-
-
-async def until(d: MinerDriver, ip: str, pred, within_s: float = 30.0) -> MinerReading:
-    deadline = time.monotonic() + within_s
-    while True:
-        r = await reading(d, ip)
-        if pred(r):
-            return r
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{ip}: not reached; last reading {r}")
-        await asyncio.sleep(0.1)
 
 
 async def test_reading_matches_the_truth(emu: EmulatorProcess) -> None:

@@ -37,6 +37,7 @@ from emulator.families.whatsminer_v3 import RAMP_S
 from emulator.fleet import FleetError, plan_fleet_text
 from emulator.models import MODELS
 from emulator.physics import EmulatedMiner
+from tests.support.driving import truth, wait_for
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration
@@ -92,21 +93,6 @@ CLIENTS = [f"127.161.9.{i}" for i in range(1, MAX_CLIENT_IPS + 2)]
 def emu():
     with EmulatorProcess(fleet_toml=FLEET, first_ip=LEGACY, time_scale=TIME_SCALE) as proc:
         yield proc
-
-
-async def truth(emu: EmulatorProcess, ip: str) -> dict:
-    return await asyncio.to_thread(emu.miner, ip)
-
-
-async def wait_for(emu: EmulatorProcess, ip: str, pred, within_s: float = 20.0) -> dict:
-    deadline = time.monotonic() + within_s
-    while True:
-        m = await truth(emu, ip)
-        if pred(m):
-            return m
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{ip}: condition not reached; last {m}")
-        await asyncio.sleep(0.05)
 
 
 async def raw(ip: str, payload: dict, source: str | None = None) -> bytes:

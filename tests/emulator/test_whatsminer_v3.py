@@ -33,6 +33,7 @@ from emulator.families.whatsminer_v3 import (
 from emulator.fleet import FleetError, build_miners, plan_count, plan_fleet_text
 from emulator.models import MODELS
 from emulator.physics import EmulatedMiner
+from tests.support.driving import truth, wait_for
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration
@@ -91,21 +92,6 @@ NAMEPLATE_W = MODELS["M50"].power_w
 def emu():
     with EmulatorProcess(fleet_toml=FLEET, first_ip=V3, time_scale=TIME_SCALE) as proc:
         yield proc
-
-
-async def truth(emu: EmulatorProcess, ip: str) -> dict:
-    return await asyncio.to_thread(emu.miner, ip)
-
-
-async def wait_for(emu: EmulatorProcess, ip: str, pred, within_s: float = 20.0) -> dict:
-    deadline = time.monotonic() + within_s
-    while True:
-        m = await truth(emu, ip)
-        if pred(m):
-            return m
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{ip}: condition not reached; last {m}")
-        await asyncio.sleep(0.05)
 
 
 def rpc(ip: str, pwd: str = "admin") -> BTMinerV3RPCAPI:
