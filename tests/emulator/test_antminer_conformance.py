@@ -28,6 +28,7 @@ from emulator.families.antminer import (
 from emulator.families.base import HttpRequest
 from emulator.models import MODELS
 from emulator.physics import EmulatedMiner
+from tests.support.conformance import diff, shape
 
 #: Copies of the captures, kept with the tests (captures/SOURCES.md says where they are from).
 CAPTURES = Path(__file__).resolve().parent / "captures" / "antminer" / "v2020"
@@ -47,44 +48,6 @@ def emulated(command: str, miner: EmulatedMiner) -> dict:
 
 def web(fn, miner: EmulatedMiner) -> dict:
     return json.loads(fn(miner, HttpRequest("GET", "/", "", {}, b"")).body)
-
-
-def shape(value: object) -> object:
-    """Keys and JSON types, recursively (list items merged: one shape per list)."""
-    if isinstance(value, dict):
-        return {k: shape(v) for k, v in sorted(value.items())}
-    if isinstance(value, list):
-        merged: dict = {}
-        kinds = set()
-        for item in value:
-            s = shape(item)
-            if isinstance(s, dict):
-                merged.update(s)
-            else:
-                kinds.add(s)
-        return [merged] if merged else sorted(kinds)
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    return type(value).__name__
-
-
-def diff(real: object, ours: object, path: str = "") -> list[str]:
-    """Every key missing, extra or of another type, by path."""
-    if isinstance(real, dict) and isinstance(ours, dict):
-        out = [f"{path}.{k}: missing" for k in real.keys() - ours.keys()]
-        out += [f"{path}.{k}: extra" for k in ours.keys() - real.keys()]
-        for k in real.keys() & ours.keys():
-            out += diff(real[k], ours[k], f"{path}.{k}")
-        return out
-    if isinstance(real, list) and isinstance(ours, list):
-        if real and ours:
-            return diff(real[0], ours[0], f"{path}[]")
-        return []
-    return [] if real == ours else [f"{path}: {ours} where the firmware has {real}"]
 
 
 @pytest.fixture

@@ -29,6 +29,8 @@ from emulator.families.luxos import LUXMINER_VERSION, LuxosFamily, profiles_for
 from emulator.models import MODELS, ModelSpec
 from emulator.physics import EmulatedMiner
 from tests.emulator.loopback_family import FamilyServer
+from tests.support.conformance import diff, shape
+from tests.support.driving import truth as view
 from tests.support.emulator import EmulatorProcess
 
 CAPTURES = Path(__file__).resolve().parent / "captures" / "luxminer" / "v1"
@@ -46,42 +48,6 @@ def capture(name: str) -> dict:
 def emulated(family: LuxosFamily, miner: EmulatedMiner, command: str) -> dict:
     raw = family.handle_rpc(miner, json.dumps({"command": command}).encode())
     return BaseMinerRPCAPI._load_api_data(raw)
-
-
-def shape(value: object) -> object:
-    """Keys and JSON types, recursively (list items merged: one shape per list)."""
-    if isinstance(value, dict):
-        return {k: shape(v) for k, v in sorted(value.items())}
-    if isinstance(value, list):
-        merged: dict = {}
-        kinds: set = set()
-        for item in value:
-            s = shape(item)
-            if isinstance(s, dict):
-                merged.update(s)
-            else:
-                kinds.add(str(s))
-        return [merged] if merged else sorted(kinds)
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    return type(value).__name__
-
-
-def diff(real: object, ours: object, path: str = "") -> list[str]:
-    """Every key missing, extra or of another type, by path."""
-    if isinstance(real, dict) and isinstance(ours, dict):
-        out = [f"{path}.{k}: missing" for k in real.keys() - ours.keys()]
-        out += [f"{path}.{k}: extra" for k in ours.keys() - real.keys()]
-        for k in real.keys() & ours.keys():
-            out += diff(real[k], ours[k], f"{path}.{k}")
-        return out
-    if isinstance(real, list) and isinstance(ours, list):
-        return diff(real[0], ours[0], f"{path}[]") if real and ours else []
-    return [] if real == ours else [f"{path}: {ours} where the firmware has {real}"]
 
 
 @pytest.fixture
@@ -195,10 +161,6 @@ XP_LADDER = profiles_for(MODELS["S19 XP"])
 def emu():
     with EmulatorProcess(fleet_toml=FLEET, first_ip=COOL, time_scale=TIME_SCALE) as proc:
         yield proc
-
-
-async def view(emu: EmulatorProcess, ip: str) -> dict:
-    return await asyncio.to_thread(emu.miner, ip)
 
 
 async def wait_view(emu: EmulatorProcess, ip: str, what: str, predicate,
