@@ -453,6 +453,26 @@ def _restore_limit_w(r: MinerReading, mem: MinerMemory | None) -> float | None:
         else r.nameplate_power_w
 
 
+def _wanted_limit_w(r: MinerReading, mem: MinerMemory | None) -> float | None:
+    """The power limit a machine curtaild releases must get back, or None when there is none
+    to send: the firmware takes no limit, or the reading shows the machine already at it.
+
+    The limit recorded before curtaild's first curtailment, else nameplate (the power the
+    policy's "run" means): never whatever limit the firmware kept from curtaild's own
+    curtailments. A reading without a limit (firmware that reports none) gets nameplate sent,
+    because the firmware may still hold curtaild's old limit."""
+    if not r.supports_power_limit:
+        return None
+    want = mem.restore_power_limit_w if mem is not None else None
+    if want is None:
+        want = r.nameplate_power_w or r.max_power_limit_w
+    if want is None:
+        return None
+    if r.power_limit_w is not None and abs(r.power_limit_w - want) <= limit_tolerance_w(want):
+        return None
+    return want
+
+
 def _command(r: MinerReading, target: Desired, mem: MinerMemory | None) -> Command | None:
     """The command that takes r to target, or None when it is already there (level-trigger)."""
     def cmd(action: Action, limit: float | None, delta: float) -> Command:
@@ -476,17 +496,25 @@ def _command(r: MinerReading, target: Desired, mem: MinerMemory | None) -> Comma
         return cmd("limit", p, p - _draw_w(r))
     # run
     if r.state == "sleeping":  # only reached when asleep by us
-        # A plain resume; but firmware keeps a limit through sleep, so a limit recorded before
-        # curtaild's first curtailment (it may have limited, then slept) is put back.
-        restore = mem.restore_power_limit_w if mem and r.supports_power_limit else None
-        return cmd("run", restore, (restore or _full_power_w(r)) - _idle_w(r))
+        # Firmware keeps a power limit through sleep, and curtaild may have limited the machine
+        # before it slept it: a plain resume would wake it at that stale limit, the wake would
+        # release ownership, and the limit would pass for the operator's for good (issue 16).
+        # So a wake carries the power curtaild wants back (the limit recorded before its first
+        # curtailment, else nameplate) unless the machine reports being at it already.
+        want = _wanted_limit_w(r, mem)
+        return cmd("run", want, (want or _full_power_w(r)) - _idle_w(r))
     if not ours:
         return None  # running, and any limit on it is not curtaild's to change
     assert mem is not None
     if mem.curtailed_action == "limit":
         restore = _restore_limit_w(r, mem)
         return cmd("run", restore, 0.0 if restore is None else restore - _draw_w(r))
-    # Ours (slept) yet observed running: release ownership, nothing physical to do.
+    # Ours (slept) yet observed running: if it runs at a limit other than the one curtaild
+    # wants back (a wake that resumed at an older limit), it stays curtaild's until restored.
+    want = _wanted_limit_w(r, mem)
+    if want is not None and r.power_limit_w is not None:
+        return cmd("run", want, want - _draw_w(r))
+    # Nothing physical to do: release ownership.
     return cmd("run", None, 0.0)
 
 

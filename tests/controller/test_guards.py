@@ -273,7 +273,11 @@ def test_wake_restores_the_pre_curtailment_limit_only_where_supported() -> None:
     assert c.power_limit_w is None  # stock firmware: a power-limit call would fail the wake
     c = one(run([miner(state="sleeping", supports_power_limit=True)],
                 {"A": want("run", 1.0)}, {"A": ours()}))
-    assert c.power_limit_w is None  # nothing recorded: a plain resume, no invented limit
+    # nothing recorded: nameplate, never a limit the firmware kept from curtaild (issue 16)
+    assert c.power_limit_w == 3068
+    c = one(run([miner(state="sleeping", supports_power_limit=True, power_limit_w=3060.0)],
+                {"A": want("run", 1.0)}, {"A": ours()}))
+    assert c.power_limit_w is None  # it reports being at nameplate: a plain resume
 
 
 def test_ours_found_running_is_released_without_dwell_or_ramp() -> None:
