@@ -19,7 +19,13 @@ import logging
 import struct
 from typing import TYPE_CHECKING
 
-from emulator.server import Streamer, _deliver, accept_hostile
+from emulator.server import (
+    Streamer,
+    StreamingProtocol,
+    _deliver,
+    accept_hostile,
+    peer_ip,
+)
 
 if TYPE_CHECKING:
     from emulator.server import MinerEndpoint
@@ -36,7 +42,7 @@ def frame(body: bytes) -> bytes:
     return struct.pack("<I", len(body)) + body
 
 
-class FramedProtocol(asyncio.Protocol):
+class FramedProtocol(StreamingProtocol):
     """One client connection to a miner's length-framed JSON API."""
 
     __slots__ = ("buf", "busy", "endpoint", "peer", "streamer", "transport")
@@ -51,18 +57,9 @@ class FramedProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if peer else ""
+        self.peer = peer_ip(transport)
         if accept_hostile(self.endpoint.fault(), transport, self, http=False):
             self.busy = True  # taken over: requests on this connection are never answered
-
-    def pause_writing(self) -> None:
-        if self.streamer is not None:
-            self.streamer.pause()
-
-    def resume_writing(self) -> None:
-        if self.streamer is not None:
-            self.streamer.resume()
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -73,9 +70,6 @@ class FramedProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         return self.busy  # a reply may still be on its way (slow): keep our side open
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
 
     def _next(self) -> None:
         while not self.busy and self.transport is not None and len(self.buf) >= 4:

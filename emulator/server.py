@@ -304,6 +304,35 @@ class _Streaming(Protocol):
     streamer: Streamer | None
 
 
+class StreamingProtocol(asyncio.Protocol):
+    """What every miner port's protocol does alike: a reply streamed by a hostile fault
+    (``Streamer``) follows the transport's flow control, and a lost connection drops its
+    transport so that nothing is written to it later. Subclasses hold ``transport`` and
+    ``streamer`` in their slots."""
+
+    __slots__ = ()
+    transport: asyncio.Transport | None
+    streamer: Streamer | None
+
+    def pause_writing(self) -> None:
+        if self.streamer is not None:
+            self.streamer.pause()
+
+    def resume_writing(self) -> None:
+        if self.streamer is not None:
+            self.streamer.resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+def peer_ip(transport: asyncio.BaseTransport) -> str:
+    """The client's address ("" if the socket no longer knows it): firmware counts some
+    things per client IP (Whatsminer tokens), and families see who asks."""
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if peer else ""
+
+
 def accept_hostile(fault: Fault | None, transport: asyncio.BaseTransport,
                    owner: _Streaming, http: bool) -> bool:
     """Faults that act when a connection is accepted, before any request: ``accept_close``
@@ -363,7 +392,7 @@ def _deliver(loop: asyncio.AbstractEventLoop, fault: Fault | None,
     return True
 
 
-class RpcProtocol(asyncio.Protocol):
+class RpcProtocol(StreamingProtocol):
     """cgminer-style API: one JSON request per connection; reply, then close (EOF ends it)."""
 
     __slots__ = ("buf", "done", "endpoint", "peer", "streamer", "transport")
@@ -378,18 +407,9 @@ class RpcProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if peer else ""
+        self.peer = peer_ip(transport)
         if accept_hostile(self.endpoint.fault(), transport, self, http=False):
             self.done = True  # requests on this connection are never answered
-
-    def pause_writing(self) -> None:
-        if self.streamer is not None:
-            self.streamer.pause()
-
-    def resume_writing(self) -> None:
-        if self.streamer is not None:
-            self.streamer.resume()
 
     def data_received(self, data: bytes) -> None:
         if self.done:
@@ -404,9 +424,6 @@ class RpcProtocol(asyncio.Protocol):
                 return False  # connected and left without asking: close, as cgminer does
             self._answer()
         return True  # keep our half open: the reply may still be on its way (slow, hang)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
 
     def _answer(self) -> None:
         self.done = True
@@ -492,7 +509,7 @@ def render_http_response(resp: HttpResponse, keep_alive: bool, head_only: bool =
     return head if head_only else head + resp.body
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(StreamingProtocol):
     """Minimal HTTP/1.1: Content-Length bodies, keep-alive, one request in flight at a time."""
 
     __slots__ = ("buf", "busy", "site", "streamer", "taken", "transport")
@@ -509,14 +526,6 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.taken = accept_hostile(self.site.fault(), transport, self, http=True)
 
-    def pause_writing(self) -> None:
-        if self.streamer is not None:
-            self.streamer.pause()
-
-    def resume_writing(self) -> None:
-        if self.streamer is not None:
-            self.streamer.resume()
-
     def data_received(self, data: bytes) -> None:
         if self.taken:
             return
@@ -529,9 +538,6 @@ class HttpProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         # half-closed client with a reply pending (slow) or a hostile stream: keep writing
         return self.busy or self.taken
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
 
     def _next(self) -> None:
         transport = self.transport
