@@ -75,11 +75,23 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def rss_mb(pid: int) -> float:
+def _status_mb(pid: int, field: str) -> float:
+    """One memory line of /proc/PID/status (kB) in MB; NaN if the kernel does not report it."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of another process now."""
+    return _status_mb(pid, "VmRSS")
+
+
+def hwm_mb(pid: int) -> float:
+    """Peak resident memory of another process so far (VmHWM): catches a spike between
+    samples."""
+    return _status_mb(pid, "VmHWM")
 
 
 def free_port() -> int:

@@ -33,19 +33,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, Emulator, cpu_s, print_machine, raise_nofile, rss_mb, table
+from common import REPO, Emulator, cpu_s, hwm_mb, print_machine, raise_nofile, rss_mb, table
 
 TICK = re.compile(r"tick (\d+(?:\.\d+)?)s: (.*)")
 KINDS = ("endless", "huge", "nested", "accept_close", "drip")
 PARAMS = {"drip": {"delay_s": 0.05}}
 RSS_TARGET_MB = 400.0
-
-
-def hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def config_text(ips: list[str], state_dir: Path, poll_interval_s: float,

@@ -29,17 +29,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, Emulator, cpu_s, free_port, print_machine, raise_nofile, rss_mb, table
+from common import (
+    REPO,
+    Emulator,
+    cpu_s,
+    free_port,
+    hwm_mb,
+    print_machine,
+    raise_nofile,
+    rss_mb,
+    table,
+)
 from metrics_scrape import scrape
 
 TICK = re.compile(r"tick (\d+(?:\.\d+)?)s: (.*)")
-
-
-def hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def config_text(ips: list[str], state_dir: Path, metrics: str, poll_interval_s: float) -> str:
