@@ -29,6 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"PNG to write (default: {DEFAULT_PLOT} in the current directory)")
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
+    p.add_argument("--price-lag-s", type=float, default=None, metavar="S",
+                   help="seconds after a price row starts until the policy sees it (default: "
+                        "one row, as an ISO real-time price is published after its interval; "
+                        "0: decide on each row's own price). Settlement always uses the real "
+                        "price")
     p.add_argument("--step-s", type=float, default=DEFAULT_STEP_S, metavar="S",
                    help=f"simulated seconds between ticks (default {DEFAULT_STEP_S:g}; "
                         "[controller] poll_interval_s for full fidelity, slower)")
@@ -54,6 +59,9 @@ def run(config_path: str, args: argparse.Namespace) -> int:
         return _fail("\n".join(exc.problems))
     if not (args.step_s > 0 and args.step_s < float("inf")):
         return _fail(f"--step-s: must be a positive number of seconds, got {args.step_s:g}")
+    lag = args.price_lag_s
+    if lag is not None and not (lag >= 0 and lag < float("inf")):
+        return _fail(f"--price-lag-s: must be 0 or more seconds, got {lag:g}")
     if not args.no_plot and not str(args.plot).lower().endswith(".png"):
         return _fail(f"--plot: {args.plot!r} must name a .png file")
     try:
@@ -69,7 +77,7 @@ def run(config_path: str, args: argparse.Namespace) -> int:
         guards=config.guards, pool_fee=policy.config.pool_fee, step_s=args.step_s,
         verify_grace_s=config.controller.verify_grace_s,
         flag_after_failures=config.controller.flag_after_failures,
-        idle_estimate_w=config.fleet.power.idle_w)
+        idle_estimate_w=config.fleet.power.idle_w, price_lag_s=lag)
     result = simulate(policy, machines, series, settings)
     plot_path = None if args.no_plot else str(args.plot)
     s = summary(result, policy_name=str(config.policy["name"]), prices=str(args.prices),

@@ -4,8 +4,12 @@ A :class:`SimMachine` follows ``emulator/physics.py`` exactly where money is mad
 is the power limit (nameplate when none), hashrate is ``nameplate x load**ALPHA`` with
 ``load = (power - idle) / (nameplate - idle)``, a sleeping or booting machine draws its idle
 power and hashes nothing, and a wake takes the model's ``boot_s`` (90 s on an S19) before it
-hashes. It has no measurement noise (a backtest must be reproducible to the cent) and no
-thermal model (no policy layer prices temperature).
+hashes. A new power limit on a hashing machine costs ``restart_s`` of hashing at idle draw
+(a Whatsminer restarts btminer for ~2 min unless its firmware has fast boot, LuxOS ramps to
+the profile: ``[guards] limit_restart_s``, the same figure the guards weigh); a limit set
+while the machine sleeps or boots costs nothing more than the boot. It has no measurement
+noise (a backtest must be reproducible to the cent) and no thermal model (no policy layer
+prices temperature).
 
 Capabilities mirror what the controller sees through pyasic (``drivers/miners.py``): stock
 Antminer firmware takes no power target and reports no wattage (its power comes from the
@@ -66,6 +70,9 @@ class SimMachine:
     state: str = "mining"  # mining | sleeping | booting
     power_limit_w: float | None = None  # None: nameplate
     boot_done_at: float = 0.0
+    restart_s: float = 0.0  # hashing lost per power-limit change while hashing
+    restarting: bool = False  # booting after a limit change (the controller sees it mining)
+    fast_boot: bool = False  # Whatsminer fast boot: a new limit costs no restart
     # accounting
     energy_kwh: float = 0.0
     revenue_usd: float = 0.0
@@ -97,6 +104,7 @@ class SimMachine:
         """A boot that has finished by ``now`` becomes mining."""
         if self.state == "booting" and now >= self.boot_done_at:
             self.state = "mining"
+            self.restarting = False
 
     def mining_power_w(self) -> float:
         return self.power_limit_w if self.power_limit_w is not None else self.spec.power_w
@@ -115,7 +123,7 @@ class SimMachine:
         one); stock Antminer power is the nameplate figure (``idle_estimate_w`` asleep).
         """
         self.settle(now)
-        state = "mining" if self.state == "mining" else "sleeping"
+        state = "mining" if self.state == "mining" or self.restarting else "sleeping"
         if self.spec.firmware in NO_WATTAGE_FIRMWARE:
             power, source = ((self.spec.power_w, "nameplate") if state == "mining"
                              else (idle_estimate_w, "idle_estimate"))
@@ -143,7 +151,7 @@ class SimMachine:
         action: Action = command.action
         if action == "sleep":
             if self.supports_sleep and self.state in ("mining", "booting"):
-                self.state = "sleeping"
+                self.state, self.restarting = "sleeping", False
                 self.sleeps += 1
                 changed = True
         else:
@@ -158,6 +166,9 @@ class SimMachine:
                 if abs(new - self.mining_power_w()) > SAME_LIMIT_W:
                     self.limit_changes += 1
                     changed = True
+                    if self.state == "mining" and self.restart_s > 0 and not self.fast_boot:
+                        self.state, self.restarting = "booting", True
+                        self.boot_done_at = now + self.restart_s
                 self.power_limit_w = new
         if changed:
             self.events.append((now, action, command.power_limit_w))
@@ -229,7 +240,8 @@ def build_machines(plan: FleetPlan) -> list[SimMachine]:
     out = []
     for p in plan.miners:
         spec = MODELS[p.model]
-        m = SimMachine(key=_mac(p.ip), ip=p.ip, model=p.model, spec=spec)
+        m = SimMachine(key=_mac(p.ip), ip=p.ip, model=p.model, spec=spec,
+                       fast_boot=bool(p.fast_boot))
         if p.power_limit_w is not None and m.supports_power_limit:
             m.power_limit_w = max(spec.min_power_w, min(spec.max_power_w, p.power_limit_w))
         out.append(m)

@@ -12,9 +12,11 @@ from pathlib import Path
 
 from controller.backtest.sim import BacktestResult, Totals
 
-OPTIMUM_NOTE = ("optimum = perfect foresight: per price row and machine the best of run, sleep "
-                "and the best power target, with no guards, no boot time and no switching cost "
-                "-- an upper bound no controller reaches")
+OPTIMUM_NOTE = ("optimum = per price row and machine the best of run, sleep and the best power "
+                "target on the row's real price, with no guards, no boot time and no switching "
+                "cost -- a loose upper bound no controller reaches")
+FORESIGHT_NOTE = ("foresight = per machine the best schedule knowing every real price, paying "
+                  "the same boot times and power-limit restarts -- the tight upper bound")
 
 
 def _iso(ts: float) -> str:
@@ -32,9 +34,11 @@ def _totals(t: Totals, hours: float) -> dict:
     }
 
 
-def captured_share(r: BacktestResult) -> float | None:
-    """Share of the optimum's gain over always-on that the policy earned (None: no gain)."""
-    gain = r.optimum.margin_usd - r.always_on.margin_usd
+def captured_share(r: BacktestResult, bound: Totals | None = None) -> float | None:
+    """Share of a bound's gain over always-on that the policy earned (None: no gain); the
+    bound is the optimum unless given (``r.foresight``)."""
+    bound = r.optimum if bound is None else bound
+    gain = bound.margin_usd - r.always_on.margin_usd
     if gain <= 1e-9:
         return None
     return (r.policy.margin_usd - r.always_on.margin_usd) / gain
@@ -44,6 +48,7 @@ def summary(r: BacktestResult, *, policy_name: str, prices: str,
             plot: str | None) -> dict:
     hours = (r.end - r.start) / 3600.0
     share = captured_share(r)
+    share_f = captured_share(r, r.foresight)
     return {
         "prices": prices,
         "policy": policy_name,
@@ -52,6 +57,7 @@ def summary(r: BacktestResult, *, policy_name: str, prices: str,
         "hours": round(hours, 3),
         "rows": len(r.rows.at),
         "step_s": r.step_s,
+        "price_lag_s": r.price_lag_s,
         "ticks": r.ticks,
         "commands": r.commands,
         "fleet": dict(Counter(m.model for m in r.machines)),
@@ -60,11 +66,15 @@ def summary(r: BacktestResult, *, policy_name: str, prices: str,
             "policy": _totals(r.policy, hours),
             "always_on": _totals(r.always_on, hours),
             "optimum": _totals(r.optimum, hours),
+            "foresight": _totals(r.foresight, hours),
         },
         "policy_vs_always_on_margin_usd": round(r.policy.margin_usd - r.always_on.margin_usd, 4),
         "policy_vs_optimum_margin_usd": round(r.policy.margin_usd - r.optimum.margin_usd, 4),
         "captured_share_of_optimum_gain": None if share is None else round(share, 4),
+        "policy_vs_foresight_margin_usd": round(r.policy.margin_usd - r.foresight.margin_usd, 4),
+        "captured_share_of_foresight_gain": None if share_f is None else round(share_f, 4),
         "optimum_note": OPTIMUM_NOTE,
+        "foresight_note": FORESIGHT_NOTE,
         "machines": [{
             "key": m.key, "ip": m.ip, "model": m.model, "firmware": m.spec.firmware,
             "energy_kwh": round(m.energy_kwh, 3), "revenue_usd": round(m.revenue_usd, 4),
@@ -97,18 +107,25 @@ def table(s: dict) -> str:
     header = ["strategy", "energy kWh", "revenue USD", "energy USD", "margin USD", "switches",
               "mean kW"]
     rows = [[name, f"{t['energy_kwh']:,.1f}", f"{t['revenue_usd']:,.2f}",
-             f"{t['energy_cost_usd']:,.2f}", f"{t['margin_usd']:,.2f}", str(t['switches']),
+             f"{t['energy_cost_usd']:,.2f}", f"{t['margin_usd']:,.2f}",
+             "n/a" if t["switches"] is None else str(t["switches"]),
              f"{t['mean_power_kw']:,.2f}"]
             for name, t in (("policy", s["strategies"]["policy"]),
                             ("always-on", s["strategies"]["always_on"]),
-                            ("optimum*", s["strategies"]["optimum"]))]
+                            ("optimum*", s["strategies"]["optimum"]),
+                            ("foresight†", s["strategies"]["foresight"]))]
     out += _grid(header, rows)
     share = s["captured_share_of_optimum_gain"]
-    out += ["", f"policy vs always-on: {s['policy_vs_always_on_margin_usd']:+,.2f} USD margin; "
-                f"vs optimum: {s['policy_vs_optimum_margin_usd']:+,.2f} USD"
-                + (f" ({share:.1%} of the optimum's gain over always-on captured)"
-                   if share is not None else " (the optimum gains nothing over always-on)"),
-            f"* {s['optimum_note']}", ""]
+    share_f = s["captured_share_of_foresight_gain"]
+    out += ["", f"prices seen by the policy {s['price_lag_s']:g} s after each row starts "
+                "(--price-lag-s); settled on the real price",
+            f"policy vs always-on: {s['policy_vs_always_on_margin_usd']:+,.2f} USD margin; "
+            f"vs foresight: {s['policy_vs_foresight_margin_usd']:+,.2f} USD"
+            + (f" ({share_f:.1%} of foresight's gain over always-on captured)"
+               if share_f is not None else " (foresight gains nothing over always-on)")
+            + f"; vs optimum: {s['policy_vs_optimum_margin_usd']:+,.2f} USD"
+            + (f" ({share:.1%})" if share is not None else ""),
+            f"* {s['optimum_note']}", f"† {s['foresight_note']}", ""]
     per_model: dict[str, list[dict]] = {}
     for m in s["machines"]:
         per_model.setdefault(m["model"], []).append(m)
@@ -154,6 +171,8 @@ def plot(r: BacktestResult, path: str | Path, *, title: str) -> Path:
               color="grey", label="always-on")
     ax_w.step(at, steps([w / 1000.0 for w in rows.optimum_power_w]), where="post",
               color="tab:orange", linestyle="--", linewidth=0.8, label="optimum")
+    ax_w.step(at, steps([w / 1000.0 for w in rows.foresight_power_w]), where="post",
+              color="tab:purple", linestyle=":", linewidth=0.8, label="foresight")
     ax_w.step(at, steps([w / 1000.0 for w in rows.policy_power_w]), where="post",
               color="tab:green", label="policy (mean per row)")
     ax_w.set_ylabel("fleet power kW")
@@ -163,6 +182,8 @@ def plot(r: BacktestResult, path: str | Path, *, title: str) -> Path:
     start = [0.0]
     ax_m.plot(at, start + list(accumulate(rows.optimum_margin_usd)), color="tab:orange",
               linestyle="--", label=f"optimum (upper bound) {r.optimum.margin_usd:,.2f}")
+    ax_m.plot(at, start + list(accumulate(rows.foresight_margin_usd)), color="tab:purple",
+              linestyle=":", label=f"foresight (tight bound) {r.foresight.margin_usd:,.2f}")
     ax_m.plot(at, start + list(accumulate(rows.policy_margin_usd)), color="tab:green",
               label=f"policy {r.policy.margin_usd:,.2f}")
     ax_m.plot(at, start + list(accumulate(rows.always_on_margin_usd)), color="grey",

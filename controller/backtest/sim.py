@@ -1,5 +1,13 @@
 """The backtest's simulation core (pure: no files, no clock, no network).
 
+Information model: an ISO's real-time price for an interval is published after the interval,
+so at time ``t`` the policy decides on the last row *published* by then (a row is published
+``price_lag_s`` after it starts; default one row, the realistic case for a real-time feed;
+0 = the old, clairvoyant replay) and every machine is *settled* on the real price of the row
+it is in. Before the first row is published the policy sees the first row. A demand-response
+cap is an instruction, not a price: it applies in its own row. No forecast is given to the
+policy (``tariff_forecast`` holds only the published price), so nothing leaks from the future.
+
 Every ``step_s`` of simulated time (and at every price row) it runs one tick exactly as the
 daemon's loop does -- observe the simulated machines, verify the last commands, decide through
 ``policies.compose.decide_stack``, guard through ``controller.guards.apply_guards`` with a
@@ -8,9 +16,16 @@ after the pool fee, energy cost and margin until the next tick. Two baselines ar
 the same rows:
 
 - **always-on**: every machine at nameplate power the whole time;
-- **optimum** (perfect foresight): per row and per machine, the best of running at nameplate,
-  sleeping (idle draw), and the best power target the firmware accepts up to nameplate --
-  no guards, no boot time, no switching cost. An upper bound no controller can reach.
+- **optimum** (the loose bound): per row and per machine, the best of running at nameplate,
+  sleeping (idle draw), and the best power target the firmware accepts up to nameplate, on
+  the row's real price -- no guards, no boot time, no switching cost;
+- **foresight** (the tight bound, ``controller/backtest/foresight.py``): per machine, the
+  best schedule over the whole period knowing every real price, paying the same boot times
+  and power-limit restarts as the simulated machines (dynamic programming).
+
+Switching costs in the model: a wake hashes nothing for the model's boot time; a new power
+limit on a hashing machine hashes nothing for its family's ``[guards] limit_restart_s`` (a
+Whatsminer with ``fast_boot`` excepted) -- the same figure the guards weigh (rule 6b).
 
 Market inputs are treated as fresh at every tick (the prices are the file's), so the
 stale-input fail-safe never fires; the ramp bucket starts full, as on a daemon that has been
@@ -19,9 +34,11 @@ running for a while.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
+from controller.backtest.foresight import fleet_schedules
 from controller.backtest.journal import SimJournal
 from controller.backtest.machines import SimMachine, hashrate_at_ths
 from controller.backtest.prices import PriceRow, PriceSeries
@@ -30,8 +47,6 @@ from controller.snapshot import Directives, FleetSnapshot, MarketSnapshot
 from emulator.models import ModelSpec
 from emulator.physics import ALPHA
 from policies.compose import decide_stack
-
-FORECAST_S = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +59,7 @@ class SimSettings:
     verify_grace_s: float = 240.0
     flag_after_failures: int = 3
     idle_estimate_w: float = 40.0  # [fleet.power] idle_w: what the driver assumes asleep
+    price_lag_s: float | None = None  # when a row is published after it starts; None: one row
 
 
 @dataclass(slots=True)
@@ -51,7 +67,7 @@ class Totals:
     energy_kwh: float = 0.0
     revenue_usd: float = 0.0
     energy_cost_usd: float = 0.0
-    switches: int = 0
+    switches: int | None = 0  # None: not counted (the per-row optimum has no schedule)
 
     @property
     def margin_usd(self) -> float:
@@ -76,6 +92,8 @@ class RowSeries:
     policy_margin_usd: list[float] = field(default_factory=list)
     always_on_margin_usd: list[float] = field(default_factory=list)
     optimum_margin_usd: list[float] = field(default_factory=list)
+    foresight_power_w: list[float] = field(default_factory=list)
+    foresight_margin_usd: list[float] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -90,6 +108,8 @@ class BacktestResult:
     optimum: Totals
     machines: list[SimMachine]
     rows: RowSeries
+    foresight: Totals = field(default_factory=Totals)
+    price_lag_s: float = 0.0
 
 
 # ------------------------------------------------------------------ baselines
@@ -135,15 +155,20 @@ def _baseline_row(m: SimMachine, row: PriceRow, dt: float, pool_fee: float,
 
 
 # ---------------------------------------------------------------- simulation
-def _market(series: PriceSeries, i: int, pool_fee: float) -> MarketSnapshot:
+def default_lag_s(series: PriceSeries) -> float:
+    """One row: the last row's length (the median row spacing)."""
+    return series.end - series.rows[-1].at
+
+
+def _market(series: PriceSeries, i: int, pool_fee: float,
+            power_cap_w: float | None) -> MarketSnapshot:
+    """What the controller knows: row ``i`` (the last published), no forecast beyond it."""
     row = series.rows[i]
-    ahead = tuple((r.at, r.tariff_usd_per_kwh) for r in series.rows[i:]
-                  if r.at < row.at + FORECAST_S)
     return MarketSnapshot(
         hashprice_usd_per_th_day=row.hashprice_usd_per_th_day, hashprice_source="backtest",
         hashprice_age_s=0.0, tariff_usd_per_kwh=row.tariff_usd_per_kwh,
         tariff_source="backtest", tariff_age_s=0.0, pool_fee=pool_fee,
-        tariff_forecast=ahead, power_cap_w=row.power_cap_w)
+        tariff_forecast=((row.at, row.tariff_usd_per_kwh),), power_cap_w=power_cap_w)
 
 
 def simulate(policy, machines: list[SimMachine], series: PriceSeries,
@@ -152,6 +177,13 @@ def simulate(policy, machines: list[SimMachine], series: PriceSeries,
     if not settings.step_s > 0 or not math.isfinite(settings.step_s):
         raise ValueError(f"--step-s: must be a positive number of seconds, got {settings.step_s}")
     cfg = settings.guards
+    lag = default_lag_s(series) if settings.price_lag_s is None else settings.price_lag_s
+    if not (lag >= 0 and math.isfinite(lag)):
+        raise ValueError(f"--price-lag-s: must be 0 or more seconds, got {lag}")
+    published_at = [r.at + lag for r in series.rows]
+    for m in machines:  # the restart the guards weigh is the one the machines pay
+        m.restart_s = cfg.limit_restart_s.get(m.spec.firmware.casefold(), 0.0)
+    schedules = fleet_schedules(machines, series, settings.pool_fee)
     journal = SimJournal()
     bucket = RampBucket(budget_w=cfg.ramp_w_per_min, updated_at=series.start)
     rows = RowSeries()
@@ -160,11 +192,12 @@ def simulate(policy, machines: list[SimMachine], series: PriceSeries,
     for i, row in enumerate(series.rows):
         row_end = series.row_end(i)
         dt_row = row_end - row.at
-        market = _market(series, i, settings.pool_fee)
         directives = Directives(power_cap_w=row.power_cap_w)
         before = [(m.energy_kwh, m.revenue_usd - m.energy_cost_usd) for m in machines]
         t = row.at
         while t < row_end:
+            seen = max(0, bisect.bisect_right(published_at, t) - 1)
+            market = _market(series, seen, settings.pool_fee, row.power_cap_w)
             fleet = FleetSnapshot(
                 tuple(m.reading(t, settings.idle_estimate_w) for m in machines), taken_at=t)
             verification = journal.verify(fleet, t, settings.verify_grace_s,
@@ -183,6 +216,9 @@ def simulate(policy, machines: list[SimMachine], series: PriceSeries,
                 commands_sent += 1
             ticks += 1
             nxt = min(t + settings.step_s, row_end)
+            k = bisect.bisect_right(published_at, t)  # the next publication is a tick too
+            if k < len(published_at) and t < published_at[k] < nxt:
+                nxt = published_at[k]
             for m in machines:
                 m.advance(t, nxt, row.hashprice_usd_per_th_day, row.tariff_usd_per_kwh,
                           settings.pool_fee)
@@ -206,11 +242,21 @@ def simulate(policy, machines: list[SimMachine], series: PriceSeries,
         rows.always_on_margin_usd.append(row_on.margin_usd)
         rows.optimum_power_w.append(row_best.energy_kwh * 3_600_000.0 / dt_row)
         rows.optimum_margin_usd.append(row_best.margin_usd)
+        rows.foresight_power_w.append(sum(sc.energy_kwh[i] for sc in schedules)
+                                      * 3_600_000.0 / dt_row)
+        rows.foresight_margin_usd.append(sum(sc.revenue_usd[i] - sc.energy_cost_usd[i]
+                                             for sc in schedules))
     policy_totals = Totals(
         energy_kwh=sum(m.energy_kwh for m in machines),
         revenue_usd=sum(m.revenue_usd for m in machines),
         energy_cost_usd=sum(m.energy_cost_usd for m in machines),
         switches=sum(m.switches for m in machines))
+    optimum.switches = None  # per-row choices, not a schedule: its switches mean nothing
+    foresight = Totals(energy_kwh=sum(sum(sc.energy_kwh) for sc in schedules),
+                       revenue_usd=sum(sum(sc.revenue_usd) for sc in schedules),
+                       energy_cost_usd=sum(sum(sc.energy_cost_usd) for sc in schedules),
+                       switches=sum(sc.switches for sc in schedules))
     return BacktestResult(start=series.start, end=series.end, step_s=settings.step_s,
                           ticks=ticks, commands=commands_sent, policy=policy_totals,
-                          always_on=always_on, optimum=optimum, machines=machines, rows=rows)
+                          always_on=always_on, optimum=optimum, machines=machines, rows=rows,
+                          foresight=foresight, price_lag_s=lag)
