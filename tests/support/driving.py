@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from controller.config import FleetConfig
 from controller.snapshot import Command, MinerReading
 from drivers.miners import MinerDriver
 from tests.support.emulator import EmulatorProcess
+
+T = TypeVar("T")
 
 
 def driver_for(*ips: str) -> MinerDriver:
@@ -42,14 +45,8 @@ async def until(d: MinerDriver, ip: str, pred: Callable[[MinerReading], bool],
                 within_s: float = 30.0) -> MinerReading:
     """The driver's reading of ``ip`` once ``pred`` holds; AssertionError with the last one
     if it does not within ``within_s``."""
-    deadline = time.monotonic() + within_s
-    while True:
-        r = await reading(d, ip)
-        if pred(r):
-            return r
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{ip}: not reached; last reading {r}")
-        await asyncio.sleep(0.1)
+    return await _poll(lambda: reading(d, ip), pred, within_s, 0.1,
+                       f"{ip}: not reached; last reading")
 
 
 async def truth(emu: EmulatorProcess, ip: str) -> dict:
@@ -61,11 +58,19 @@ async def wait_for(emu: EmulatorProcess, ip: str, pred: Callable[[dict], bool],
                    within_s: float = 20.0) -> dict:
     """The emulator's truth of ``ip`` once ``pred`` holds; AssertionError with the last one
     if it does not within ``within_s``."""
+    return await _poll(lambda: truth(emu, ip), pred, within_s, 0.05,
+                       f"{ip}: condition not reached; last")
+
+
+async def _poll(get: Callable[[], Awaitable[T]], pred: Callable[[T], bool], within_s: float,
+                interval_s: float, failure: str) -> T:
+    """``get()`` again every ``interval_s`` until ``pred`` holds; past ``within_s`` an
+    AssertionError saying ``failure`` and the last value seen."""
     deadline = time.monotonic() + within_s
     while True:
-        m = await truth(emu, ip)
-        if pred(m):
-            return m
+        value = await get()
+        if pred(value):
+            return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{ip}: condition not reached; last {m}")
-        await asyncio.sleep(0.05)
+            raise AssertionError(f"{failure} {value}")
+        await asyncio.sleep(interval_s)
