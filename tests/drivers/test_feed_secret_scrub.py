@@ -26,6 +26,7 @@ from drivers.hashprice_config import HashrateIndexSource
 from drivers.httpfeed import FeedError, StaleSource, redact_cut
 from drivers.tariff import build_tariff_source
 from tests.drivers.fakeapi import FakeApi, js, text
+from tests.support.plan_config import write_plan_config
 
 REPO = Path(__file__).resolve().parents[2]
 #: Letters and digits only, none of them in FILLER: a piece of it is easy to spot.
@@ -145,29 +146,13 @@ def test_plan_output_never_shows_the_key(fake_api: FakeApi, tmp_path: Path) -> N
     """`curtaild plan --json` in its own process, key from the environment, the API echoing it
     in a non-numeric field: the plan shows the failure and falls back, never the key."""
     fake_api.routes[PATH] = js({"data": {"priceUSD": "y" * 30 + KEY}})
-    config = tmp_path / "curtaild.toml"
-    config.write_text(f"""
-[fleet]
-hosts = ["127.155.0.1"]
-discovery_timeout_s = 2
-poll_timeout_s = 2
-
-[hashprice]
+    config = write_plan_config(tmp_path, f"""[hashprice]
 source = "hashrateindex"
 base_url = "{fake_api.url}/v1/hashrateindex"
 attempts = 1
-fallbacks = [{{ source = "fixed", usd_per_th_day = 0.045 }}]
-
-[tariff]
+fallbacks = [{{ source = "fixed", usd_per_th_day = 0.045 }}]""", """[tariff]
 kind = "flat"
-usd_per_kwh = 0.07
-
-[policy]
-name = "margin"
-
-[controller]
-state_dir = "{tmp_path / 'state'}"
-""")
+usd_per_kwh = 0.07""", host="127.155.0.1")
     res = subprocess.run(
         [sys.executable, "-m", "controller.cli", "--config", str(config), "--log-level",
          "DEBUG", "plan", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.drivers.fakeapi import MEMPOOL_HASHPRICE, FakeApi, Reply, js, mempool_routes
+from tests.support.plan_config import write_plan_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,25 +27,7 @@ def plan(config: Path) -> dict:
 
 
 def write(tmp_path: Path, hashprice: str, tariff: str) -> Path:
-    path = tmp_path / "curtaild.toml"
-    path.write_text(f"""
-[fleet]
-hosts = ["127.66.0.1"]
-discovery_timeout_s = 2
-poll_timeout_s = 2
-
-{hashprice}
-
-{tariff}
-
-[policy]
-name = "margin"
-pool_fee = 0.02
-
-[controller]
-state_dir = "{tmp_path / 'state'}"
-""")
-    return path
+    return write_plan_config(tmp_path, hashprice, tariff, host="127.66.0.1")
 
 
 def test_plan_shows_the_computed_hash_price(fake_api: FakeApi, tmp_path: Path) -> None:
