@@ -860,10 +860,14 @@ listen = "{self.metrics_url.split('/')[2]}"
         """Every broken invariant, one line each (empty: the soak passed)."""
         out: list[str] = []
         miners = {m["ip"]: m for m in self.emu.miners()}
+        seen = {m["ip"]: m for m in (self.status_file() or {}).get("miners", [])}
         for ip, s in sorted(self.wrong_states().items()):
             why = ("sleeping (operator)" if self.expected(ip) == "sleeping" else
                    "mining (adopted after a lost journal)" if ip in self.adopted else "mining")
-            out.append(f"{ip}: {s} at the end, expected {why}")
+            view = seen.get(ip, {})  # what curtaild made of it, for the report
+            out.append(f"{ip}: {s} at the end, expected {why}; curtaild: state "
+                       f"{view.get('state')}, command_state {view.get('command_state')}, "
+                       f"held {view.get('held')!r}")
         intents = self.intents()
         end = time.time()
         for ip, m in sorted(miners.items()):
