@@ -186,3 +186,18 @@ def test_cli_json_every_baseline_lag_and_bad_lag(tmp_path: Path) -> None:
     assert "foresight" in text and " n/a " in text and "3600 s after each row" in text
     bad = _curtaild(*base, "--price-lag-s", "-5", cwd=tmp_path)
     assert bad.returncode == 2 and "--price-lag-s: must be 0 or more seconds" in bad.stderr
+
+
+def test_real_month_sample_parses_as_october_2024_in_quarter_hours() -> None:
+    """data/backtest/ercot_hbsouth_2024-10_month.csv: recorded ERCOT HB_SOUTH prices
+    (data/backtest/README.md), 2,976 quarter-hours from 2024-10-01 00:00 CDT."""
+    path = ROOT / "data" / "backtest" / "ercot_hbsouth_2024-10_month.csv"
+    s = parse_prices_text(path.read_text(), str(path))
+    assert len(s.rows) == 2976 and s.end - s.start == 31 * 86400
+    assert s.start == 1727758800.0  # 2024-10-01T05:00:00Z
+    assert {round(b.at - a.at) for a, b in itertools.pairwise(s.rows)} == {900}
+    tariffs = [r.tariff_usd_per_kwh for r in s.rows]
+    assert min(tariffs) == pytest.approx(0.0078, abs=5e-5)
+    assert max(tariffs) == pytest.approx(0.429, abs=5e-4)
+    hashprices = [r.hashprice_usd_per_th_day for r in s.rows]
+    assert (min(hashprices), max(hashprices)) == (0.043281, 0.052704)
