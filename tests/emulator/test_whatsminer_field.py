@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import pyasic
 import pytest
@@ -37,12 +36,12 @@ from emulator.families.whatsminer_v3 import RAMP_S
 from emulator.fleet import FleetError, plan_fleet_text
 from emulator.models import MODELS
 from emulator.physics import EmulatedMiner
+from tests.support.conformance import whatsminer_capture as capture
 from tests.support.driving import truth, wait_for
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration
 
-CAPTURES = Path(__file__).resolve().parents[3] / "shared" / "firmware-captures" / "whatsminer"
 TIME_SCALE = 0.02  # btminer restart silent 0.6 s, boot 2.4 s, ramp 9.6 s, MHS 1m window 1.2 s
 LEGACY_FW = "20220919.15.REL"
 LEGACY, MODERN, NOWRITE, TOKENS, LIMIT, FAST, RAMP, LAG, CONF_OLD, CONF_NEW = (
@@ -104,10 +103,6 @@ async def raw(ip: str, payload: dict, source: str | None = None) -> bytes:
     data = await asyncio.wait_for(reader.read(), 5)
     writer.close()
     return data
-
-
-def capture(gen: str, name: str) -> dict:
-    return json.loads((CAPTURES / gen / name).read_text())
 
 
 # ------------------------------------------------------------------------ write API switch

@@ -15,7 +15,6 @@ import json
 import socket
 import struct
 import time
-from pathlib import Path
 
 import pyasic
 import pytest
@@ -33,12 +32,12 @@ from emulator.families.whatsminer_v3 import (
 from emulator.fleet import FleetError, build_miners, plan_count, plan_fleet_text
 from emulator.models import MODELS
 from emulator.physics import EmulatedMiner
+from tests.support.conformance import whatsminer_capture
 from tests.support.driving import truth, wait_for
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration
 
-CAPTURES = Path(__file__).resolve().parents[3] / "shared" / "firmware-captures" / "whatsminer"
 TIME_SCALE = 0.02  # a 30 s btminer restart is silent for 0.6 s; the ramp takes 9.6 s
 PW = "v3-S1te-pw"
 V3, V3_PW, V2, TOKENS, SERVICE, LIMIT, FAST, SILENT, EXHAUST, V2_EXHAUST = (
@@ -102,7 +101,7 @@ def rpc(ip: str, pwd: str = "admin") -> BTMinerV3RPCAPI:
 
 
 def capture(name: str) -> dict:
-    return json.loads((CAPTURES / "v3" / name).read_text())
+    return whatsminer_capture("v3", name)
 
 
 def shape(value: object) -> object:

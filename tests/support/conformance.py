@@ -8,6 +8,19 @@ one definition, so that every family's conformance is judged by the same rule.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+#: Replies captured from real Whatsminers (v1/v2: API v2 firmware; v3: API v3), shared with the
+#: other projects beside this repository.
+WHATSMINER_CAPTURES = (Path(__file__).resolve().parents[3] / "shared" / "firmware-captures"
+                       / "whatsminer")
+
+
+def whatsminer_capture(gen: str, name: str) -> dict:
+    """The captured reply ``name`` of capture set ``gen`` ("v1", "v2", "v3"), parsed."""
+    return json.loads((WHATSMINER_CAPTURES / gen / name).read_text())
+
 
 def shape(value: object) -> object:
     """Keys and JSON types, recursively (list items merged: one shape per list)."""
