@@ -18,6 +18,10 @@ Rules, in the order they are checked for each machine:
 5. Ownership of power limits: a limit curtaild did not set is never changed by a "run". A
    "run" for a machine curtaild owns but finds already running unlimited is still sent (no
    power moves): it lets the journal release ownership once the machine is seen running.
+   A wake (and a "run" for a machine curtaild slept that is found at another limit) carries
+   the power curtaild wants back -- the limit recorded before its first curtailment, else
+   nameplate -- because firmware keeps a limit through sleep: a plain resume would bring the
+   machine back at curtaild's old limit and release it as the operator's (issue 16).
 6. Minimum dwell since curtaild last changed the machine; and a command identical to the last
    one sent (``MinerMemory.expected_action``) is not sent again while the machine catches up
    -- re-commanding a machine that did not obey is the loop's verify step.
