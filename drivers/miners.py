@@ -846,6 +846,15 @@ class MinerDriver:
         # "auth" error, never as a mining machine.
         says_asleep = (data.is_mining is False or t.auth_refused is not None
                        or (family in NO_IS_MINING_FAMILIES and data.is_mining is None))
+        if (not hashing and data.is_mining is None and t.auth_refused is None
+                and family not in NO_IS_MINING_FAMILIES and family not in NO_SLEEP_FAMILIES):
+            # Not hashing, and the firmware's own word (a stock Antminer's config read, a
+            # Whatsminer's status) failed: asleep and booting look alike. Read as "mining" at
+            # 0 TH/s, a machine curtaild slept was "woken" with nothing to send, verified and
+            # released to the operator for good (soak seeds 11 and 88). Unknown is not mining:
+            # nothing is decided or sent for it until the firmware answers again.
+            return self._unreachable(t, "garbage: not hashing, and the firmware did not say "
+                                        "whether it is asleep (its mode read failed)")
         state = "sleeping" if (says_asleep and not hashing) else "mining"
         power_w, source = self._power(t, model, data.wattage, state, plate)
         temps = [

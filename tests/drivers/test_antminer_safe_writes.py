@@ -87,6 +87,39 @@ async def test_failed_config_read_then_sleep_posts_nothing(emu: EmulatorProcess)
         emu.set_fault(WIPE, "none")
 
 
+async def test_asleep_with_a_failing_mode_read_is_unknown_not_mining(
+        emu: EmulatorProcess) -> None:
+    """A slept machine whose config read fails does not hash and cannot say why: read as
+    mining at 0 TH/s, the loop "woke" it with nothing to send and gave it to the operator
+    (soak seeds 11 and 88). It must read as unknown, then asleep once the firmware answers."""
+    d = driver()
+    await readings(d)
+    await d.execute(cmd(WIPE, "sleep"), observed_state="mining", timeout_s=5, attempts=3)
+    emu.wait_state(WIPE, "sleeping", timeout=30)
+    await until_state(d, WIPE, "sleeping")
+    emu.set_fault(WIPE, "wipe_pools_on_failed_read")
+    try:
+        r = (await readings(d))[WIPE]
+        assert r.state == "unreachable", (r.state, r.error)
+        assert "did not say whether it is asleep" in (r.error or "")
+    finally:
+        emu.set_fault(WIPE, "none")
+    await until_state(d, WIPE, "sleeping")
+    await d.execute(cmd(WIPE, "run"), observed_state="sleeping", timeout_s=5, attempts=3)
+    emu.wait_state(WIPE, "mining", timeout=30)
+
+
+async def until_state(d: MinerDriver, ip: str, state: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    seen = None
+    while time.monotonic() < deadline:
+        seen = (await readings(d))[ip]
+        if seen.state == state:
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{ip} never read {state}: last {seen}")
+
+
 async def test_each_generation_slept_and_woken_by_its_key_with_pools_intact(
         emu: EmulatorProcess) -> None:
     d = driver()
