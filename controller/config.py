@@ -260,6 +260,13 @@ class ControllerConfig(_Strict):
         1000, "a miner that ignores commands would be re-commanded this many times before "
         "it is flagged", unit="")] = Field(
         3, ge=1, description="re-commands before a miner is flagged")
+    flag_retry_s: Annotated[float, at_most(
+        7 * 86400, "a flagged machine is tried again at least once a week: firmware that "
+        "ignored a command may obey after a fix or a reboot, and a machine left asleep "
+        "for good is a site that does not mine")] = Field(
+        1800.0, ge=0, description="a flagged machine is commanded again this long after its "
+        "last try (one command, then flagged again if it still does not obey; 0: never, "
+        "the flag then clears only when the machine is seen in the expected state)")
 
 
 class MetricsConfig(_Strict):

@@ -292,6 +292,9 @@ class MinerMemory:
     flagged: bool
     expected_action: Action | None = None
     expected_power_limit_w: float | None = None
+    #: flagged, and its last try is ``[controller] flag_retry_s`` old: commanded once more if
+    #: the policy still wants it (shown unflagged, and the last command is not "awaited")
+    retry_due: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,7 +532,7 @@ def _is_change(r: MinerReading, c: Command) -> bool:
 
 def _awaiting(c: Command, mem: MinerMemory | None) -> bool:
     """The same command was already sent and the machine has not caught up yet."""
-    if mem is None or mem.expected_action != c.action:
+    if mem is None or mem.expected_action != c.action or mem.retry_due:
         return False
     if c.power_limit_w is None or mem.expected_power_limit_w is None:
         return c.power_limit_w is None and mem.expected_power_limit_w is None

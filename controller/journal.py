@@ -494,15 +494,23 @@ class Journal:
             " AND dry_run=0 GROUP BY miner", (since,))
         return {miner: ts for miner, ts in rows}
 
-    def memory(self, *, dwell_s: float = 0.0, now: float | None = None) -> dict[str, MinerMemory]:
+    def memory(self, *, dwell_s: float = 0.0, now: float | None = None,
+               flag_retry_s: float = 0.0) -> dict[str, MinerMemory]:
         """What the guards need to know per machine, from both tables; with ``dwell_s``, also
         machines curtaild changed within the last ``dwell_s`` seconds and no longer tracks
-        (e.g. just woken and released), so minimum dwell still holds for them."""
+        (e.g. just woken and released), so minimum dwell still holds for them.
+
+        With ``flag_retry_s``, a flagged machine whose last try (its flag, or the retry since)
+        is that old is shown unflagged, so the guards command it once more: a machine flagged
+        for ignoring a wake would otherwise stay asleep for good once its firmware obeys again
+        (the flag clears only when the machine is seen in the expected state, and a machine
+        never commanded again is never seen so -- soak seed 123). The row stays flagged: a
+        retry that fails again waits another ``flag_retry_s``."""
         curtailed = self.curtailed()
         expect = self.expectations()
         out: dict[str, MinerMemory] = {}
+        now = time.time() if now is None else now
         if dwell_s > 0:
-            now = time.time() if now is None else now
             for key, ts in self.recent_changes(now - dwell_s).items():
                 if key not in curtailed and key not in expect:
                     out[key] = MinerMemory(key=key, curtailed_by_us=False, curtailed_action=None,
@@ -510,13 +518,16 @@ class Journal:
                                            flagged=False)
         for key in set(curtailed) | set(expect):
             c, e = curtailed.get(key), expect.get(key)
+            retry_due = bool(e and e.flagged and flag_retry_s > 0
+                             and now - e.since >= flag_retry_s)
             out[key] = MinerMemory(
                 key=key,
                 curtailed_by_us=c is not None,
                 curtailed_action=c.action if c else None,  # type: ignore[arg-type]
                 restore_power_limit_w=c.restore_power_limit_w if c else None,
                 last_change_at=e.last_change_at if e else (c.since if c else None),
-                flagged=bool(e and e.flagged),
+                flagged=bool(e and e.flagged) and not retry_due,
+                retry_due=retry_due,
                 expected_action=e.action if e else None,  # type: ignore[arg-type]
                 expected_power_limit_w=e.power_limit_w if e else None,
             )

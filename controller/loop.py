@@ -234,7 +234,8 @@ class Reconciler:
                                   bucket=self.bucket, effective={})
         else:
             memory = self.journal.memory(dwell_s=memory_window_s(self.config.guards),
-                                         now=now)
+                                         now=now,
+                                         flag_retry_s=self.config.controller.flag_retry_s)
             guarded = apply_guards(fleet, market, desired, memory, self.bucket,
                                    self.config.guards, now)
         commands = self._with_recommands(guarded.commands, fleet, verification, guarded.held)
