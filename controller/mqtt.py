@@ -36,6 +36,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import aiomqtt
 
@@ -339,7 +340,7 @@ class MqttBridge:
             tls_params = aiomqtt.TLSParameters(
                 ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file,
                 cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        client = aiomqtt.Client(
+        client = _Client(
             cfg.host, cfg.port, identifier=cfg.effective_client_id, username=cfg.username,
             password=cfg.read_password(), keepalive=cfg.keepalive_s,
             timeout=cfg.connect_timeout_s,
@@ -451,6 +452,21 @@ def _check_readable(tls: MqttTlsConfig) -> None:
         except OSError as exc:
             raise ValueError(f"mqtt.tls.{key}: cannot read {path}: {exc.strerror or exc}") \
                 from None
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, with every disconnect error marked as seen when it is set.
+
+    A connection that drops just after its CONNACK (a broker restarting as curtaild connects)
+    sets the error on ``_disconnected``, which ``__aenter__`` then replaces with a fresh future
+    before anything reads it: asyncio logged "Future exception was never retrieved" at garbage
+    collection although the bridge handled the disconnect and reconnected (soak seed 321).
+    Reading the exception here only marks it retrieved; whoever awaits the future still gets
+    it."""
+
+    def _on_disconnect(self, *args: Any, **kwargs: Any) -> None:
+        super()._on_disconnect(*args, **kwargs)
+        _reap(self)
 
 
 def _reap(client: aiomqtt.Client | None) -> None:

@@ -306,7 +306,8 @@ class Soak:
         # The emulator runs at --time-scale 0.01: a stock Antminer's CGI, bmminer restart and
         # board boot take seconds, not minutes. verify_grace_s 8 s scales every family's grace
         # after a command to match (guards.CONFIRM_GRACE_FACTORS: stock Antminer 14 s), so
-        # re-sends and lying machines are judged within the run.
+        # re-sends and lying machines are judged within the run; a flagged machine is tried
+        # again after 20 s (flag_retry_s), so one that obeys again converges within the run.
         extra = f"""
 [tariff]
 kind = "realtime"
@@ -328,7 +329,8 @@ listen = "{self.metrics_url.split('/')[2]}"
                      poll_interval_s=self.plan.poll_interval_s,
                      guards={"ramp_w_per_min": 200_000.0, "stale_market_after_s": 25.0,
                              "stale_hold_s": 10.0, "min_dwell_s": 4.0},
-                     controller={"command_timeout_s": 8.0, "verify_grace_s": 8.0},
+                     controller={"command_timeout_s": 8.0, "verify_grace_s": 8.0,
+                                 "flag_retry_s": 20.0},
                      extra=extra)
         # write_config writes a fixed hash price and a flat tariff: swap both for the fakes.
         text = self.cfg.read_text()
