@@ -13,7 +13,7 @@ from controller.config import ConfigError, load_config, parse_config
 REPO = Path(__file__).resolve().parents[2]
 
 GOOD = {
-    "fleet": {"hosts": ["10.0.0.5"], "ranges": ["10.0.1.1-10.0.1.3", "10.0.2.250-10.0.3.2"]},
+    "fleet": {"hosts": ["127.0.0.5"], "ranges": ["127.0.1.1-127.0.1.3", "127.0.2.250-127.0.3.2"]},
     "hashprice": {"source": "fixed", "usd_per_th_day": 0.05},
     "tariff": {"kind": "flat", "usd_per_kwh": 0.06},
     "policy": {"name": "margin", "pool_fee": 0.02},
@@ -30,17 +30,17 @@ def test_shipped_config_is_valid() -> None:
 
 
 def test_ranges_expand_inclusive_and_dedupe() -> None:
-    cfg = parse_config({**GOOD, "fleet": {"hosts": ["10.0.1.2"], "ranges": ["10.0.1.1-3"]}})
-    assert cfg.fleet.addresses() == ["10.0.1.2", "10.0.1.1", "10.0.1.3"]
+    cfg = parse_config({**GOOD, "fleet": {"hosts": ["127.0.1.2"], "ranges": ["127.0.1.1-3"]}})
+    assert cfg.fleet.addresses() == ["127.0.1.2", "127.0.1.1", "127.0.1.3"]
     cfg = parse_config(GOOD)
-    assert cfg.fleet.addresses()[-3:] == ["10.0.3.0", "10.0.3.1", "10.0.3.2"]
+    assert cfg.fleet.addresses()[-3:] == ["127.0.3.0", "127.0.3.1", "127.0.3.2"]
 
 
 @pytest.mark.parametrize(
     ("patch", "expected"),
     [
         ({"fleet": {"hosts": ["miner-1"]}}, "fleet.hosts: "),
-        ({"fleet": {"ranges": ["10.0.0.9-10.0.0.1"]}}, "fleet.ranges: "),
+        ({"fleet": {"ranges": ["127.0.0.9-127.0.0.1"]}}, "fleet.ranges: "),
         ({"hashprice": {"source": "fixed", "usd_per_th_day": -1}}, "hashprice.usd_per_th_day: "),
         ({"hashprice": {"source": "magic"}}, "hashprice: "),
         ({"tariff": {"kind": "flat"}}, "tariff.usd_per_kwh: "),

@@ -75,9 +75,9 @@ def test_a_full_section_parses(tmp_path: Path) -> None:
     ({"override": [{"password_file": "x"}]}, "fleet.credentials.override[0].match: Field"),
     ({"override": [{"match": [], "password_file": "x"}]},
      "fleet.credentials.override[0].match: List should have at least 1 item"),
-    ({"override": [{"match": ["10.0.0.300"], "password_file": "x"}]},
-     "fleet.credentials.override[0].match: [0] '10.0.0.300' is not a valid IPv4"),
-    ({"override": [{"match": ["10.0.0.9-10.0.0.1"], "password_file": "x"}]},
+    ({"override": [{"match": ["127.0.0.300"], "password_file": "x"}]},
+     "fleet.credentials.override[0].match: [0] '127.0.0.300' is not a valid IPv4"),
+    ({"override": [{"match": ["127.0.0.9-127.0.0.1"], "password_file": "x"}]},
      "ends before it starts"),
     ({"override": [{"match": ["a b"], "password_file": "x"}]}, "is neither a MAC"),
     ({"override": [{"match": ["127.157.0.1"], "family": "luxos", "password_file": "x"}]},
@@ -99,7 +99,7 @@ def test_same_identity_in_different_families_is_not_ambiguous() -> None:
     assert len(cfg.override) == 2
 
 
-@pytest.mark.parametrize("text", ["", " ", "10.0.0.0/33", "10.0.0.1-10.0.1", "1.2.3"])
+@pytest.mark.parametrize("text", ["", " ", "127.0.0.0/33", "127.0.0.1-127.0.1", "1.2.3"])
 def test_match_rejects_what_is_not_an_identity(text: str) -> None:
     with pytest.raises(ValueError):
         parse_match(text)
@@ -193,7 +193,7 @@ def test_most_specific_override_wins(tmp_path: Path) -> None:
         c = store.resolve(**{"family": "antminer", **kw})
         return c.secret.get_secret_value() if c else None
 
-    assert pw(ip="10.0.0.1") == "pw-family"  # no override: the family's
+    assert pw(ip="127.0.0.1") == "pw-family"  # no override: the family's
     assert pw(ip="127.157.9.9") == "pw-wide"
     assert pw(ip="127.157.5.40") == "pw-range50"
     assert pw(ip="127.157.5.5") == "pw-range10"  # smallest range; first among equal ones
@@ -204,7 +204,7 @@ def test_most_specific_override_wins(tmp_path: Path) -> None:
     # A family-restricted override never applies to another family.
     assert pw(ip="127.157.5.3", mac="02:EC:9D:05:03:01") == "pw-ip"
     assert pw(ip="127.157.5.3", mac="02-EC-9D-05-03-01", family="whatsminer") == "pw-mac-wm"
-    assert store.resolve(family="luxos", ip="10.0.0.1") is None
+    assert store.resolve(family="luxos", ip="127.0.0.1") is None
 
 
 # ---------------------------------------------------------------------- never in logs

@@ -28,7 +28,7 @@ def miner(key: str = "A", *, state: str = "mining", j_per_th: float = 29.5,
     """A machine drawing power_w at the given efficiency (nameplate = the same point)."""
     asleep = state == "sleeping"
     base = {
-        "key": key, "ip": f"10.0.0.{abs(hash(key)) % 250 + 1}", "make": "AntMiner",
+        "key": key, "ip": f"127.0.0.{abs(hash(key)) % 250 + 1}", "make": "AntMiner",
         "model": "test", "firmware": "luxos", "state": state,
         "hashrate_ths": 0.0 if asleep else power_w / j_per_th,
         "power_w": 40.0 if asleep else power_w,
@@ -132,9 +132,9 @@ def test_policy_without_opinion_is_held() -> None:
 
 
 # ------------------------------------------------------------------ untouchables
-@pytest.mark.parametrize("entry", ["A", "a", "10.9.9.9", "aa:bb:cc:dd:ee:ff"])
+@pytest.mark.parametrize("entry", ["A", "a", "127.9.9.9", "aa:bb:cc:dd:ee:ff"])
 def test_excluded_by_key_ip_or_mac(entry: str) -> None:
-    m = miner(ip="10.9.9.9", mac="AA:BB:CC:DD:EE:FF")
+    m = miner(ip="127.9.9.9", mac="AA:BB:CC:DD:EE:FF")
     r = run([m], {"A": want("sleep", -5.0)}, config=cfg(exclude=[entry]))
     assert r.commands == [] and "excluded" in r.held["A"]
 
@@ -570,7 +570,7 @@ def test_loop_cap_exempts_emergency_commands() -> None:
     from controller.loop import _capped
 
     def c(key: str, priority: str) -> Command:
-        return Command(key=key, ip="10.0.0.1", action="sleep", power_limit_w=None, reason="",
+        return Command(key=key, ip="127.0.0.1", action="sleep", power_limit_w=None, reason="",
                        delta_power_w=-3000.0, priority=priority)  # type: ignore[arg-type]
 
     cmds = [c("E1", "emergency"), c("N1", "normal"), c("N2", "normal"), c("E2", "emergency"),

@@ -10,7 +10,7 @@ from controller.snapshot import Command
 
 
 def _cmd(action: str, limit: float | None = None) -> Command:
-    return Command(key="AA:BB", ip="10.0.0.1", action=action, power_limit_w=limit,  # type: ignore[arg-type]
+    return Command(key="AA:BB", ip="127.0.0.1", action=action, power_limit_w=limit,  # type: ignore[arg-type]
                    reason="test", delta_power_w=-3000.0)
 
 
@@ -33,7 +33,7 @@ def test_ownership_released_only_when_observed_running(tmp_path: Path) -> None:
     j.record_intent(_cmd("run"), observed_limit_w=None, dry_run=False, now=200.0)
     assert j.curtailed()["AA:BB"].releasing
     assert j.memory()["AA:BB"].curtailed_by_us  # still ours until seen running
-    j.mark_verified("AA:BB", "10.0.0.1", "run", now=210.0)
+    j.mark_verified("AA:BB", "127.0.0.1", "run", now=210.0)
     assert "AA:BB" not in j.curtailed()
     assert "AA:BB" not in j.memory()
 
@@ -56,14 +56,14 @@ def test_dry_run_journals_but_takes_no_ownership(tmp_path: Path) -> None:
 def test_mismatches_flag_after_n(tmp_path: Path) -> None:
     j = Journal(tmp_path)
     j.record_intent(_cmd("sleep"), observed_limit_w=None, dry_run=False, now=1.0)
-    assert j.mark_mismatch("AA:BB", "10.0.0.1", "sleep", "mining", flag_after=2, now=5.0) == 1
+    assert j.mark_mismatch("AA:BB", "127.0.0.1", "sleep", "mining", flag_after=2, now=5.0) == 1
     assert not j.memory()["AA:BB"].flagged
     # Re-sending the same action keeps the failure count (it is the same decision).
     j.record_intent(_cmd("sleep"), observed_limit_w=None, dry_run=False, now=6.0)
-    assert j.mark_mismatch("AA:BB", "10.0.0.1", "sleep", "mining", flag_after=2, now=9.0) == 2
+    assert j.mark_mismatch("AA:BB", "127.0.0.1", "sleep", "mining", flag_after=2, now=9.0) == 2
     assert j.memory()["AA:BB"].flagged
     assert j.memory()["AA:BB"].last_change_at == 1.0
-    j.mark_verified("AA:BB", "10.0.0.1", "sleep", now=10.0)
+    j.mark_verified("AA:BB", "127.0.0.1", "sleep", now=10.0)
     assert not j.memory()["AA:BB"].flagged
 
 
@@ -77,13 +77,13 @@ def test_min_dwell_outlives_a_verified_wake(tmp_path: Path) -> None:
     j.record_outcome(_cmd("sleep"), "ok", now=100.5)
     j.record_intent(_cmd("run"), observed_limit_w=None, dry_run=False, now=1000.0)
     j.record_outcome(_cmd("run"), "ok", now=1001.0)
-    j.mark_verified("AA:BB", "10.0.0.1", "run", now=1100.0)
+    j.mark_verified("AA:BB", "127.0.0.1", "run", now=1100.0)
     assert j.memory(now=1200.0) == {}  # no rows left: without dwell_s nothing remembers
     mem = j.memory(dwell_s=600.0, now=1200.0)["AA:BB"]
     assert mem.last_change_at == 1001.0 and not mem.curtailed_by_us
     assert j.memory(dwell_s=600.0, now=1700.0) == {}  # past the dwell: forgotten
 
-    r = MinerReading(key="AA:BB", ip="10.0.0.1", make="Bitmain", model="S19", firmware="antminer",
+    r = MinerReading(key="AA:BB", ip="127.0.0.1", make="Bitmain", model="S19", firmware="antminer",
                      state="mining", hashrate_ths=95.0, power_w=3250.0,
                      power_source="model_table", power_limit_w=None, temp_c=70.0,
                      nameplate_hashrate_ths=95.0, nameplate_power_w=3250.0, observed_at=1200.0)

@@ -8,7 +8,7 @@ from controller.snapshot import Command, FleetSnapshot, MinerReading
 
 def _r(key: str, state: str = "mining", power_w: float = 3250.0,
        limit: float | None = None) -> MinerReading:
-    return MinerReading(key=key, ip=f"10.0.0.{len(key)}", make="WhatsMiner", model="M50",
+    return MinerReading(key=key, ip=f"127.0.0.{len(key)}", make="WhatsMiner", model="M50",
                         firmware="whatsminer", state=state,  # type: ignore[arg-type]
                         hashrate_ths=114.0 if state == "mining" else 0.0, power_w=power_w,
                         power_source="firmware", power_limit_w=limit, temp_c=70.0,
@@ -17,7 +17,7 @@ def _r(key: str, state: str = "mining", power_w: float = 3250.0,
 
 
 def _c(key: str, action: str, limit: float | None = None) -> Command:
-    return Command(key=key, ip="10.0.0.1", action=action, power_limit_w=limit,  # type: ignore[arg-type]
+    return Command(key=key, ip="127.0.0.1", action=action, power_limit_w=limit,  # type: ignore[arg-type]
                    reason="t", delta_power_w=0.0)
 
 

@@ -41,7 +41,7 @@ NETWORK = {  # the design's example: difficulty 1e14, 3.15 BTC per block, 100,00
 
 
 def reading(key: str, **kw) -> MinerReading:
-    base = dict(key=key, ip="10.0.0.1", make="AntMiner", model="S19j Pro", firmware="antminer",
+    base = dict(key=key, ip="127.0.0.1", make="AntMiner", model="S19j Pro", firmware="antminer",
                 state="mining", hashrate_ths=100.0, power_w=3000.0, power_source="nameplate",
                 power_limit_w=None, temp_c=71.5, fan_rpm=(5400, 5500), observed_at=NOW - 1,
                 mac=key, serial="SN1")
@@ -68,12 +68,12 @@ def tick(miners: tuple[MinerReading, ...] | None = None, mk: MarketSnapshot | No
          **kw) -> TickResult:
     miners = miners if miners is not None else (
         reading("AA:01"),  # S19j Pro mining at 30 J/TH
-        reading("AA:02", ip="10.0.0.2", make="WhatsMiner", model="M50", firmware="whatsminer",
+        reading("AA:02", ip="127.0.0.2", make="WhatsMiner", model="M50", firmware="whatsminer",
                 hashrate_ths=100.0, power_w=2500.0, power_source="firmware",
                 power_limit_w=2500.0, temp_c=65.0, fan_rpm=(4000,)),
-        reading("AA:03", ip="10.0.0.3", state="sleeping", hashrate_ths=0.0, power_w=40.0,
+        reading("AA:03", ip="127.0.0.3", state="sleeping", hashrate_ths=0.0, power_w=40.0,
                 power_source="idle_estimate", temp_c=None, fan_rpm=()),
-        reading("10.0.0.4", ip="10.0.0.4", make="", model="", firmware="", state="unreachable",
+        reading("127.0.0.4", ip="127.0.0.4", make="", model="", firmware="", state="unreachable",
                 hashrate_ths=0.0, power_w=0.0, power_source="none", temp_c=None, fan_rpm=(),
                 mac=None, serial=None, error="timeout: no answer"),
     )
@@ -85,7 +85,7 @@ def tick(miners: tuple[MinerReading, ...] | None = None, mk: MarketSnapshot | No
                                   run_margin_usd_per_day=1.25),
                  "AA:03": Desired("sleep", "loses", run_margin_usd_per_day=-0.75)},
         effective={}, held={"AA:01": "min dwell"},
-        commands=(Command("AA:02", "10.0.0.2", "limit", 2200.0, "limit", -300.0),),
+        commands=(Command("AA:02", "127.0.0.2", "limit", 2200.0, "limit", -300.0),),
         outcomes={"AA:02": "ok: limited"}, dry_run=False)
     base.update(kw)
     return TickResult(**base)  # type: ignore[arg-type]
@@ -157,7 +157,7 @@ def test_parse_listen_rejects(text: str, why: str) -> None:
         parse_listen(text)
 
 
-BASE = {"fleet": {"hosts": ["10.0.0.1"]}, "hashprice": {"source": "fixed", "usd_per_th_day": 0.05},
+BASE = {"fleet": {"hosts": ["127.0.0.1"]}, "hashprice": {"source": "fixed", "usd_per_th_day": 0.05},
         "tariff": {"kind": "flat", "usd_per_kwh": 0.06}, "policy": {"name": "margin"}}
 
 
@@ -201,7 +201,7 @@ def test_per_miner_series_labels_and_units() -> None:
     assert value(text, "curtaild_miner_margin_usd_per_day", **ml) == 1.25
     assert value(text, "curtaild_miner_curtailed", **ml) == 0.0
     # identity details only on the info series
-    assert value(text, "curtaild_miner_info", miner="AA:02", ip="10.0.0.2", make="WhatsMiner",
+    assert value(text, "curtaild_miner_info", miner="AA:02", ip="127.0.0.2", make="WhatsMiner",
                  mac="AA:02", serial="SN1") == 1.0
     assert not any("ip" in dict(k[1]) for k in samples(text) if k[0] != "curtaild_miner_info")
     # curtailed (journal ownership) and flagged
@@ -211,9 +211,9 @@ def test_per_miner_series_labels_and_units() -> None:
     assert value(text, "curtaild_miner_power_watts", miner="AA:03",
                  source="idle_estimate") == 40.0
     # the unreachable one: up 0, no desired, no temperature; key falls back to the ip
-    assert value(text, "curtaild_miner_up", miner="10.0.0.4") == 0.0
-    assert value(text, "curtaild_miner_state", miner="10.0.0.4", state="unreachable") == 1.0
-    names = {k[0] for k in samples(text) if dict(k[1]).get("miner") == "10.0.0.4"}
+    assert value(text, "curtaild_miner_up", miner="127.0.0.4") == 0.0
+    assert value(text, "curtaild_miner_state", miner="127.0.0.4", state="unreachable") == 1.0
+    names = {k[0] for k in samples(text) if dict(k[1]).get("miner") == "127.0.0.4"}
     assert "curtaild_miner_desired" not in names
     assert "curtaild_miner_temperature_celsius" not in names
     # one series per miner for state and desired (value 1, the label carries the state)
@@ -560,7 +560,7 @@ def test_state_from_daemon_reads_counters_and_journal(tmp_path: Path) -> None:
         daemon.reconciler.driver.error_counts["refused"] = 3
         daemon.reloads["failed"] += 1
         j = daemon.journal
-        sleep = Command("AA:03", "10.0.0.3", "sleep", None, "loses", -3000.0)
+        sleep = Command("AA:03", "127.0.0.3", "sleep", None, "loses", -3000.0)
         j.record_intent(sleep, observed_limit_w=None, dry_run=False)
         j.record_outcome(sleep, "ok", "slept")
         daemon.metrics.stats.tick_done(t)

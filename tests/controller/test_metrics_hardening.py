@@ -361,7 +361,7 @@ def test_past_the_cap_with_every_slot_busy_answers_503() -> None:
     """Slots whose response is being written are never evicted: a newcomer gets 503."""
     from tests.controller.test_metrics import reading, state, tick
 
-    miners = tuple(reading(f"AA:{i:04d}", ip=f"10.0.{i // 256}.{i % 256}") for i in range(3000))
+    miners = tuple(reading(f"AA:{i:04d}", ip=f"127.0.{i // 256}.{i % 256}") for i in range(3000))
     exporter = _exporter(max_connections=2, request_timeout_s=30.0)
     exporter.publish(state(tick(miners=miners)))
     readers: list[socket.socket] = []

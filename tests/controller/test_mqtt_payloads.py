@@ -14,7 +14,7 @@ from controller.snapshot import Command, Desired, FleetSnapshot, MinerReading
 
 def _reading(i: int) -> MinerReading:
     return MinerReading(key=f"02:EC:00:00:{i // 256:02X}:{i % 256:02X}",
-                        ip=f"10.0.{i // 250}.{i % 250 + 1}", make="AntMiner", model="S19",
+                        ip=f"127.0.{i // 250}.{i % 250 + 1}", make="AntMiner", model="S19",
                         firmware="antminer", state="mining",
                         hashrate_ths=95.0, power_w=3250.0, power_source="model_table",
                         power_limit_w=None, temp_c=70.0, observed_at=1000.0)

@@ -126,7 +126,7 @@ async def test_margin_policy_sleeps_everything_in_a_window() -> None:
                             tariff_forecast=q.forecast)
 
     def miner(key: str, ths: float, watts: float) -> MinerReading:
-        return MinerReading(key=key, ip="10.0.0.1", make="AntMiner", model=key,
+        return MinerReading(key=key, ip="127.0.0.1", make="AntMiner", model=key,
                             firmware="antminer", state="mining", hashrate_ths=ths,
                             power_w=watts, power_source="nameplate", power_limit_w=None,
                             temp_c=60.0, nameplate_hashrate_ths=ths, nameplate_power_w=watts,

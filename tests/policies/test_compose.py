@@ -72,7 +72,7 @@ def test_expired_override_is_ignored_and_keys_match_mac_or_ip() -> None:
     assert decide(s, GOOD, overrides=old)["good"].action == "run"
     by_ip = (Override(key=GOOD.ip, action="sleep", until=NOW + 1, source="cli"),)
     assert decide(s, GOOD, overrides=by_ip)["good"].priority == "forced"
-    nobody = (Override(key="10.9.9.9", action="sleep", until=None, source="cli"),)
+    nobody = (Override(key="127.9.9.9", action="sleep", until=None, source="cli"),)
     assert decide(s, GOOD, overrides=nobody)["good"].priority == "normal"
 
 

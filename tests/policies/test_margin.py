@@ -22,7 +22,7 @@ def market(hashprice: float = 0.05, tariff: float = 0.06) -> MarketSnapshot:
 def s19j(key: str = "S19J", **kw: object) -> MinerReading:
     """A stock S19j Pro: 104 TH/s, 3068 W, no power limit."""
     base = {
-        "key": key, "ip": "10.0.0.1", "make": "AntMiner", "model": "S19j Pro",
+        "key": key, "ip": "127.0.0.1", "make": "AntMiner", "model": "S19j Pro",
         "firmware": "antminer", "state": "mining", "hashrate_ths": 104.0, "power_w": 3068.0,
         "power_source": "nameplate", "power_limit_w": None, "temp_c": 70.0,
         "nameplate_hashrate_ths": 104.0, "nameplate_power_w": 3068.0, "observed_at": NOW,
