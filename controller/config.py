@@ -373,7 +373,10 @@ def parse_config(data: dict[str, Any], source_path: str | None = None) -> Config
     config: Config | None = None
     where = source_path or "config"
     try:
-        config = Config.model_validate({**data, "source_path": source_path})
+        # relative secret files resolve beside the config file (controller/secret.py)
+        config_dir = os.path.dirname(os.path.abspath(source_path)) if source_path else None
+        config = Config.model_validate({**data, "source_path": source_path},
+                                       context={"config_dir": config_dir})
     except ValidationError as exc:
         problems.extend(_problems(exc, data))
     except Exception as exc:  # a validator that raised something pydantic does not wrap

@@ -23,9 +23,16 @@ import ipaddress
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from controller.secret import check_credential_name
+from controller.secret import beside_config, check_credential_name
 
 #: Families whose pyasic 0.79 backends take a password, and what it is for.
 FAMILIES: dict[str, str] = {
@@ -78,6 +85,11 @@ class SecretSource(_Strict):
     @classmethod
     def _credential_name(cls, v: str | None) -> str | None:
         return check_credential_name(v)
+
+    @field_validator("password_file")
+    @classmethod
+    def _beside_config(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return beside_config(v, info)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretSource:

@@ -11,10 +11,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from controller.bounds import at_most
-from controller.secret import check_credential_name, read_secret
+from controller.secret import beside_config, check_credential_name, read_secret
 
 
 class _Strict(BaseModel):
@@ -139,6 +146,11 @@ class MqttConfig(_Strict):
     @classmethod
     def _credential_name(cls, v: str | None) -> str | None:
         return check_credential_name(v)
+
+    @field_validator("password_file")
+    @classmethod
+    def _beside_config(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return beside_config(v, info)
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttConfig:

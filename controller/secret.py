@@ -20,6 +20,7 @@ import os
 import re
 import threading
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -39,6 +40,20 @@ def check_credential_name(value: str | None) -> str | None:
     if value is not None and not CREDENTIAL_NAME.match(value):
         raise ValueError(f"{value!r} is not a systemd credential name (letters, digits, _.@-)")
     return value
+
+
+def beside_config(value: str | None, info: Any) -> str | None:
+    """Validator body: a relative secret file resolves against the config file's directory.
+
+    Against the working directory, ``password_file = "secrets/antminer"`` named another file
+    when the daemon was started from elsewhere (systemd starts it in ``/``): the shipped
+    config could not name a file beside itself. ``parse_config`` passes the directory as the
+    validation context (``config_dir``); without one (a model built in code) the path is
+    kept as given."""
+    base = (getattr(info, "context", None) or {}).get("config_dir")
+    if value is None or base is None or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(base, value))
 
 
 def read_secret(*, file: str | None, credential: str | None, file_key: str,

@@ -295,3 +295,29 @@ state_dir = "{tmp_path}/state"
         assert "Traceback" not in out.stderr
         outputs.append(out)
     assert all("cli-secret-6612" not in o.stdout + o.stderr for o in outputs)
+
+
+def test_relative_password_files_resolve_beside_the_config_file(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """Against the working directory a relative path named another file when the daemon ran
+    from elsewhere (systemd starts it in /): it resolves beside the config file."""
+    from controller.config import load_config
+
+    site = tmp_path / "site"
+    (site / "secrets").mkdir(parents=True)
+    (site / "secrets" / "antminer").write_text("site-pass\n")
+    (site / "secrets" / "mqtt").write_text("mqtt-pass\n")
+    cfg = site / "curtaild.toml"
+    cfg.write_text(
+        '[fleet]\nhosts = ["127.0.0.9"]\n'
+        '[fleet.credentials.antminer]\npassword_file = "secrets/antminer"\n'
+        '[hashprice]\nsource = "fixed"\nusd_per_th_day = 0.05\n'
+        '[tariff]\nkind = "flat"\nusd_per_kwh = 0.06\n'
+        '[policy]\nname = "margin"\n'
+        '[mqtt]\nhost = "127.0.0.1"\ntopic_prefix = "curtaild/t"\nusername = "curtaild"\n'
+        'password_file = "secrets/mqtt"\n')
+    monkeypatch.chdir(tmp_path)  # anywhere but the config's directory
+    loaded = load_config(str(cfg))
+    assert loaded.fleet.credentials.antminer.password_file == str(site / "secrets" / "antminer")
+    assert loaded.mqtt.password_file == str(site / "secrets" / "mqtt")
+    assert loaded.mqtt.read_password() == "mqtt-pass"
