@@ -27,8 +27,8 @@ from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration
 
-CAPTURE = (Path(__file__).resolve().parents[3] / "shared" / "firmware-captures" / "bitaxe"
-           / "v2_0_0" / "system_info.json")
+CAPTURE = (Path(__file__).resolve().parent / "captures" / "bitaxe" / "v2_0_0"
+           / "system_info.json")
 OLD, OLD_2, V12, V14, V14_2 = (f"127.161.3.{i}" for i in range(1, 6))
 FLEET = f"""
 [[miner]]

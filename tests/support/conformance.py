@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-#: Replies captured from real Whatsminers (v1/v2: API v2 firmware; v3: API v3), shared with the
-#: other projects beside this repository.
-WHATSMINER_CAPTURES = (Path(__file__).resolve().parents[3] / "shared" / "firmware-captures"
+#: Replies captured from real Whatsminers (v1/v2: API v2 firmware; v3: API v3): copies kept with
+#: the tests (tests/emulator/captures/SOURCES.md), so a checkout alone runs them.
+WHATSMINER_CAPTURES = (Path(__file__).resolve().parents[1] / "emulator" / "captures"
                        / "whatsminer")
 
 
