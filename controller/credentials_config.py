@@ -27,12 +27,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from controller.secret import beside_config, check_credential_name
+from controller.secret import CredentialName, SecretFile
 
 #: Families whose pyasic 0.79 backends take a password, and what it is for.
 FAMILIES: dict[str, str] = {
@@ -71,25 +70,15 @@ def _no_literal_secret(data: Any) -> Any:
 class SecretSource(_Strict):
     """Where one password comes from: exactly one of a file or a systemd credential."""
 
-    password_file: str | None = Field(None, min_length=1,
+    password_file: SecretFile = Field(None, min_length=1,
                                       description="file holding the password (one line)")
-    password_credential: str | None = Field(
+    password_credential: CredentialName = Field(
         None, description="systemd credential name ($CREDENTIALS_DIRECTORY/<name>)")
 
     @model_validator(mode="before")
     @classmethod
     def _not_inline(cls, data: Any) -> Any:
         return _no_literal_secret(data)
-
-    @field_validator("password_credential")
-    @classmethod
-    def _credential_name(cls, v: str | None) -> str | None:
-        return check_credential_name(v)
-
-    @field_validator("password_file")
-    @classmethod
-    def _beside_config(cls, v: str | None, info: ValidationInfo) -> str | None:
-        return beside_config(v, info)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretSource:

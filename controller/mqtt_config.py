@@ -15,13 +15,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from controller.bounds import at_most
-from controller.secret import beside_config, check_credential_name, read_secret
+from controller.secret import CredentialName, SecretFile, read_secret
 
 
 class _Strict(BaseModel):
@@ -51,8 +50,8 @@ class MqttConfig(_Strict):
     client_id: str | None = Field(None, max_length=128,
                                   description="MQTT client id; default 'curtaild-<prefix>'")
     username: str | None = Field(None, min_length=1)
-    password_file: str | None = Field(None, description="file holding the password (one line)")
-    password_credential: str | None = Field(
+    password_file: SecretFile = Field(None, description="file holding the password (one line)")
+    password_credential: CredentialName = Field(
         None, description="systemd credential name holding the password ($CREDENTIALS_DIRECTORY)")
     tls: MqttTlsConfig | None = None
     keepalive_s: Annotated[int, at_most(
@@ -141,16 +140,6 @@ class MqttConfig(_Strict):
         if v.startswith("$"):
             raise ValueError(f"{v!r}: topics starting with '$' are reserved by the broker")
         return v
-
-    @field_validator("password_credential")
-    @classmethod
-    def _credential_name(cls, v: str | None) -> str | None:
-        return check_credential_name(v)
-
-    @field_validator("password_file")
-    @classmethod
-    def _beside_config(cls, v: str | None, info: ValidationInfo) -> str | None:
-        return beside_config(v, info)
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttConfig:

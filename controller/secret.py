@@ -20,9 +20,9 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import SecretStr
+from pydantic import AfterValidator, SecretStr
 
 #: systemd credential names (``LoadCredential=NAME:PATH``).
 CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,255}$")
@@ -141,3 +141,9 @@ class RedactingFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
         return True
+
+
+#: A config key naming a secret file: relative paths resolve beside the config file.
+SecretFile = Annotated[str | None, AfterValidator(beside_config)]
+#: A config key naming a systemd credential.
+CredentialName = Annotated[str | None, AfterValidator(check_credential_name)]
