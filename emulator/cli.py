@@ -6,6 +6,9 @@ Once every listener is bound it prints (flushed) exactly::
     miners: N at FIRST-LAST
     families: antminer=3 whatsminer=2 luxos=2 bitaxe=1
 
+then, when the fleet has PDUs or a meter (emulator/pdu/plan.py), ``pdus: N apc=A raritan=R``
+and ``meter: HOST:PORT``.
+
 Tests and scripts wait for the ``control:`` line. Configuration problems (bad fleet file,
 non-loopback control address, a port that cannot be bound) exit 2 with one clear line.
 """
@@ -25,6 +28,8 @@ from emulator.control import ControlAddressError, parse_control, start_control
 from emulator.families import FamilyUnavailable, get_family
 from emulator.fleet import DEFAULT_FIRST_IP, FleetError, build_miners, plan_count, plan_fleet_file
 from emulator.models import FAMILIES
+from emulator.pdu.control import SiteRuntime
+from emulator.pdu.plan import SitePlan, build_site, plan_count_site
 from emulator.physics import EmulatedMiner
 from emulator.server import BindError, FleetServer, raise_nofile_limit
 
@@ -45,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a 90 s boot take 0.9 s (default 1.0, or the fleet file's)")
     parser.add_argument("--fleet", default=None, metavar="FILE",
                         help="TOML fleet description (see docs/emulator.md)")
+    parser.add_argument("--no-pdus", action="store_true",
+                        help="--count fleets: no emulated PDUs and meter (they bind udp/161 "
+                             "and tcp/502 at the miners' addresses; see docs/pdu.md)")
     parser.add_argument("--log-level", default="WARNING",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="emulator log level on stderr (default WARNING)")
@@ -55,7 +63,7 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _build(args: argparse.Namespace) -> list[EmulatedMiner]:
+def _build(args: argparse.Namespace) -> tuple[list[EmulatedMiner], SitePlan | None]:
     if args.fleet and args.count is not None:
         raise FleetError("give either --count or --fleet, not both")
     if args.fleet:
@@ -68,7 +76,9 @@ def _build(args: argparse.Namespace) -> list[EmulatedMiner]:
         plan.time_scale if plan.time_scale is not None else 1.0)
     if time_scale <= 0:
         raise FleetError(f"--time-scale: must be positive, got {time_scale}")
-    return build_miners(plan, time_scale)
+    if args.count is not None and not getattr(args, "no_pdus", False):
+        plan.site = plan_count_site([m.ip for m in plan.miners])
+    return build_miners(plan, time_scale), plan.site
 
 
 def _range_text(miners: list[EmulatedMiner]) -> str:
@@ -82,18 +92,19 @@ def main(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         host, port = parse_control(args.control)
-        miners = _build(args)
+        miners, site = _build(args)
         for name in sorted({m.spec.firmware for m in miners}):
             get_family(name)
     except (ControlAddressError, FleetError, FamilyUnavailable) as exc:
         return _fail(str(exc))
     try:
-        return asyncio.run(_serve(miners, host, port))
+        return asyncio.run(_serve(miners, host, port, site))
     except KeyboardInterrupt:  # pragma: no cover - signal arrived before handlers were set
         return 0
 
 
-async def _serve(miners: list[EmulatedMiner], host: str, port: int) -> int:
+async def _serve(miners: list[EmulatedMiner], host: str, port: int,
+                 site_plan: SitePlan | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -104,9 +115,21 @@ async def _serve(miners: list[EmulatedMiner], host: str, port: int) -> int:
         await fleet.start()
     except BindError as exc:
         return _fail(str(exc))
+    site = None
+    if site_plan is not None:  # PDUs and meter (emulator/pdu/): after the miners they power
+        pdus, meter = build_site(site_plan, miners, lambda m: fleet.sync_listening(m.ip))
+        site = SiteRuntime(pdus, meter)
+        try:
+            await site.start()
+        except (OSError, ValueError) as exc:
+            await fleet.close()
+            return _fail(str(exc))
+        fleet.site = site  # type: ignore[attr-defined]  # the control API's /pdus, /meter
     try:
         control = await start_control(fleet, host, port)
     except BindError as exc:
+        if site is not None:
+            await site.close()
         await fleet.close()
         return _fail(f"control API: {exc}")
     counts = Counter(m.spec.firmware for m in miners)
@@ -114,9 +137,13 @@ async def _serve(miners: list[EmulatedMiner], host: str, port: int) -> int:
     print(f"control: http://{host if ':' not in host else f'[{host}]'}:{port}", flush=True)
     print(f"miners: {len(miners)} at {_range_text(miners)}", flush=True)
     print(f"families: {families}", flush=True)
+    for line in site.summary() if site is not None else []:
+        print(line, flush=True)
     log.info("listening: %d sockets (RLIMIT_NOFILE %d/%d)", fleet.listener_count, soft, hard)
     await stop.wait()
     control.close()
+    if site is not None:
+        await site.close()
     await fleet.close()
     with contextlib.suppress(Exception):
         sys.stdout.flush()

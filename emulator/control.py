@@ -18,6 +18,7 @@ Endpoints::
     POST /miners/{ip}/power           {"on": false|true}: cut or restore mains power (the
                                         machine boots back into what its firmware stored:
                                         a slept stock Antminer comes back asleep)
+    GET  /pdus, GET /meter, ...       the site's PDUs and meter: emulator/pdu/control.py
 
 Errors are JSON ``{"error": "..."}`` with 400 (bad body), 404 (unknown miner or path),
 405 (wrong method) or 409 (action impossible in the current state).
@@ -142,6 +143,9 @@ class ControlApi:
                 return self._only(req, "POST") or self.action(endpoint, req.body)
             if parts[2:] == ["power"]:
                 return self._only(req, "POST") or self.power(endpoint, req.body)
+        site = getattr(self.fleet, "site", None)  # PDUs and meter: emulator/pdu/control.py
+        if site is not None and parts and parts[0] in ("pdus", "meter"):
+            return site.handle(req, parts)
         return _error(404, f"no such endpoint {req.method} {req.path}")
 
     @staticmethod

@@ -68,14 +68,22 @@ from emulator.families.whatsminer import WRITE_API_KEY as WHATSMINER_WRITE_API_K
 from emulator.families.whatsminer_v3 import RAMP_S as V3_RAMP_S
 from emulator.families.whatsminer_v3 import api_for_version
 from emulator.models import MODELS
+from emulator.pdu.plan import (
+    MINER_SITE_KEYS,
+    SiteError,
+    SitePlan,
+    miner_site_keys,
+    place,
+    plan_site,
+)
 from emulator.physics import FACTORY_PASSWORDS, FAULT_KINDS, EmulatedMiner, Fault
 
 DEFAULT_FIRST_IP = "127.1.0.1"
 DEFAULT_AMBIENT_C = 25.0
-TOP_KEYS = {"time_scale", "ambient_c", "miner"}
+TOP_KEYS = {"time_scale", "ambient_c", "miner", "pdu", "meter"}  # [[pdu]], [meter]: pdu/plan.py
 MINER_KEYS = {"model", "ip", "firmware", "count", "fault", "delay_s", "size_bytes", "ambient_c",
               "power_limit_w", "password", "api", "firmware_version", "fast_boot", "atm",
-              "write_api"}
+              "write_api"} | MINER_SITE_KEYS
 #: ``--count`` fleets: models whose machines run Whatsminer API v3 firmware.
 COUNT_V3_MODELS = {"M50"}
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
@@ -109,6 +117,8 @@ class FleetPlan:
     miners: list[MinerPlan]
     time_scale: float | None = None  # from the file; the CLI flag overrides
     ambient_c: float | None = None
+    #: PDUs and meter ([[pdu]], [meter]; --count: pdu/plan.plan_count_site); None: none
+    site: SitePlan | None = None
 
 
 def parse_loopback(text: str, what: str = "--first-ip") -> ipaddress.IPv4Address:
@@ -188,6 +198,10 @@ def plan_fleet_text(text: str, first_ip: str = DEFAULT_FIRST_IP,
     if not tables:
         raise FleetError(f"{source}: no [[miner]] tables")
     specs = [_table(f"{source}: miner[{i}]", t) for i, t in enumerate(tables)]
+    try:
+        plan.site = plan_site(doc, source)
+    except SiteError as exc:
+        raise FleetError(str(exc)) from None
 
     # Explicit addresses first, so automatic ones can skip them.
     taken: dict[str, str] = {}
@@ -217,6 +231,10 @@ def plan_fleet_text(text: str, first_ip: str = DEFAULT_FIRST_IP,
                     raise FleetError(f"{where}: no free loopback address left after "
                                      f"{first_ip}")
                 block.append(ip)
+        try:
+            place(plan.site, where, block, table.get("site", {}))
+        except SiteError as exc:
+            raise FleetError(str(exc)) from None
         for ip in block:
             plan.miners.append(MinerPlan(
                 ip=ip, model=table["model"], fault=table.get("fault", "none"),
@@ -281,6 +299,10 @@ def _table(where: str, table: dict) -> tuple[str, dict]:
         out["power_limit_w"] = limit
     if "password" in table:
         out["password"] = _password(where, spec.firmware, table["password"])
+    try:
+        out["site"] = miner_site_keys(where, table)  # pdu/outlet (emulator/pdu/plan.py)
+    except SiteError as exc:
+        raise FleetError(str(exc)) from None
     if spec.firmware == "antminer":
         out.update(_antminer_firmware(where, table))
     else:

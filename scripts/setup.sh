@@ -10,6 +10,7 @@ if [[ "${1:-}" != "--python-only" ]]; then
   command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || need+=(mosquitto)
   command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+  command -v snmpget >/dev/null 2>&1 || need+=(snmp)  # net-snmp CLI: the PDU tests' real client
   if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
     echo "setup: installing ${need[*]} with apt-get" >&2
