@@ -29,6 +29,13 @@ from controller.bounds import at_most, finite_message
 from controller.credentials_config import CredentialsConfig
 from controller.guards import GuardConfig
 from controller.mqtt_config import MqttConfig
+from controller.site_config import (
+    HardPowerConfig,
+    InventoryConfig,
+    MeterConfig,
+    PduConfig,
+    check_site,
+)
 from drivers.hashprice_config import HashpriceConfig, key_error
 from drivers.tariff_config import TariffConfig
 
@@ -318,6 +325,11 @@ class Config(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     site: SiteConfig = Field(default_factory=SiteConfig)
     mqtt: MqttConfig | None = None  # absent section: the MQTT bridge is off
+    # the site's power equipment (controller/site_config.py, issue 18); all optional
+    inventory: InventoryConfig = Field(default_factory=InventoryConfig)
+    pdu: list[PduConfig] = Field(default_factory=list)
+    meter: MeterConfig | None = None
+    hard_power: HardPowerConfig = Field(default_factory=HardPowerConfig)
     source_path: str | None = None
 
 
@@ -389,6 +401,11 @@ def parse_config(data: dict[str, Any], source_path: str | None = None) -> Config
             problems.extend(exc.problems)
         except Exception as exc:  # a plug-in policy's constructor, say
             problems.extend(as_config_error(exc, "policy").problems)
+    if config is not None:  # the site map against the PDUs and [hard_power] (whole-file checks)
+        try:
+            check_site(config.pdu, config.inventory, config.hard_power)
+        except ValueError as exc:
+            problems.extend(str(exc).splitlines())
     if problems or config is None:
         raise ConfigError(problems or ["config: invalid"])
     return _with_absolute_state_dir(config)
