@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian 12 machine: system packages the integration tests use
-# (mosquitto, prometheus + promtool, systemd-analyze) and a virtualenv with curtaild in it.
+# (mosquitto, prometheus + promtool, systemd-analyze, iproute2 for the test workers' loopbacks) and a virtualenv with curtaild in it.
 # Usage: scripts/setup.sh [--python-only]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,7 @@ if [[ "${1:-}" != "--python-only" ]]; then
   command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
   command -v snmpget >/dev/null 2>&1 || need+=(snmp)  # net-snmp CLI: the PDU tests' real client
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)  # a loopback per parallel test worker
   if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
     echo "setup: installing ${need[*]} with apt-get" >&2

@@ -28,7 +28,7 @@ from tests.support.emulator import EmulatorProcess
 from tests.support.emulator import free_port as emu_port
 from tests.support.mosquitto import PREFIX, Client, MosquittoProcess, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CURTAIL = f"{PREFIX}/cmd/curtail"
 # Every machine earns at this price: only the demand-response event sheds.

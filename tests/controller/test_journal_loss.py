@@ -209,6 +209,7 @@ def _gauge(text: str, name: str) -> float | None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("loss,net", [("truncate", 0), ("delete", 1), ("moved", 2)])
 def test_lost_journal_reports_wakes_nothing_and_adopt_hands_over(
         tmp_path: Path, loss: str, net: int) -> None:

@@ -30,7 +30,7 @@ import pytest
 from tests.support.daemon import DaemonProcess, journal_rows
 from tests.support.emulator import EmulatorProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 TIME_SCALE = 0.05  # a 120 s Whatsminer restart takes 6 s

@@ -23,7 +23,7 @@ import pytest
 from tests.support.daemon import DaemonProcess, journal_rows, wait_for, write_config
 from tests.support.emulator import EmulatorProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LUX_LOSER, LUX_OPERATOR, STOCK_LOSER, XP_WINNER, M30S_LOSER, XP_OPERATOR = (
     f"127.159.3.{i}" for i in range(1, 7))

@@ -16,7 +16,7 @@ import pytest
 from tests.support.daemon import DaemonProcess, journal_rows, wait_for, write_config
 from tests.support.emulator import EmulatorProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # 0.045 USD/TH/day, 2 % pool fee, 0.07 USD/kWh: breakeven efficiency 26.25 J/TH.
 # S21 (17.5 J/TH) and S19 XP on LuxOS (21.3) earn; S19j Pro stock (29.5, cannot power-limit)

@@ -14,7 +14,7 @@ import pytest
 from tests.support.daemon import DaemonProcess, journal_rows, wait_for, write_config
 from tests.support.emulator import EmulatorProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 V3 = "127.156.3.1"
 FLEET = f'[[miner]]\nmodel = "M50"\nip = "{V3}"\napi = "v3"\n'

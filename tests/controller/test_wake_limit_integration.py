@@ -24,7 +24,7 @@ import pytest
 from tests.support.daemon import REPO, DaemonProcess, journal_rows, ticks, wait_for, write_config
 from tests.support.emulator import EmulatorProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 IP = "127.163.0.1"
 FLEET = f'[[miner]]\nmodel = "M50"\nip = "{IP}"\npower_limit_w = 2000\n'

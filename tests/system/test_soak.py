@@ -18,7 +18,7 @@ from emulator.physics import FAULT_KINDS
 from tests.support.mosquitto import MosquittoProcess
 from tests.support.soak import MUST_HAPPEN, Soak, SoakPlan, dump
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_soak_keeps_control_through_faults(tmp_path: Path, request: pytest.FixtureRequest) -> None:
