@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.journal import Journal
-from controller.loop import command_states
-from controller.snapshot import Command, Directives, FleetSnapshot, MinerReading
-from policies.layer import everything_runs
-from policies.power_cap import PowerCapConfig, PowerCapPolicy
+from curtaild.controller.journal import Journal
+from curtaild.controller.loop import command_states
+from curtaild.core.snapshot import Command, Directives, FleetSnapshot, MinerReading
+from curtaild.policies.layer import everything_runs
+from curtaild.policies.power_cap import PowerCapConfig, PowerCapPolicy
 
 
 def reading(i: int) -> MinerReading:

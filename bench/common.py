@@ -124,7 +124,8 @@ class Emulator:
         self.lines: list[str] = []
 
     def __enter__(self) -> Emulator:
-        cmd = [sys.executable, "-m", "controller.cli", "emulate", "--count", str(self.count),
+        cmd = [sys.executable, "-m", "curtaild.controller.cli", "emulate", "--count",
+               str(self.count),
                "--first-ip", self.first_ip, "--control", self.control, "--time-scale", "1"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         t0 = time.monotonic()

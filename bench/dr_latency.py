@@ -75,7 +75,8 @@ def run_events(count: int, events: int, first_ip: str) -> list[list[object]]:
             extra=broker.mqtt_toml(state, publish_miners=False))
         log = open(tmp / "daemon.log", "wb")
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "--config", str(cfg), "run"], cwd=REPO,
+            [sys.executable, "-m", "curtaild.controller.cli", "--config", str(cfg), "run"],
+             cwd=REPO,
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             with Client(broker) as ems:

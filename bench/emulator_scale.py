@@ -56,7 +56,7 @@ def cpu_s(pid: int) -> float:
 
 def start(count: int, first_ip: str) -> tuple[subprocess.Popen, float, str]:
     control = f"127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "controller.cli", "emulate", "--count", str(count),
+    cmd = [sys.executable, "-m", "curtaild.controller.cli", "emulate", "--count", str(count),
            "--first-ip", first_ip, "--control", control, "--time-scale", "1"]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

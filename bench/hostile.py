@@ -132,7 +132,7 @@ def main() -> int:
               f"start {', '.join(f'{k} {ip}' for k, ip in zip(KINDS, from_start, strict=True))}")
         with open(log, "wb") as out:
             daemon = subprocess.Popen(
-                [sys.executable, "-m", "controller.cli", "--config", str(cfg), "run"],
+                [sys.executable, "-m", "curtaild.controller.cli", "--config", str(cfg), "run"],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         code, stop_s = None, float("nan")
         try:

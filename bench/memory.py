@@ -98,7 +98,7 @@ def main() -> int:
         print(f"\n== curtaild run with {args.count} miners at {args.first_ip}+ ==")
         with open(log, "wb") as out:
             daemon = subprocess.Popen(
-                [sys.executable, "-m", "controller.cli", "--config", str(cfg), "run"],
+                [sys.executable, "-m", "curtaild.controller.cli", "--config", str(cfg), "run"],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         try:
             rss_first = 0.0

@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.loop import TickResult
-from controller.metrics import LoopStats, MetricsExporter, MetricsState
-from controller.snapshot import (
+from curtaild.controller.loop import TickResult
+from curtaild.controller.metrics import LoopStats, MetricsExporter, MetricsState
+from curtaild.core.snapshot import (
     Command,
     Desired,
     FleetSnapshot,

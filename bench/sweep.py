@@ -36,10 +36,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Emulator, cpu_s, print_machine, raise_nofile, table
-
-from controller.config import FleetConfig
-from controller.limits import tune_gc
-from drivers.miners import MinerDriver
+from curtaild.controller.config import FleetConfig
+from curtaild.controller.limits import tune_gc
+from curtaild.drivers.miners import MinerDriver
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from emulator import cli as emulator_cli
+    from curtaild.emulator import cli as emulator_cli
 
     parser = argparse.ArgumentParser(prog="curtaild", description=__doc__)
     parser.add_argument("--config", default="config.toml", help="path to the TOML configuration")
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="record them as the operator's: curtaild never wakes them")
     backtest = sub.add_parser("backtest", help="replay a price series against a simulated "
                               "fleet under the configured policy and guards")
-    from controller.backtest import command as backtest_command
+    from curtaild.controller.backtest import command as backtest_command
 
     backtest_command.add_arguments(backtest)
     emulate = sub.add_parser("emulate", help="run an emulated mining fleet on loopback")
@@ -59,7 +59,7 @@ def _setup_logging(level: str) -> None:
         force=True,
     )
     # Secrets (firmware and MQTT passwords) never reach a log line, whoever logs it.
-    from controller.secret import RedactingFilter
+    from curtaild.drivers.secret import RedactingFilter
 
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
@@ -76,14 +76,14 @@ def _load_or_report(config_path: str, build: bool = False):
     that a file `check` accepts is one the daemon starts with (every failure is a config
     error, exit 2, never a traceback).
     """
-    from controller.config import ConfigError, config_errors, load_config
+    from curtaild.controller.config import ConfigError, config_errors, load_config
 
     try:
         config = load_config(config_path)
         if build:
-            from controller.daemon import build_policy
-            from drivers.hashprice import build_hashprice_source
-            from drivers.tariff import build_tariff_source
+            from curtaild.controller.daemon import build_policy
+            from curtaild.drivers.hashprice import build_hashprice_source
+            from curtaild.drivers.tariff import build_tariff_source
 
             with config_errors(config_path):
                 build_policy(config)
@@ -98,18 +98,18 @@ def _load_or_report(config_path: str, build: bool = False):
 
 def cmd_check(config_path: str) -> int:
 
-    from controller.config import advisories
+    from curtaild.controller.config import advisories
 
     config = _load_or_report(config_path, build=True)
     if config is None:
         return 2
     for line in advisories(config):
         print(f"warning: {line}", file=sys.stderr)
-    from drivers.credentials import check_warnings
+    from curtaild.drivers.credentials import check_warnings
 
     for line in check_warnings(config.fleet.credentials):
         print(f"warning: {line}", file=sys.stderr)
-    from controller.journal import inspect_state_dir
+    from curtaild.controller.journal import inspect_state_dir
 
     problems, warnings = inspect_state_dir(config.controller.state_dir)
     for line in warnings:
@@ -125,10 +125,10 @@ def cmd_check(config_path: str) -> int:
 
 
 async def _plan(config_path: str, as_json: bool) -> int:
-    from controller.config import ConfigError
-    from controller.daemon import build_reconciler
-    from controller.journal import Journal, JournalError
-    from controller.report import plan_table, tick_summary
+    from curtaild.controller.config import ConfigError
+    from curtaild.controller.daemon import build_reconciler
+    from curtaild.controller.journal import Journal, JournalError
+    from curtaild.controller.report import plan_table, tick_summary
 
     config = _load_or_report(config_path, build=True)
     if config is None:
@@ -224,13 +224,13 @@ def cmd_adopt(config_path: str, targets: list[str], *, every: bool, operator: bo
     Bad input changes nothing: every name must match an open machine of unknown owner, or
     nothing is written. The running daemon reads ownership from the journal each tick, so
     an adopted machine is woken on its next tick if the margin says run."""
-    from controller.journal import (
+    from curtaild.controller.journal import (
         CLI_BUSY_TIMEOUT_S,
         JOURNAL_FILE,
         Journal,
         JournalError,
     )
-    from controller.recovery import describe
+    from curtaild.controller.recovery import describe
 
     config = _load_or_report(config_path)
     if config is None:
@@ -302,14 +302,14 @@ def cmd_adopt(config_path: str, targets: list[str], *, every: bool, operator: bo
 
 def main(argv: list[str] | None = None) -> int:
     if "run" in (sys.argv[1:] if argv is None else argv):
-        from controller.signals import hold_reload_signal
+        from curtaild.controller.signals import hold_reload_signal
 
         hold_reload_signal()  # before the slow imports: a reload must never kill the daemon
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     if args.command == "emulate":
-        from emulator import cli as emulator_cli
+        from curtaild.emulator import cli as emulator_cli
 
         return emulator_cli.main(args)
     if args.command == "check":
@@ -321,11 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "adopt":
         return cmd_adopt(args.config, args.miners, every=args.all, operator=args.operator)
     if args.command == "backtest":
-        from controller.backtest import command as backtest_command
+        from curtaild.controller.backtest import command as backtest_command
 
         return backtest_command.run(args.config, args)
     if args.command == "run":
-        from controller.daemon import run
+        from curtaild.controller.daemon import run
 
         return run(args.config)
     parser.error(f"unknown command {args.command!r}")

@@ -16,6 +16,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
+from curtaild.controller.guards import GuardConfig
+from curtaild.controller.mqtt_config import MqttConfig
+from curtaild.controller.site_config import (
+    HardPowerConfig,
+    InventoryConfig,
+    MeterConfig,
+    PduConfig,
+    check_site,
+)
+from curtaild.core.bounds import at_most, finite_message
+from curtaild.drivers.credentials_config import CredentialsConfig
+from curtaild.drivers.hashprice_config import HashpriceConfig, key_error
+from curtaild.drivers.tariff_config import TariffConfig
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,20 +37,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-from controller.bounds import at_most, finite_message
-from controller.credentials_config import CredentialsConfig
-from controller.guards import GuardConfig
-from controller.mqtt_config import MqttConfig
-from controller.site_config import (
-    HardPowerConfig,
-    InventoryConfig,
-    MeterConfig,
-    PduConfig,
-    check_site,
-)
-from drivers.hashprice_config import HashpriceConfig, key_error
-from drivers.tariff_config import TariffConfig
 
 
 class ConfigError(Exception):
@@ -298,7 +297,7 @@ class MetricsConfig(_Strict):
     @classmethod
     def _listen_is_host_port(cls, v: str | None) -> str | None:
         if v is not None:
-            from controller.metrics import parse_listen
+            from curtaild.controller.metrics import parse_listen
 
             parse_listen(v)
         return v
@@ -378,14 +377,14 @@ def _problems(exc: ValidationError, data: dict[str, Any]) -> list[str]:
 
 def parse_config(data: dict[str, Any], source_path: str | None = None) -> Config:
     """Validate a parsed TOML document; raises ConfigError listing every problem."""
-    from policies.base import PolicyError
-    from policies.compose import build_policy_stack
+    from curtaild.policies.base import PolicyError
+    from curtaild.policies.compose import build_policy_stack
 
     problems: list[str] = []
     config: Config | None = None
     where = source_path or "config"
     try:
-        # relative secret files resolve beside the config file (controller/secret.py)
+        # relative secret files resolve beside the config file (drivers/secret.py)
         config_dir = os.path.dirname(os.path.abspath(source_path)) if source_path else None
         config = Config.model_validate({**data, "source_path": source_path},
                                        context={"config_dir": config_dir})

@@ -21,22 +21,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from controller.config import Config, ConfigError, advisories, config_errors, load_config
-from controller.directive_journal import DirectiveJournal
-from controller.directives import Limits
-from controller.journal import Journal, JournalError, write_private_file
-from controller.limits import open_files_needed, raise_open_files_limit, tune_gc
-from controller.loop import Reconciler, TickResult
-from controller.market import MarketInputs
-from controller.metrics import MetricsExporter
-from controller.recovery import review_tick, start_lines, unknown_line
-from controller.report import tick_summary
-from controller.scrape_server import fd_budget
-from controller.snapshot import Directives
-from drivers.hashprice import build_hashprice_source
-from drivers.miners import MinerDriver, ObservationAborted
-from drivers.tariff import build_tariff_source
-from policies.compose import build_policy_stack
+from curtaild.controller.config import Config, ConfigError, advisories, config_errors, load_config
+from curtaild.controller.directive_journal import DirectiveJournal
+from curtaild.controller.directives import Limits
+from curtaild.controller.journal import Journal, JournalError, write_private_file
+from curtaild.controller.limits import open_files_needed, raise_open_files_limit, tune_gc
+from curtaild.controller.loop import Reconciler, TickResult
+from curtaild.controller.market import MarketInputs
+from curtaild.controller.metrics import MetricsExporter
+from curtaild.controller.recovery import review_tick, start_lines, unknown_line
+from curtaild.controller.report import tick_summary
+from curtaild.controller.scrape_server import fd_budget
+from curtaild.core.snapshot import Directives
+from curtaild.drivers.hashprice import build_hashprice_source
+from curtaild.drivers.miners import MinerDriver, ObservationAborted
+from curtaild.drivers.tariff import build_tariff_source
+from curtaild.policies.compose import build_policy_stack
 
 log = logging.getLogger("curtaild")
 #: After SIGTERM a tick runs at most this long (commands already sent get command_timeout_s
@@ -93,7 +93,7 @@ class Daemon:
                                        request_timeout_s=config.metrics.request_timeout_s)
         self.status_write_failures = 0  # exported: curtaild_status_write_failures_total
         self._status_failing: set[str] = set()  # kinds logged since the last good write
-        from controller.sdnotify import Notifier
+        from curtaild.controller.sdnotify import Notifier
 
         self.notifier = Notifier()
 
@@ -174,7 +174,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        from controller.signals import take_early_reload
+        from curtaild.controller.signals import take_early_reload
 
         if take_early_reload():
             log.info("SIGHUP arrived while starting: reloading %s", self.config_path)
@@ -266,7 +266,7 @@ class Daemon:
                 log.exception("journal: saving the MQTT directives failed")
 
     def _start_mqtt(self) -> None:
-        from controller.mqtt import MqttBridge
+        from curtaild.controller.mqtt import MqttBridge
 
         self.mqtt_restart = False
         if self.config.mqtt is None:
@@ -309,7 +309,7 @@ class Daemon:
         last = self.reconciler.last
         if last is None:
             return None
-        from controller.mqtt_payloads import miner_topic_id
+        from curtaild.controller.mqtt_payloads import miner_topic_id
 
         out = {m.key: m.key for m in last.fleet.miners}
         out.update({miner_topic_id(m): m.key for m in last.fleet.miners})

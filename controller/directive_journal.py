@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from controller.directives import EVENT, OVERRIDE, PAUSE, SEEN, DirectiveStore, Limits
-from controller.journal import Journal
+from curtaild.controller.directives import EVENT, OVERRIDE, PAUSE, SEEN, DirectiveStore, Limits
+from curtaild.controller.journal import Journal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS mqtt_directives (

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from controller.snapshot import Directives, Override
+from curtaild.core.snapshot import Directives, Override
 
 Status = Literal["accepted", "rejected", "expired"]
 Kind = Literal["curtail", "curtail/cancel", "override", "automation", "heartbeat"]

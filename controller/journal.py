@@ -31,8 +31,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.guards import MinerMemory
-from controller.snapshot import Command
+from curtaild.controller.guards import MinerMemory
+from curtaild.core.snapshot import Command
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (

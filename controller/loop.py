@@ -13,9 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from controller import economics
-from controller.config import Config
-from controller.guards import (
+from curtaild.controller.config import Config
+from curtaild.controller.guards import (
     IDLE_ESTIMATE_W,
     GuardResult,
     RampBucket,
@@ -25,9 +24,10 @@ from controller.guards import (
     memory_window_s,
     next_tier,
 )
-from controller.journal import Expectation, Journal, JournalError
-from controller.market import MarketInputs
-from controller.snapshot import (
+from curtaild.controller.journal import Expectation, Journal, JournalError
+from curtaild.controller.market import MarketInputs
+from curtaild.core import economics
+from curtaild.core.snapshot import (
     Command,
     CommandState,
     Desired,
@@ -36,8 +36,8 @@ from controller.snapshot import (
     MarketSnapshot,
     MinerReading,
 )
-from drivers.miners import CommandFailed, MinerDriver
-from policies.compose import decide_stack
+from curtaild.drivers.miners import CommandFailed, MinerDriver
+from curtaild.policies.compose import decide_stack
 
 log = logging.getLogger("curtaild.loop")
 

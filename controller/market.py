@@ -12,9 +12,9 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from controller.snapshot import MarketSnapshot
-from drivers.hashprice import HashpriceQuote, HashpriceSource
-from drivers.tariff import TariffQuote, TariffSource
+from curtaild.core.snapshot import MarketSnapshot
+from curtaild.drivers.hashprice import HashpriceQuote, HashpriceSource
+from curtaild.drivers.tariff import TariffQuote, TariffSource
 
 log = logging.getLogger("curtaild.market")
 Q = TypeVar("Q")

@@ -29,6 +29,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from curtaild.controller import __version__
+from curtaild.controller.scrape_server import DROP_REASONS, BoundedHTTPServer
+from curtaild.core import economics
+from curtaild.core.snapshot import COMMAND_STATES
 from prometheus_client import ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -39,12 +43,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import CollectorRegistry
 
-from controller import __version__, economics
-from controller.scrape_server import DROP_REASONS, BoundedHTTPServer
-from controller.snapshot import COMMAND_STATES
-
 if TYPE_CHECKING:  # controller.loop imports controller.config, which validates with us
-    from controller.loop import TickResult
+    from curtaild.controller.loop import TickResult
 
 log = logging.getLogger("curtaild.metrics")
 

@@ -39,12 +39,11 @@ from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
-
-from controller.directives import KINDS, DirectiveStore
-from controller.loop import TickResult
-from controller.metrics import MqttCounters
-from controller.mqtt_config import MqttConfig, MqttTlsConfig
-from controller.mqtt_payloads import (
+from curtaild.controller.directives import KINDS, DirectiveStore
+from curtaild.controller.loop import TickResult
+from curtaild.controller.metrics import MqttCounters
+from curtaild.controller.mqtt_config import MqttConfig, MqttTlsConfig
+from curtaild.controller.mqtt_payloads import (
     decisions_payload,
     dumps,
     miner_payload,
@@ -265,7 +264,7 @@ class MqttBridge:
                                          known_miners=self._batch_known)
         except Exception:  # a bug in validation must not kill the bridge
             log.exception("mqtt: command on %s failed to process", topic)
-            from controller.directives import Response
+            from curtaild.controller.directives import Response
 
             resp = Response(None, "rejected", "internal error while processing the command")
         label = kind if kind in KINDS else "unknown"

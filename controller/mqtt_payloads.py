@@ -11,8 +11,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.loop import TickResult
-from controller.snapshot import MinerReading
+from curtaild.controller.loop import TickResult
+from curtaild.core.snapshot import MinerReading
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
 

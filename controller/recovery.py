@@ -23,9 +23,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from controller.guards import limit_tolerance_w
-from controller.journal import Identity, Journal, UnknownOwner
-from controller.snapshot import FleetSnapshot, MinerReading
+from curtaild.controller.guards import limit_tolerance_w
+from curtaild.controller.journal import Identity, Journal, UnknownOwner
+from curtaild.core.snapshot import FleetSnapshot, MinerReading
 
 log = logging.getLogger("curtaild.recovery")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from controller import economics
-from controller.journal import Journal
-from controller.loop import TickResult
-from controller.recovery import status_json
-from controller.snapshot import MarketSnapshot, MinerReading
+from curtaild.controller.journal import Journal
+from curtaild.controller.loop import TickResult
+from curtaild.controller.recovery import status_json
+from curtaild.core import economics
+from curtaild.core.snapshot import MarketSnapshot, MinerReading
 
 
 def _r(value: float | None, nd: int = 4) -> float | None:
@@ -104,7 +104,7 @@ def miner_json(m: MinerReading, result: TickResult) -> dict[str, Any]:
         ),
         "held": result.held.get(m.key),
         "outcome": result.outcomes.get(m.key),
-        # pending | transitioning | confirmed | failed | lying (controller/snapshot.py); None:
+        # pending | transitioning | confirmed | failed | lying (core/snapshot.py); None:
         # no command outstanding
         "command_state": m.command_state,
         "error": m.error,

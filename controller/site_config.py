@@ -2,7 +2,7 @@
 
 All optional: without them curtaild behaves as before (firmware sleep only, power from the
 machines' own figures). Secrets (SNMP communities, SNMPv3 keys) never live in the config: each
-names a file or a systemd credential, read at start and on every reload (controller/secret.py),
+names a file or a systemd credential, read at start and on every reload (drivers/secret.py),
 so an unreadable one rejects the start or the reload with the setting's name.
 
 The cross-checks that need the whole file (an inventory row naming an unknown PDU, a
@@ -15,11 +15,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
+from curtaild.controller.inventory import Inventory, Placement, check_row, read_map_file
+from curtaild.core.bounds import at_most
+from curtaild.drivers.secret import CredentialName, SecretFile
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from controller.bounds import at_most
-from controller.inventory import Inventory, Placement, check_row, read_map_file
-from controller.secret import CredentialName, SecretFile
 
 MIBS = ("apc", "raritan")
 

@@ -1,7 +1,7 @@
 """Firmware passwords for pyasic's miner objects, and telling a refused password apart.
 
 ``CredentialStore.load`` reads every secret named in ``[fleet.credentials]`` (files, systemd
-credentials; ``controller/secret.py``) when the daemon starts and on each reload, so a missing
+credentials; ``drivers/secret.py``) when the daemon starts and on each reload, so a missing
 file is a configuration error naming its key, not a poll failure later. ``resolve`` picks the
 password for one machine (most specific override first, see ``controller/credentials_config``)
 and ``apply`` sets it on the pyasic object, where each backend keeps it (``web.pwd`` for web
@@ -22,18 +22,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
-from pyasic import settings as pyasic_settings
-from pyasic.errors import APIError
-from pydantic import SecretStr
-
-from controller.config import ConfigError
-from controller.credentials_config import (
+from curtaild.controller.config import ConfigError
+from curtaild.drivers.credentials_config import (
     FAMILIES,
     CredentialsConfig,
     Match,
     SecretSource,
 )
-from controller.secret import read_secret
+from curtaild.drivers.secret import read_secret
+from pyasic import settings as pyasic_settings
+from pyasic.errors import APIError
+from pydantic import SecretStr
 
 Verdict = Literal["accepted", "refused", "unknown"]
 #: Whatsminer API codes that are not about the password (so never reported as ``auth``).

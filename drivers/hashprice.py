@@ -35,15 +35,14 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import httpx
-
-from controller import economics
-from drivers.hashprice_config import (
+from curtaild.core import economics
+from curtaild.drivers.hashprice_config import (
     FixedSource,
     HashrateIndexSource,
     MempoolSource,
     resolve_hashrateindex_key,
 )
-from drivers.httpfeed import (
+from curtaild.drivers.httpfeed import (
     FeedError,
     HttpFeed,
     HttpPolicy,

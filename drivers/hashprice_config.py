@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
+from curtaild.core.bounds import at_most
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -32,8 +33,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
-
-from controller.bounds import at_most
 
 HASHRATEINDEX_ENV = "HASHRATEINDEX_API_KEY"
 HASHRATEINDEX_CREDENTIAL = "hashrateindex-api-key"

@@ -37,6 +37,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyasic
+from curtaild.controller.config import FleetConfig
+from curtaild.core.nameplate import lookup
+from curtaild.core.snapshot import Command, FleetSnapshot, MinerReading, PowerSource
+from curtaild.drivers import antminer_writes as amw
+from curtaild.drivers import bounded, luxos
+from curtaild.drivers import credentials as creds
+from curtaild.drivers.secret import redact
 from pyasic.errors import APIError
 from pyasic.miners.backends.antminer import AntminerModern
 from pyasic.miners.backends.bmminer import BMMiner
@@ -49,14 +56,6 @@ from tenacity import (
     stop_after_delay,
     wait_random_exponential,
 )
-
-from controller.config import FleetConfig
-from controller.secret import redact
-from controller.snapshot import Command, FleetSnapshot, MinerReading, PowerSource
-from drivers import antminer_writes as amw
-from drivers import bounded, luxos
-from drivers import credentials as creds
-from drivers.nameplate import lookup
 
 log = logging.getLogger("curtaild.miners")
 

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
-
-from drivers.httpfeed import FeedError, HttpFeed, HttpPolicy, RefreshingSource, url_secrets
-from drivers.tariff_config import (
+from curtaild.drivers.httpfeed import FeedError, HttpFeed, HttpPolicy, RefreshingSource, url_secrets
+from curtaild.drivers.tariff_config import (
     DemandWindow,
     FlatSchedule,
     FlatTariff,

@@ -28,6 +28,8 @@ import datetime as dt
 import zoneinfo
 from typing import Annotated, Any, Literal
 
+from curtaild.core.bounds import at_most
+from curtaild.drivers.hashprice_config import MAX_AGE_WHY, REFRESH_WHY, HttpSourceConfig, key_error
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -37,9 +39,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-from controller.bounds import at_most
-from drivers.hashprice_config import MAX_AGE_WHY, REFRESH_WHY, HttpSourceConfig, key_error
 
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_SETS = {"all": tuple(range(7)), "weekdays": (0, 1, 2, 3, 4), "weekends": (5, 6)}

@@ -24,14 +24,20 @@ import signal
 import sys
 from collections import Counter
 
-from emulator.control import ControlAddressError, parse_control, start_control
-from emulator.families import FamilyUnavailable, get_family
-from emulator.fleet import DEFAULT_FIRST_IP, FleetError, build_miners, plan_count, plan_fleet_file
-from emulator.models import FAMILIES
-from emulator.pdu.control import SiteRuntime
-from emulator.pdu.plan import SitePlan, build_site, plan_count_site
-from emulator.physics import EmulatedMiner
-from emulator.server import BindError, FleetServer, raise_nofile_limit
+from curtaild.core.models import FAMILIES
+from curtaild.emulator.control import ControlAddressError, parse_control, start_control
+from curtaild.emulator.families import FamilyUnavailable, get_family
+from curtaild.emulator.fleet import (
+    DEFAULT_FIRST_IP,
+    FleetError,
+    build_miners,
+    plan_count,
+    plan_fleet_file,
+)
+from curtaild.emulator.pdu.control import SiteRuntime
+from curtaild.emulator.pdu.plan import SitePlan, build_site, plan_count_site
+from curtaild.emulator.physics import EmulatedMiner
+from curtaild.emulator.server import BindError, FleetServer, raise_nofile_limit
 
 DEFAULT_CONTROL = "127.0.0.1:8640"
 log = logging.getLogger("emulator")

@@ -31,9 +31,15 @@ import json
 import time
 from collections import Counter
 
-from emulator.families.base import HttpRequest, HttpResponse
-from emulator.physics import FAULT_KINDS, Fault
-from emulator.server import BindError, FleetServer, HttpProtocol, MinerEndpoint, bind_listener
+from curtaild.emulator.families.base import HttpRequest, HttpResponse
+from curtaild.emulator.physics import FAULT_KINDS, Fault
+from curtaild.emulator.server import (
+    BindError,
+    FleetServer,
+    HttpProtocol,
+    MinerEndpoint,
+    bind_listener,
+)
 
 ACTIONS = ("sleep", "wake", "reboot", "off", "on")
 #: Families whose firmware stores "asleep" across a reboot and a power cut (stock Antminer:

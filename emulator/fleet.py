@@ -54,21 +54,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emulator.families.antminer import (
+from curtaild.core.models import MODELS
+from curtaild.emulator.families.antminer import (
     COUNT_GENERATIONS,
     DEFAULT_GENERATION,
     GENERATIONS,
     generation_named,
 )
-from emulator.families.bitaxe import DEFAULT_VERSION as BITAXE_DEFAULT_VERSION
-from emulator.families.bitaxe import axeos_version
-from emulator.families.luxos import ATM_KEY as LUXOS_ATM_KEY
-from emulator.families.luxos import RAMP_S as LUXOS_RAMP_S
-from emulator.families.whatsminer import WRITE_API_KEY as WHATSMINER_WRITE_API_KEY
-from emulator.families.whatsminer_v3 import RAMP_S as V3_RAMP_S
-from emulator.families.whatsminer_v3 import api_for_version
-from emulator.models import MODELS
-from emulator.pdu.plan import (
+from curtaild.emulator.families.bitaxe import DEFAULT_VERSION as BITAXE_DEFAULT_VERSION
+from curtaild.emulator.families.bitaxe import axeos_version
+from curtaild.emulator.families.luxos import ATM_KEY as LUXOS_ATM_KEY
+from curtaild.emulator.families.luxos import RAMP_S as LUXOS_RAMP_S
+from curtaild.emulator.families.whatsminer import WRITE_API_KEY as WHATSMINER_WRITE_API_KEY
+from curtaild.emulator.families.whatsminer_v3 import RAMP_S as V3_RAMP_S
+from curtaild.emulator.families.whatsminer_v3 import api_for_version
+from curtaild.emulator.pdu.plan import (
     MINER_SITE_KEYS,
     SiteError,
     SitePlan,
@@ -76,7 +76,7 @@ from emulator.pdu.plan import (
     place,
     plan_site,
 )
-from emulator.physics import FACTORY_PASSWORDS, FAULT_KINDS, EmulatedMiner, Fault
+from curtaild.emulator.physics import FACTORY_PASSWORDS, FAULT_KINDS, EmulatedMiner, Fault
 
 DEFAULT_FIRST_IP = "127.1.0.1"
 DEFAULT_AMBIENT_C = 25.0

@@ -19,7 +19,7 @@ import logging
 import struct
 from typing import TYPE_CHECKING
 
-from emulator.server import (
+from curtaild.emulator.server import (
     Streamer,
     StreamingProtocol,
     _deliver,
@@ -28,7 +28,7 @@ from emulator.server import (
 )
 
 if TYPE_CHECKING:
-    from emulator.server import MinerEndpoint
+    from curtaild.emulator.server import MinerEndpoint
 
 log = logging.getLogger("emulator.framed")
 

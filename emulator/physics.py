@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from emulator.models import ModelSpec
+from curtaild.core.models import ModelSpec
 
 #: State changes kept per miner in ``Miner.changes``.
 MAX_CHANGES = 200

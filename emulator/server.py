@@ -56,8 +56,8 @@ import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from emulator.families.base import Family, HttpRequest, HttpResponse
-from emulator.physics import FAULT_KINDS, EmulatedMiner, Fault
+from curtaild.emulator.families.base import Family, HttpRequest, HttpResponse
+from curtaild.emulator.physics import FAULT_KINDS, EmulatedMiner, Fault
 
 log = logging.getLogger("emulator.server")
 
@@ -701,7 +701,7 @@ class MinerEndpoint:
             if kind == "rpc":
                 factory: Callable[[], asyncio.Protocol] = lambda: RpcProtocol(self)  # noqa: E731
             elif kind == "framed":
-                from emulator.framed import FramedProtocol  # it builds on this module
+                from curtaild.emulator.framed import FramedProtocol  # it builds on this module
 
                 factory = lambda: FramedProtocol(self)  # noqa: E731
             else:

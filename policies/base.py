@@ -23,10 +23,9 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from curtaild.core.bounds import finite_message
+from curtaild.core.snapshot import Desired, FleetSnapshot, MarketSnapshot
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from controller.bounds import finite_message
-from controller.snapshot import Desired, FleetSnapshot, MarketSnapshot
 
 log = logging.getLogger("curtaild.policies")
 
@@ -70,10 +69,10 @@ class Policy(Protocol):
 def _builtin_policies() -> dict[str, str]:
     """Built-ins as entry-point values, used when the package metadata is not installed."""
     return {
-        "margin": "policies.margin:MarginPolicy",
-        "power_cap": "policies.power_cap:PowerCapPolicy",
-        "schedule": "policies.schedule:SchedulePolicy",
-        "thermal": "policies.thermal:ThermalPolicy",
+        "margin": "curtaild.policies.margin:MarginPolicy",
+        "power_cap": "curtaild.policies.power_cap:PowerCapPolicy",
+        "schedule": "curtaild.policies.schedule:SchedulePolicy",
+        "thermal": "curtaild.policies.thermal:ThermalPolicy",
     }
 
 

@@ -27,15 +27,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+from curtaild.core.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot
+from curtaild.policies import layer
+from curtaild.policies.base import PolicyError, _param_problems, load_policy
+from curtaild.policies.overrides import override_decisions
+from curtaild.policies.power_cap import PowerCapConfig, PowerCapPolicy
+from curtaild.policies.schedule import SchedulePolicy
+from curtaild.policies.thermal import ThermalPolicy
 from pydantic import BaseModel, ValidationError
-
-from controller.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot
-from policies import layer
-from policies.base import PolicyError, _param_problems, load_policy
-from policies.overrides import override_decisions
-from policies.power_cap import PowerCapConfig, PowerCapPolicy
-from policies.schedule import SchedulePolicy
-from policies.thermal import ThermalPolicy
 
 #: Sub-tables of ``[policy]`` that add a layer, in the order they are applied (lowest first).
 LAYERS: dict[str, type] = {

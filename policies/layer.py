@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from controller.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot, MinerReading
+from curtaild.core.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot, MinerReading
 
 #: Draw of a sleeping machine when its reading does not say (control board and fans), W.
 IDLE_W = 40.0

@@ -1,7 +1,7 @@
 """The margin policy: run a machine when it earns more than it costs, else limit or sleep it.
 
 Per reachable miner, three marginal margins (revenue after pool fee minus energy, USD/day; sunk
-costs stay out, see controller/economics.py):
+costs stay out, see core/economics.py):
 
 - **run**: at full power. Measured hashrate and power when the machine is mining unlimited;
   nameplate when it is asleep (what a wake would give); when it is power-limited, the
@@ -29,12 +29,11 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
+from curtaild.core import economics
+from curtaild.core.bounds import at_most
+from curtaild.core.snapshot import Desired, FleetSnapshot, MarketSnapshot, MinerReading
+from curtaild.policies.base import PolicyConfig
 from pydantic import Field
-
-from controller import economics
-from controller.bounds import at_most
-from controller.snapshot import Desired, FleetSnapshot, MarketSnapshot, MinerReading
-from policies.base import PolicyConfig
 
 
 def _limit_tolerance_w(target_w: float) -> float:

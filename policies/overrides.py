@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from controller.snapshot import Desired, Directives, FleetSnapshot, Override
+from curtaild.core.snapshot import Desired, Directives, FleetSnapshot, Override
 
 
 def in_force(o: Override, now: float) -> bool:

@@ -42,14 +42,13 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
+from curtaild.core import economics
+from curtaild.core.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot, MinerReading
+from curtaild.drivers.tariff import window_matches
+from curtaild.drivers.tariff_config import TimeWindow, check_timezone
+from curtaild.policies import layer
+from curtaild.policies.base import PolicyConfig
 from pydantic import Field, field_validator
-
-from controller import economics
-from controller.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot, MinerReading
-from drivers.tariff import window_matches
-from drivers.tariff_config import TimeWindow, check_timezone
-from policies import layer
-from policies.base import PolicyConfig
 
 
 class CapWindow(TimeWindow):

@@ -25,12 +25,11 @@ import math
 from collections.abc import Mapping
 from typing import Annotated, ClassVar
 
+from curtaild.core.bounds import at_most
+from curtaild.core.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot, MinerReading
+from curtaild.policies import layer
+from curtaild.policies.base import PolicyConfig
 from pydantic import Field, model_validator
-
-from controller.bounds import at_most
-from controller.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot, MinerReading
-from policies import layer
-from policies.base import PolicyConfig
 
 
 class ThermalConfig(PolicyConfig):

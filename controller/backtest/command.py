@@ -45,13 +45,13 @@ def _fail(message: str) -> int:
 
 
 def run(config_path: str, args: argparse.Namespace) -> int:
-    from controller.backtest.machines import build_machines, fleet_plan
-    from controller.backtest.prices import PriceError, load_prices
-    from controller.backtest.report import plot, summary, table
-    from controller.backtest.sim import SimSettings, simulate
-    from controller.config import ConfigError, load_config
-    from controller.daemon import build_policy
-    from emulator.fleet import FleetError
+    from curtaild.controller.backtest.machines import build_machines, fleet_plan
+    from curtaild.controller.backtest.prices import PriceError, load_prices
+    from curtaild.controller.backtest.report import plot, summary, table
+    from curtaild.controller.backtest.sim import SimSettings, simulate
+    from curtaild.controller.config import ConfigError, load_config
+    from curtaild.controller.daemon import build_policy
+    from curtaild.emulator.fleet import FleetError
 
     try:
         config = load_config(config_path)

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.backtest.machines import SAME_LIMIT_W, SimMachine, hashrate_at_ths
-from controller.backtest.prices import PriceSeries
+from curtaild.controller.backtest.machines import SAME_LIMIT_W, SimMachine, hashrate_at_ths
+from curtaild.controller.backtest.prices import PriceSeries
 
 #: Power targets of the grid between the firmware's lowest target and nameplate.
 LIMIT_LEVELS = 12

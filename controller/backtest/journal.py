@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.guards import MinerMemory
-from controller.loop import matches_expectation
-from controller.snapshot import Command, FleetSnapshot
+from curtaild.controller.guards import MinerMemory
+from curtaild.controller.loop import matches_expectation
+from curtaild.core.snapshot import Command, FleetSnapshot
 
 
 @dataclass(slots=True)

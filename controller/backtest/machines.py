@@ -27,8 +27,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controller.snapshot import Action, Command, MinerReading
-from emulator.fleet import (
+from curtaild.core.models import MODELS, ModelSpec
+from curtaild.core.snapshot import Action, Command, MinerReading
+from curtaild.emulator.fleet import (
     FleetError,
     FleetPlan,
     MinerPlan,
@@ -37,8 +38,7 @@ from emulator.fleet import (
     plan_count,
     plan_fleet_file,
 )
-from emulator.models import MODELS, ModelSpec
-from emulator.physics import ALPHA
+from curtaild.emulator.physics import ALPHA
 
 #: Firmware families pyasic cannot stop (drivers.miners.NO_SLEEP_FAMILIES, kept equal by a test).
 NO_SLEEP_FIRMWARE = frozenset({"bitaxe"})

@@ -10,7 +10,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from controller.backtest.sim import BacktestResult, Totals
+from curtaild.controller.backtest.sim import BacktestResult, Totals
 
 OPTIMUM_NOTE = ("optimum = per price row and machine the best of run, sleep and the best power "
                 "target on the row's real price, with no guards, no boot time and no switching "

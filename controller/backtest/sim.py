@@ -38,15 +38,15 @@ import bisect
 import math
 from dataclasses import dataclass, field
 
-from controller.backtest.foresight import fleet_schedules
-from controller.backtest.journal import SimJournal
-from controller.backtest.machines import SimMachine, hashrate_at_ths
-from controller.backtest.prices import PriceRow, PriceSeries
-from controller.guards import GuardConfig, RampBucket, apply_guards, memory_window_s
-from controller.snapshot import Directives, FleetSnapshot, MarketSnapshot
-from emulator.models import ModelSpec
-from emulator.physics import ALPHA
-from policies.compose import decide_stack
+from curtaild.controller.backtest.foresight import fleet_schedules
+from curtaild.controller.backtest.journal import SimJournal
+from curtaild.controller.backtest.machines import SimMachine, hashrate_at_ths
+from curtaild.controller.backtest.prices import PriceRow, PriceSeries
+from curtaild.controller.guards import GuardConfig, RampBucket, apply_guards, memory_window_s
+from curtaild.core.models import ModelSpec
+from curtaild.core.snapshot import Directives, FleetSnapshot, MarketSnapshot
+from curtaild.emulator.physics import ALPHA
+from curtaild.policies.compose import decide_stack
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 
-from drivers.pdu import OutletReading, PduError, PduReading
-from drivers.pdu.snmp import SnmpSession, as_int
+from curtaild.drivers.pdu import OutletReading, PduError, PduReading
+from curtaild.drivers.pdu.snmp import SnmpSession, as_int
 
 CTL = "1.3.6.1.4.1.318.1.1.4.4.2.1.3"
 CTL_SIZE = "1.3.6.1.4.1.318.1.1.4.4.1.0"

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from drivers.pdu.apc import ApcPdu
-from drivers.pdu.raritan import RaritanPdu
-from drivers.pdu.snmp import SnmpCredentials, SnmpSession
+from curtaild.drivers.pdu.apc import ApcPdu
+from curtaild.drivers.pdu.raritan import RaritanPdu
+from curtaild.drivers.pdu.snmp import SnmpCredentials, SnmpSession
 
 DRIVERS = {"apc": ApcPdu, "raritan": RaritanPdu}
 
 
 def _secret(cfg, i: int, key: str):
-    from controller.secret import read_secret
+    from curtaild.drivers.secret import read_secret
 
     value = read_secret(file=getattr(cfg, f"{key}_file"),
                         credential=getattr(cfg, f"{key}_credential"),

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from drivers.pdu import OutletReading, PduError, PduReading
-from drivers.pdu.snmp import SnmpSession, as_int
+from curtaild.drivers.pdu import OutletReading, PduError, PduReading
+from curtaild.drivers.pdu.snmp import SnmpSession, as_int
 
 BASE = "1.3.6.1.4.1.13742.6"
 OUTLET_COUNT = f"{BASE}.3.2.2.1.4.1"

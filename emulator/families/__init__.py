@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import importlib
 
-from emulator.families.base import Family
-from emulator.models import FAMILIES
+from curtaild.core.models import FAMILIES
+from curtaild.emulator.families.base import Family
 
 #: family name -> (module, class)
 REGISTRY: dict[str, tuple[str, str]] = {
-    "antminer": ("emulator.families.antminer", "AntminerFamily"),
+    "antminer": ("curtaild.emulator.families.antminer", "AntminerFamily"),
     # API v2 machines are emulator.families.whatsminer's; the subclass adds API v3 per machine
-    "whatsminer": ("emulator.families.whatsminer_v3", "BtminerFamily"),
-    "luxos": ("emulator.families.luxos", "LuxosFamily"),
-    "bitaxe": ("emulator.families.bitaxe", "BitaxeFamily"),
+    "whatsminer": ("curtaild.emulator.families.whatsminer_v3", "BtminerFamily"),
+    "luxos": ("curtaild.emulator.families.luxos", "LuxosFamily"),
+    "bitaxe": ("curtaild.emulator.families.bitaxe", "BitaxeFamily"),
 }
 assert set(REGISTRY) == set(FAMILIES), "every family in models.FAMILIES needs a registry entry"
 

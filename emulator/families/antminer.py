@@ -56,8 +56,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from emulator.families.base import HttpRequest, HttpResponse
-from emulator.physics import EmulatedMiner, Reading
+from curtaild.emulator.families.base import HttpRequest, HttpResponse
+from curtaild.emulator.physics import EmulatedMiner, Reading
 
 USERNAME = "root"
 PASSWORD = "root"

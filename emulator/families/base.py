@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from emulator.physics import EmulatedMiner
+from curtaild.emulator.physics import EmulatedMiner
 
 
 @dataclass(slots=True)

@@ -32,8 +32,8 @@ import json
 import re
 import time
 
-from emulator.families.base import HttpRequest, HttpResponse
-from emulator.physics import EmulatedMiner
+from curtaild.emulator.families.base import HttpRequest, HttpResponse
+from curtaild.emulator.physics import EmulatedMiner
 
 #: What an emulated Bitaxe runs unless its fleet entry says otherwise: the captured release.
 DEFAULT_VERSION = "v2.4.5"

@@ -45,10 +45,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from emulator.families.base import HttpRequest, HttpResponse
-from emulator.families.whatsminer import belief, belief_holds
-from emulator.models import ModelSpec
-from emulator.physics import ALPHA, EmulatedMiner, Reading
+from curtaild.core.models import ModelSpec
+from curtaild.emulator.families.base import HttpRequest, HttpResponse
+from curtaild.emulator.families.whatsminer import belief, belief_holds
+from curtaild.emulator.physics import ALPHA, EmulatedMiner, Reading
 
 #: The captured firmware (S19k Pro, shared/firmware-captures/luxminer/v1/version.json).
 LUXMINER_VERSION = "2025.4.8.220305-57b389c7"

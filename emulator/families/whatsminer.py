@@ -63,10 +63,9 @@ from itertools import pairwise
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from curtaild.emulator.families.base import HttpRequest, HttpResponse
+from curtaild.emulator.physics import ALPHA, EmulatedMiner, Reading
 from passlib.handlers.md5_crypt import md5_crypt
-
-from emulator.families.base import HttpRequest, HttpResponse
-from emulator.physics import ALPHA, EmulatedMiner, Reading
 
 #: Before 2024-11-00, so pyasic's ``BTMiner.__new__`` injects ``BTMinerV2`` (API v2).
 FW_VERSION = "20230911.12.Rel"

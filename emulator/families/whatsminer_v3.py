@@ -47,7 +47,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from emulator.families.whatsminer import (
+from curtaild.emulator.families.whatsminer import (
     DEVDETAILS_MODEL,
     LOCAL_CLIENT,
     NOMINAL_FREQ_MHZ,
@@ -55,9 +55,9 @@ from emulator.families.whatsminer import (
     belief,
     belief_holds,
 )
-from emulator.families.whatsminer import FW_VERSION as FW_VERSION_V2
-from emulator.families.whatsminer import _error as _v2_error
-from emulator.physics import EmulatedMiner, Reading
+from curtaild.emulator.families.whatsminer import FW_VERSION as FW_VERSION_V2
+from curtaild.emulator.families.whatsminer import _error as _v2_error
+from curtaild.emulator.physics import EmulatedMiner, Reading
 
 V3_PORT = 4433
 #: Default firmware of a v3 machine: an M50 on API 3.0.2 seen in the field (matroskin's

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 
-from emulator.families.base import HttpRequest, HttpResponse
-from emulator.meter import EmulatedMeter
-from emulator.pdu.agent import PduAgent
-from emulator.pdu.model import EmulatedPdu
+from curtaild.emulator.families.base import HttpRequest, HttpResponse
+from curtaild.emulator.meter import EmulatedMeter
+from curtaild.emulator.pdu.agent import PduAgent
+from curtaild.emulator.pdu.model import EmulatedPdu
 
 
 def _error(status: int, message: str) -> HttpResponse:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from emulator.physics import EmulatedMiner
+from curtaild.emulator.physics import EmulatedMiner
 
 #: Nominal outlet voltage for the current figures (a 208/230 V rack PDU feeding miners).
 NOMINAL_V = 230.0

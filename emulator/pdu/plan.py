@@ -43,9 +43,9 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from emulator.meter import MAPS, EmulatedMeter
-from emulator.pdu.model import MIBS, EmulatedPdu, Outlet
-from emulator.physics import EmulatedMiner
+from curtaild.emulator.meter import MAPS, EmulatedMeter
+from curtaild.emulator.pdu.model import MIBS, EmulatedPdu, Outlet
+from curtaild.emulator.physics import EmulatedMiner
 
 PDU_KEYS = {"address", "port", "mib", "outlets", "name", "phase", "community",
             "write_community", "user", "auth_key", "priv_key"}

@@ -52,7 +52,7 @@ def test_memory_reports_rss_and_a_scrape_of_a_running_daemon() -> None:
 
 
 def test_gc_ab_alternates_default_and_daemon_thresholds() -> None:
-    from controller.limits import GC_THRESHOLDS
+    from curtaild.controller.limits import GC_THRESHOLDS
 
     out = run("gc_ab.py", "--count", "16", "--pairs", "1", "--first-ip", "127.130.3.1")
     assert re.search(r"^\(700, 10, 10\)\s+16\s", out, re.M), out

@@ -10,20 +10,19 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from controller.backtest.machines import (
+from curtaild.controller.backtest.machines import (
     NO_SLEEP_FIRMWARE,
     POWER_LIMIT_FIRMWARE,
     build_machines,
     fleet_plan,
     hashrate_at_ths,
 )
-from controller.backtest.prices import PriceError, parse_prices_text
-from controller.backtest.sim import SimSettings, _option_rates, simulate
-from controller.guards import GuardConfig
-from emulator.fleet import FleetError
-from emulator.models import MODELS
-from policies.margin import MarginConfig, MarginPolicy
+from curtaild.controller.backtest.prices import PriceError, parse_prices_text
+from curtaild.controller.backtest.sim import SimSettings, _option_rates, simulate
+from curtaild.controller.guards import GuardConfig
+from curtaild.core.models import MODELS
+from curtaild.emulator.fleet import FleetError
+from curtaild.policies.margin import MarginConfig, MarginPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "backtest" / "ercot_houston_week.csv"
@@ -146,7 +145,7 @@ def test_optimum_respects_capabilities() -> None:
 
 
 def test_capabilities_match_the_driver() -> None:
-    from drivers.miners import NO_SLEEP_FAMILIES, POWER_LIMIT_FAMILIES
+    from curtaild.drivers.miners import NO_SLEEP_FAMILIES, POWER_LIMIT_FAMILIES
 
     assert set(NO_SLEEP_FIRMWARE) == NO_SLEEP_FAMILIES
     assert set(POWER_LIMIT_FIRMWARE) == POWER_LIMIT_FAMILIES
@@ -253,7 +252,7 @@ def test_fleet_spec_and_errors(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------- CLI
 def _curtaild(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller.cli", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "curtaild.controller.cli", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
                                "MPLCONFIGDIR": str(cwd / "mpl")})

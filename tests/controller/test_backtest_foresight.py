@@ -15,15 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from controller.backtest.foresight import ASLEEP, machine_schedule, power_options
-from controller.backtest.machines import build_machines, fleet_plan
-from controller.backtest.prices import parse_prices_text
-from controller.backtest.report import captured_share
-from controller.backtest.sim import SimSettings, simulate
-from controller.guards import GuardConfig
-from controller.snapshot import Command
-from policies.margin import MarginConfig, MarginPolicy
+from curtaild.controller.backtest.foresight import ASLEEP, machine_schedule, power_options
+from curtaild.controller.backtest.machines import build_machines, fleet_plan
+from curtaild.controller.backtest.prices import parse_prices_text
+from curtaild.controller.backtest.report import captured_share
+from curtaild.controller.backtest.sim import SimSettings, simulate
+from curtaild.controller.guards import GuardConfig
+from curtaild.core.snapshot import Command
+from curtaild.policies.margin import MarginConfig, MarginPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_750_000_000
@@ -158,7 +157,7 @@ def test_foresight_sleeps_a_dip_only_when_it_pays_for_the_boot(dip_s: int, sleep
 
 # -------------------------------------------------------------------------- CLI
 def _curtaild(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller.cli", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "curtaild.controller.cli", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
 

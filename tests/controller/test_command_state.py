@@ -17,19 +17,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from controller.config import FleetConfig, parse_config
-from controller.daemon import build_policy
-from controller.journal import Journal
-from controller.loop import Reconciler, TickResult, command_states
-from controller.snapshot import (
+from curtaild.controller.config import FleetConfig, parse_config
+from curtaild.controller.daemon import build_policy
+from curtaild.controller.journal import Journal
+from curtaild.controller.loop import Reconciler, TickResult, command_states
+from curtaild.core.snapshot import (
     Command,
     Directives,
     FleetSnapshot,
     MarketSnapshot,
     MinerReading,
 )
-from drivers.miners import MinerDriver, _Tracked
+from curtaild.drivers.miners import MinerDriver, _Tracked
 
 T0 = 1_800_000_000.0
 GRACE_S = 60.0  # [guards] confirm_grace_s antminer, for these tests
@@ -336,9 +335,9 @@ def test_silence_after_our_own_command_is_transitioning_not_a_fault() -> None:
 
 # ----------------------------------------------------------------- status, metrics, MQTT
 def test_every_report_carries_the_command_state() -> None:
-    from controller.metrics import MetricsState, render_text, snapshot_families
-    from controller.mqtt_payloads import miner_payload, state_payload
-    from controller.report import tick_summary
+    from curtaild.controller.metrics import MetricsState, render_text, snapshot_families
+    from curtaild.controller.mqtt_payloads import miner_payload, state_payload
+    from curtaild.controller.report import tick_summary
 
     liar, waking, silent = fleet3()
     fleet = FleetSnapshot((
@@ -375,7 +374,7 @@ def test_every_report_carries_the_command_state() -> None:
 
 # ------------------------------------------------------------------------- next tiers
 def test_next_tier_only_where_the_operator_allows_it_and_the_firmware_can() -> None:
-    from controller.guards import GuardConfig, next_tier
+    from curtaild.controller.guards import GuardConfig, next_tier
 
     wm = replace(fleet3()[0], firmware="whatsminer", supports_power_limit=True)
     stock, lux = fleet3()[0], replace(fleet3()[0], firmware="luxos")

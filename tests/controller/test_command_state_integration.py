@@ -49,7 +49,8 @@ def _config(tmp: Path, ranges: list[str], broker: MosquittoProcess, metrics: str
 
 def status_json(cfg: Path) -> dict:
     """What `curtaild status --json` prints (the shipped command, not the file)."""
-    out = subprocess.run([sys.executable, "-m", "controller.cli", "--config", str(cfg), "status",
+    out = subprocess.run([sys.executable, "-m", "curtaild.controller.cli", "--config", str(cfg),
+                          "status",
                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=60)
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
@@ -126,7 +127,8 @@ def test_a_lying_antminer_is_flagged_not_re_commanded_and_the_cap_is_met_on_conf
                            what="the liar reported lying by status --json")
             key = row["key"]
             assert status_json(cfg)["fleet"]["command_states"]["lying"] == 1
-            human = subprocess.run([sys.executable, "-m", "controller.cli", "--config", str(cfg),
+            human = subprocess.run([sys.executable, "-m", "curtaild.controller.cli", "--config",
+                                    str(cfg),
                                     "status"], cwd=REPO, capture_output=True, text=True,
                                    timeout=60).stdout
             assert any(ln.split()[:2] == ["lying", LIAR] for ln in human.splitlines()), human

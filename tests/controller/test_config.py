@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from controller.config import ConfigError, load_config, parse_config
+from curtaild.controller.config import ConfigError, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,7 +63,7 @@ def test_several_problems_one_line_each() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "controller.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "curtaild.controller.cli", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -99,7 +98,7 @@ def test_run_refuses_a_broken_config_and_says_which_key(tmp_path: Path) -> None:
 
 
 def test_a_verify_grace_shorter_than_a_boot_is_an_advisory_not_an_error(tmp_path: Path) -> None:
-    from controller.config import SLOWEST_BOOT_S, advisories, load_config
+    from curtaild.controller.config import SLOWEST_BOOT_S, advisories, load_config
 
     shipped = load_config(REPO / "config.toml")
     assert advisories(shipped) == []

@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
-
-from controller.config import (
+from curtaild.controller.config import (
     MAX_FLEET_ADDRESSES,
     ConfigError,
     ControllerConfig,
@@ -32,19 +30,26 @@ from controller.config import (
     count_addresses,
     parse_config,
 )
-from controller.guards import GuardConfig
-from controller.mqtt_config import MqttConfig
-from drivers.hashprice_config import (
+from curtaild.controller.guards import GuardConfig
+from curtaild.controller.mqtt_config import MqttConfig
+from curtaild.drivers.hashprice_config import (
     FixedHashprice,
     HashrateIndexHashprice,
     MempoolHashprice,
     MempoolSource,
 )
-from drivers.tariff_config import DemandWindow, FlatTariff, RealtimeTariff, TouPeriod, TouTariff
-from policies.margin import MarginConfig
-from policies.power_cap import CapWindow, PowerCapConfig
-from policies.schedule import ScheduleConfig
-from policies.thermal import ThermalConfig
+from curtaild.drivers.tariff_config import (
+    DemandWindow,
+    FlatTariff,
+    RealtimeTariff,
+    TouPeriod,
+    TouTariff,
+)
+from curtaild.policies.margin import MarginConfig
+from curtaild.policies.power_cap import CapWindow, PowerCapConfig
+from curtaild.policies.schedule import ScheduleConfig
+from curtaild.policies.thermal import ThermalConfig
+from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -205,7 +210,8 @@ def test_check_refuses_an_infinite_poll_timeout_from_toml(tmp_path: Path) -> Non
     cfg.write_text((REPO / "config.toml").read_text().replace(
         "poll_timeout_s = 10", "poll_timeout_s = inf"))
     assert "poll_timeout_s = inf" in cfg.read_text()
-    res = subprocess.run([sys.executable, "-m", "controller.cli", "--config", str(cfg), "check"],
+    res = subprocess.run([sys.executable, "-m", "curtaild.controller.cli", "--config", str(cfg),
+                          "check"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [

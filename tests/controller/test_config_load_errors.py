@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-
-from controller.config import (
+from curtaild.controller.config import (
     MAX_CONFIG_BYTES,
     MAX_NESTING,
     ConfigError,
@@ -23,7 +22,7 @@ from controller.config import (
     load_config,
     parse_config,
 )
-from policies.base import PolicyConfig
+from curtaild.policies.base import PolicyConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = (REPO / "config.toml").read_text()
@@ -32,7 +31,7 @@ DEEP_ARRAY = SHIPPED + "\n[site_notes]\nx = " + "[" * 5000 + "]" * 5000 + "\n"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "controller.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "curtaild.controller.cli", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -95,7 +94,7 @@ class ExplodingPolicy:
 
 
 def test_a_plugin_policy_that_raises_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from policies import base
+    from curtaild.policies import base
 
     monkeypatch.setattr(base, "available_policies", lambda: {
         "exploding": "tests.controller.test_config_load_errors:ExplodingPolicy"})

@@ -7,12 +7,11 @@ import logging
 from pathlib import Path
 
 import pytest
-
-from controller.config import ConfigError, parse_config
-from controller.credentials_config import CredentialsConfig, parse_match
-from controller.mqtt_config import MqttConfig
-from controller.secret import MASK, RedactingFilter, read_secret, redact
-from drivers.credentials import CredentialStore
+from curtaild.controller.config import ConfigError, parse_config
+from curtaild.controller.mqtt_config import MqttConfig
+from curtaild.drivers.credentials import CredentialStore
+from curtaild.drivers.credentials_config import CredentialsConfig, parse_match
+from curtaild.drivers.secret import MASK, RedactingFilter, read_secret, redact
 
 BASE = {
     "hashprice": {"source": "fixed", "usd_per_th_day": 0.05},
@@ -251,7 +250,8 @@ def _cli(cfg: Path, command: str, env: dict | None = None):
 
     from tests.support.daemon import REPO
 
-    return subprocess.run([sys.executable, "-m", "controller.cli", "--config", str(cfg), command],
+    return subprocess.run([sys.executable, "-m", "curtaild.controller.cli", "--config", str(cfg),
+                           command],
                           cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
 
@@ -301,7 +301,7 @@ def test_relative_password_files_resolve_beside_the_config_file(tmp_path: Path,
                                                                monkeypatch) -> None:
     """Against the working directory a relative path named another file when the daemon ran
     from elsewhere (systemd starts it in /): it resolves beside the config file."""
-    from controller.config import load_config
+    from curtaild.controller.config import load_config
 
     site = tmp_path / "site"
     (site / "secrets").mkdir(parents=True)

@@ -69,14 +69,15 @@ class DebugDaemon(DaemonProcess):
         self._log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "--log-level", "DEBUG", "--config",
+            [sys.executable, "-m", "curtaild.controller.cli", "--log-level", "DEBUG", "--config",
              str(self.config), "run"], cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
             env=env)
         return self
 
 
 def cli(cfg: Path, *args: str, env: dict[str, str]) -> str:
-    out = subprocess.run([sys.executable, "-m", "controller.cli", "--config", str(cfg), *args],
+    out = subprocess.run([sys.executable, "-m", "curtaild.controller.cli", "--config", str(cfg),
+                          *args],
                          cwd=REPO, capture_output=True, text=True, timeout=120,
                          env={**os.environ, **env})
     assert out.returncode == 0, out.stderr

@@ -8,9 +8,9 @@ import json
 import sqlite3
 from pathlib import Path
 
-from controller.directive_journal import LEGACY_META, DirectiveJournal
-from controller.directives import DirectiveStore, Limits
-from controller.journal import Journal
+from curtaild.controller.directive_journal import LEGACY_META, DirectiveJournal
+from curtaild.controller.directives import DirectiveStore, Limits
+from curtaild.controller.journal import Journal
 
 T0 = 1_760_000_000.0
 

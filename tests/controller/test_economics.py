@@ -1,10 +1,9 @@
-"""controller/economics.py pinned against figures computed by hand (see design.md)."""
+"""core/economics.py pinned against figures computed by hand (see design.md)."""
 
 from __future__ import annotations
 
 import pytest
-
-from controller import economics as ec
+from curtaild.core import economics as ec
 
 
 def test_network_hashrate_from_difficulty() -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.config import ControllerConfig
-from controller.guards import GuardConfig, MinerMemory, RampBucket, apply_guards
-from controller.journal import Journal
-from controller.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
+from curtaild.controller.config import ControllerConfig
+from curtaild.controller.guards import GuardConfig, MinerMemory, RampBucket, apply_guards
+from curtaild.controller.journal import Journal
+from curtaild.core.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
 
 KEY, IP = "AA:BB", "127.0.0.9"
 RETRY_S = 1800.0

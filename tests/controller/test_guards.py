@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from pydantic import ValidationError
-
-from controller.guards import (
+from curtaild.controller.guards import (
     GuardConfig,
     GuardResult,
     MinerMemory,
@@ -16,8 +14,9 @@ from controller.guards import (
     limit_tolerance_w,
     market_staleness_s,
 )
-from controller.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
-from policies.margin import MarginConfig, MarginPolicy
+from curtaild.core.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
+from curtaild.policies.margin import MarginConfig, MarginPolicy
+from pydantic import ValidationError
 
 NOW = 100_000.0
 BIG = 1e9  # W: a ramp that never binds
@@ -567,7 +566,7 @@ def test_emergency_sheds_take_no_slot_of_the_command_cap() -> None:
 
 
 def test_loop_cap_exempts_emergency_commands() -> None:
-    from controller.loop import _capped
+    from curtaild.controller.loop import _capped
 
     def c(key: str, priority: str) -> Command:
         return Command(key=key, ip="127.0.0.1", action="sleep", power_limit_w=None, reason="",

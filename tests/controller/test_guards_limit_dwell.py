@@ -18,10 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
-
-from controller.backtest.journal import SimJournal
-from controller.guards import (
+from curtaild.controller.backtest.journal import SimJournal
+from curtaild.controller.guards import (
     LIMIT_RESTART_S,
     GuardConfig,
     GuardResult,
@@ -30,9 +28,10 @@ from controller.guards import (
     apply_guards,
     memory_window_s,
 )
-from controller.journal import Journal
-from controller.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
-from policies.margin import MarginConfig, MarginPolicy
+from curtaild.controller.journal import Journal
+from curtaild.core.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
+from curtaild.policies.margin import MarginConfig, MarginPolicy
+from pydantic import ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = 100_000.0

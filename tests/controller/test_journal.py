@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from controller.journal import Journal
-from controller.snapshot import Command
+from curtaild.controller.journal import Journal
+from curtaild.core.snapshot import Command
 
 
 def _cmd(action: str, limit: float | None = None) -> Command:
@@ -69,8 +69,8 @@ def test_mismatches_flag_after_n(tmp_path: Path) -> None:
 
 def test_min_dwell_outlives_a_verified_wake(tmp_path: Path) -> None:
     """A woken machine loses its rows once seen running; dwell must still hold it there."""
-    from controller.guards import GuardConfig, RampBucket, apply_guards
-    from controller.snapshot import Desired, FleetSnapshot, MarketSnapshot, MinerReading
+    from curtaild.controller.guards import GuardConfig, RampBucket, apply_guards
+    from curtaild.core.snapshot import Desired, FleetSnapshot, MarketSnapshot, MinerReading
 
     j = Journal(tmp_path)
     j.record_intent(_cmd("sleep"), observed_limit_w=None, dry_run=False, now=100.0)

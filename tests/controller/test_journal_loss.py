@@ -21,11 +21,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from curtaild.controller.config import load_config, resolve_state_dir
+from curtaild.controller.journal import Journal
+from curtaild.controller.recovery import review_tick
+from curtaild.core.snapshot import Command, FleetSnapshot, MinerReading
 
-from controller.config import load_config, resolve_state_dir
-from controller.journal import Journal
-from controller.recovery import review_tick
-from controller.snapshot import Command, FleetSnapshot, MinerReading
 from tests.support.daemon import REPO, DaemonProcess, journal_rows, ticks, wait_for, write_config
 from tests.support.emulator import EmulatorProcess, free_port
 
@@ -188,7 +188,8 @@ def test_relative_state_dir_resolves_against_the_config_not_the_cwd(
 
 # -------------------------------------------------------------------- integration
 def _cli(cfg: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "controller.cli", "--config", str(cfg), *args],
+    return subprocess.run([sys.executable, "-m", "curtaild.controller.cli", "--config", str(cfg),
+                           *args],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
 
 

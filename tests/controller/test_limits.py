@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from controller.limits import GC_THRESHOLDS, OVERHEAD_FDS, open_files_needed
+from curtaild.controller.limits import GC_THRESHOLDS, OVERHEAD_FDS, open_files_needed
+
 from tests.support.daemon import REPO, wait_for, write_config
 
 PROBE = """
 import resource, sys
-from controller.limits import raise_open_files_limit
+from curtaild.controller.limits import raise_open_files_limit
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard))
 print(*raise_open_files_limit(int(sys.argv[2])), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
@@ -34,7 +35,7 @@ def test_needed_counts_both_poll_pools() -> None:
 def test_tune_gc_sets_the_daemon_thresholds_and_returns_the_old_ones() -> None:
     import gc
 
-    from controller.limits import tune_gc
+    from curtaild.controller.limits import tune_gc
 
     before = gc.get_threshold()
     try:
@@ -62,7 +63,8 @@ def test_curtaild_run_raises_its_own_limit(tmp_path: Path) -> None:
                            (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
     log = open(tmp_path / "d.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "--config", str(cfg), "run"],
+    proc = subprocess.Popen([sys.executable, "-m", "curtaild.controller.cli", "--config",
+                             str(cfg), "run"],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, preexec_fn=low_limit)
     try:
         wait_for(lambda: "curtaild starting" in (tmp_path / "d.log").read_text(), 60,

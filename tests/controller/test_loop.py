@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from controller.loop import TickResult, predicted
-from controller.snapshot import Command, FleetSnapshot, MinerReading
+from curtaild.controller.loop import TickResult, predicted
+from curtaild.core.snapshot import Command, FleetSnapshot, MinerReading
 
 
 def _r(key: str, state: str = "mining", power_w: float = 3250.0,

@@ -15,12 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
-from controller.config import ConfigError, parse_config
-from controller.loop import TickResult
-from controller.metrics import (
+from curtaild.controller.config import ConfigError, parse_config
+from curtaild.controller.loop import TickResult
+from curtaild.controller.metrics import (
     LoopStats,
     MetricsExporter,
     MetricsState,
@@ -30,7 +27,10 @@ from controller.metrics import (
     render_text,
     snapshot_families,
 )
-from controller.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
+from curtaild.core.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.support.prometheus import DASHBOARD, RULES, promtool
 
 NOW = 1_750_000_000.0
@@ -532,7 +532,7 @@ def test_listen_off_starts_nothing() -> None:
 
 async def test_daemon_exits_2_when_the_metrics_address_is_taken(tmp_path: Path,
                                                                caplog) -> None:
-    from controller.daemon import Daemon
+    from curtaild.controller.daemon import Daemon
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -548,7 +548,7 @@ async def test_daemon_exits_2_when_the_metrics_address_is_taken(tmp_path: Path,
 
 def test_state_from_daemon_reads_counters_and_journal(tmp_path: Path) -> None:
     """What the daemon publishes after a tick (journal ownership, flags, driver errors)."""
-    from controller.daemon import Daemon
+    from curtaild.controller.daemon import Daemon
 
     cfg = parse_config({**BASE, "controller": {"state_dir": str(tmp_path / "state"),
                                                "poll_interval_s": 5},

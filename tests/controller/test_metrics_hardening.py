@@ -27,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from curtaild.controller.metrics import MetricsExporter
+from curtaild.controller.scrape_server import fd_budget
 
-from controller.metrics import MetricsExporter
-from controller.scrape_server import fd_budget
 from tests.support.daemon import DaemonProcess, ticks, wait_for, write_config
 from tests.support.emulator import EmulatorProcess, free_port
 
@@ -421,8 +421,9 @@ async def test_status_write_failures_are_logged_once_per_kind_and_counted(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
     """EMFILE, ENOSPC, anything: the failure is counted and logged once per kind until a
     write succeeds again; nothing propagates to the loop."""
-    from controller.config import parse_config
-    from controller.daemon import Daemon
+    from curtaild.controller.config import parse_config
+    from curtaild.controller.daemon import Daemon
+
     from tests.controller.test_metrics import tick
 
     cfg = parse_config({
@@ -437,16 +438,16 @@ async def test_status_write_failures_are_logged_once_per_kind_and_counted(
                     OSError(errno.EMFILE, "Too many open files"),
                     OSError(errno.ENOSPC, "No space left on device"),
                     ValueError("something else")]
-        import controller.daemon
+        import curtaild.controller.daemon
 
-        real = controller.daemon.tick_summary  # called inside the write: its errors count too
+        real = curtaild.controller.daemon.tick_summary  # called inside the write: its errors count too
 
         def failing(*a, **kw):
             if failures:
                 raise failures.pop(0)
             return real(*a, **kw)
 
-        monkeypatch.setattr(controller.daemon, "tick_summary", failing)
+        monkeypatch.setattr(curtaild.controller.daemon, "tick_summary", failing)
         caplog.set_level(logging.INFO, logger="curtaild")
         for _ in range(5):
             daemon._write_status(result)
@@ -504,7 +505,7 @@ BASE = {"fleet": {"ranges": ["127.150.9.1-127.150.9.2"]},
     ({"request_timeout_s": float("inf")}, "not a finite number"),
 ])
 def test_metrics_bounds_are_themselves_bounded(metrics: dict, problem: str) -> None:
-    from controller.config import ConfigError, parse_config
+    from curtaild.controller.config import ConfigError, parse_config
 
     with pytest.raises(ConfigError) as err:
         parse_config({**BASE, "metrics": {"listen": "127.150.1.1:9464", **metrics}})
@@ -514,19 +515,19 @@ def test_metrics_bounds_are_themselves_bounded(metrics: dict, problem: str) -> N
 def test_the_descriptor_budget_reserves_the_metrics_cap(monkeypatch) -> None:
     """The open-files limit the daemon asks for covers its pools and the exporter's cap, and
     nothing for an exporter that is off."""
-    import controller.daemon
-    from controller.config import parse_config
-    from controller.limits import OVERHEAD_FDS, open_files_needed
+    import curtaild.controller.daemon
+    from curtaild.controller.config import parse_config
+    from curtaild.controller.limits import OVERHEAD_FDS, open_files_needed
 
     assert open_files_needed(poll_concurrency=400, discovery_concurrency=100,
                              command_concurrency=50, metrics_fds=fd_budget(32)) \
         == 950 + 32 + 5 + OVERHEAD_FDS
     asked: list[int] = []
-    monkeypatch.setattr(controller.daemon, "raise_open_files_limit",
+    monkeypatch.setattr(curtaild.controller.daemon, "raise_open_files_limit",
                         lambda needed: (asked.append(needed) or (needed, needed)))
     on = parse_config({**BASE, "metrics": {"listen": "127.150.1.1:9464",
                                            "max_connections": 100}})
     off = parse_config(BASE)
-    controller.daemon.ensure_open_files(on)
-    controller.daemon.ensure_open_files(off)
+    curtaild.controller.daemon.ensure_open_files(on)
+    curtaild.controller.daemon.ensure_open_files(off)
     assert asked[0] - asked[1] == fd_budget(100) == 105

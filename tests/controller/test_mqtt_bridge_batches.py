@@ -9,10 +9,9 @@ import asyncio
 import json
 
 import pytest
-
-from controller.directives import DirectiveStore, Limits
-from controller.mqtt import SEND_WINDOW, MqttBridge
-from controller.mqtt_config import MqttConfig
+from curtaild.controller.directives import DirectiveStore, Limits
+from curtaild.controller.mqtt import SEND_WINDOW, MqttBridge
+from curtaild.controller.mqtt_config import MqttConfig
 
 PREFIX = "curtaild/site1"
 

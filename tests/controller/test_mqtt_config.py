@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from controller.config import ConfigError, parse_config
-from controller.mqtt_config import MqttConfig
+from curtaild.controller.config import ConfigError, parse_config
+from curtaild.controller.mqtt_config import MqttConfig
 
 BASE = {"fleet": {"hosts": ["127.51.0.9"]}, "hashprice": {"source": "fixed",
         "usd_per_th_day": 0.05}, "tariff": {"kind": "flat", "usd_per_kwh": 0.05},

@@ -14,9 +14,8 @@ import gc
 
 import aiomqtt
 import paho.mqtt.client as mqtt
+from curtaild.controller.mqtt import _Client
 from paho.mqtt.reasoncodes import ReasonCode
-
-from controller.mqtt import _Client
 
 
 def _unretrieved_after_race(cls: type[aiomqtt.Client]) -> list[str]:

@@ -4,9 +4,8 @@ depend on each other are checked together, and the directive store gets every on
 from __future__ import annotations
 
 import pytest
-
-from controller.config import ConfigError, parse_config
-from controller.directives import Limits
+from curtaild.controller.config import ConfigError, parse_config
+from curtaild.controller.directives import Limits
 
 BASE = {"fleet": {"hosts": ["127.154.0.9"]}, "hashprice": {"source": "fixed",
         "usd_per_th_day": 0.05}, "tariff": {"kind": "flat", "usd_per_kwh": 0.05},

@@ -4,12 +4,12 @@ every reconnect (found by bench/dr_latency.py at 1,000 miners)."""
 
 from __future__ import annotations
 
-from controller.directives import DirectiveStore, Limits
-from controller.loop import TickResult
-from controller.mqtt import MqttBridge
-from controller.mqtt_config import MqttConfig
-from controller.mqtt_payloads import decisions_payload, dumps, reason_category
-from controller.snapshot import Command, Desired, FleetSnapshot, MinerReading
+from curtaild.controller.directives import DirectiveStore, Limits
+from curtaild.controller.loop import TickResult
+from curtaild.controller.mqtt import MqttBridge
+from curtaild.controller.mqtt_config import MqttConfig
+from curtaild.controller.mqtt_payloads import decisions_payload, dumps, reason_category
+from curtaild.core.snapshot import Command, Desired, FleetSnapshot, MinerReading
 
 
 def _reading(i: int) -> MinerReading:

@@ -259,7 +259,7 @@ def test_password_from_systemd_credential(tmp_path: Path) -> None:
 
 def test_password_errors_name_the_setting_and_the_path(tmp_path: Path, monkeypatch) -> None:
     """The messages the integration tests above rely on, for each source (no broker)."""
-    from controller.mqtt_config import MqttConfig
+    from curtaild.controller.mqtt_config import MqttConfig
 
     pw = tmp_path / "pw"
     cfg = MqttConfig(host="b", topic_prefix="a", username="u", password_file=str(pw))

@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from controller.sdnotify import Notifier
+from curtaild.controller.sdnotify import Notifier
 
 
 @pytest.fixture

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from controller.config import ConfigError, parse_config
-from controller.inventory import Inventory, Placement, parse_group
-from controller.site_config import load_inventory
+from curtaild.controller.config import ConfigError, parse_config
+from curtaild.controller.inventory import Inventory, Placement, parse_group
+from curtaild.controller.site_config import load_inventory
 
 BASE = {
     "fleet": {"hosts": ["127.182.0.1"]},

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+from curtaild.controller.journal import Journal, JournalError, state_dir_problem
 
-from controller.journal import Journal, JournalError, state_dir_problem
 from tests.support.daemon import REPO, DaemonProcess, ticks, wait_for, write_config
 from tests.support.emulator import EmulatorProcess
 
@@ -27,7 +27,8 @@ NOWHERE = "127.153.21.1-127.153.21.2"  # nothing listens: these tests never reac
 
 
 def _cli(cfg: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "controller.cli", "--config", str(cfg), *args],
+    return subprocess.run([sys.executable, "-m", "curtaild.controller.cli", "--config", str(cfg),
+                           *args],
                           cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 

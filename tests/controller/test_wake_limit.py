@@ -17,13 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from controller.config import parse_config
-from controller.daemon import build_policy
-from controller.guards import GuardConfig, MinerMemory, RampBucket, apply_guards
-from controller.journal import Journal
-from controller.loop import Reconciler
-from controller.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
+from curtaild.controller.config import parse_config
+from curtaild.controller.daemon import build_policy
+from curtaild.controller.guards import GuardConfig, MinerMemory, RampBucket, apply_guards
+from curtaild.controller.journal import Journal
+from curtaild.controller.loop import Reconciler
+from curtaild.core.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
 
 T0 = 1_800_000_000.0
 PLATE_W = 3306.0

@@ -32,7 +32,8 @@ NAMEPLATE_W = 3306.0
 
 
 def _cli(cfg: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "controller.cli", "--config", str(cfg), *args],
+    return subprocess.run([sys.executable, "-m", "curtaild.controller.cli", "--config", str(cfg),
+                           *args],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
 
 

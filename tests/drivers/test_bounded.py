@@ -17,8 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pyasic.settings
 import pytest
-
-from drivers import bounded
+from curtaild.drivers import bounded
 
 HOST = "127.151.2.1"
 CAP = 256 * 1024

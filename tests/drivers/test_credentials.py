@@ -12,16 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from curtaild.controller.config import FleetConfig
+from curtaild.drivers import credentials as creds
+from curtaild.drivers.credentials_config import CredentialsConfig
+from curtaild.drivers.miners import CommandFailed, MinerDriver
 from pyasic import get_miner
 from pyasic.miners.backends.braiins_os import BOSer
 from pyasic.miners.backends.btminer import BTMinerV3
 from pyasic.miners.backends.vnish import VNish
 from pydantic import SecretStr
 
-from controller.config import FleetConfig
-from controller.credentials_config import CredentialsConfig
-from drivers import credentials as creds
-from drivers.miners import CommandFailed, MinerDriver
 from tests.support.driving import cmd
 from tests.support.emulator import EmulatorProcess
 
@@ -208,7 +208,7 @@ async def test_reload_with_the_right_password_recovers(emu: EmulatorProcess,
 
 async def test_unreadable_secret_on_reload_changes_nothing(emu: EmulatorProcess,
                                                            secrets_dir: Path) -> None:
-    from controller.config import ConfigError
+    from curtaild.controller.config import ConfigError
 
     d = MinerDriver(fleet_config(credentials(secrets_dir)), poll_interval_s=1.0)
     await readings(d)

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import pytest
+from curtaild.controller.config import parse_config
+from curtaild.drivers.hashprice import build_hashprice_source
+from curtaild.drivers.hashprice_config import HashrateIndexSource
+from curtaild.drivers.httpfeed import FeedError, StaleSource, redact_cut
+from curtaild.drivers.tariff import build_tariff_source
 
-from controller.config import parse_config
-from drivers.hashprice import build_hashprice_source
-from drivers.hashprice_config import HashrateIndexSource
-from drivers.httpfeed import FeedError, StaleSource, redact_cut
-from drivers.tariff import build_tariff_source
 from tests.drivers.fakeapi import FakeApi, js, text
 from tests.support.plan_config import write_plan_config
 
@@ -154,7 +154,7 @@ fallbacks = [{{ source = "fixed", usd_per_th_day = 0.045 }}]""", """[tariff]
 kind = "flat"
 usd_per_kwh = 0.07""", host="127.155.0.1")
     res = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "--config", str(config), "--log-level",
+        [sys.executable, "-m", "curtaild.controller.cli", "--config", str(config), "--log-level",
          "DEBUG", "plan", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120,
         env={**os.environ, "HASHRATEINDEX_API_KEY": KEY})
     assert res.returncode == 0, res.stderr[-3000:]

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def plan(config: Path) -> dict:
-    res = subprocess.run([sys.executable, "-m", "controller.cli", "--config", str(config),
+    res = subprocess.run([sys.executable, "-m", "curtaild.controller.cli", "--config", str(config),
                           "plan", "--json"], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr

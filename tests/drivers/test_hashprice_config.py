@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from controller.config import ConfigError, parse_config
-from drivers.hashprice_config import FixedHashprice, MempoolHashprice
+from curtaild.controller.config import ConfigError, parse_config
+from curtaild.drivers.hashprice_config import FixedHashprice, MempoolHashprice
 
 BASE = {"fleet": {"hosts": ["127.66.0.1"]}, "tariff": {"kind": "flat", "usd_per_kwh": 0.06},
         "policy": {"name": "margin"}}

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from curtaild.controller.config import ConfigError, parse_config
+from curtaild.drivers.hashprice import build_hashprice_source
+from curtaild.drivers.hashprice_config import HashrateIndexSource
+from curtaild.drivers.httpfeed import StaleSource
 
-from controller.config import ConfigError, parse_config
-from drivers.hashprice import build_hashprice_source
-from drivers.hashprice_config import HashrateIndexSource
-from drivers.httpfeed import StaleSource
 from tests.drivers.fakeapi import Clock, FakeApi, Reply, Seen, js, text
 
 KEY = "hi.5f3c0ffee0ddba11cafe1234deadbeef"
@@ -147,7 +147,7 @@ def test_key_not_in_config_repr_or_dump() -> None:
 
 
 def test_key_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from drivers.hashprice_config import resolve_hashrateindex_key
+    from curtaild.drivers.hashprice_config import resolve_hashrateindex_key
 
     monkeypatch.delenv("HASHRATEINDEX_API_KEY", raising=False)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)

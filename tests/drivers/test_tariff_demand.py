@@ -7,11 +7,10 @@ import datetime as dt
 import zoneinfo
 
 import pytest
-
-from controller.config import ConfigError, parse_config
-from controller.snapshot import FleetSnapshot, MarketSnapshot, MinerReading
-from drivers.tariff import build_tariff_source
-from policies.margin import MarginConfig, MarginPolicy
+from curtaild.controller.config import ConfigError, parse_config
+from curtaild.core.snapshot import FleetSnapshot, MarketSnapshot, MinerReading
+from curtaild.drivers.tariff import build_tariff_source
+from curtaild.policies.margin import MarginConfig, MarginPolicy
 
 CHI = zoneinfo.ZoneInfo("America/Chicago")
 

@@ -14,9 +14,8 @@ import itertools
 import zoneinfo
 
 import pytest
-
-from controller.config import ConfigError, parse_config
-from drivers.tariff import build_tariff_source
+from curtaild.controller.config import ConfigError, parse_config
+from curtaild.drivers.tariff import build_tariff_source
 
 UTC = dt.UTC
 

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import json
 
-from emulator.families.base import HttpRequest
-from emulator.physics import EmulatedMiner
+from curtaild.emulator.families.base import HttpRequest
+from curtaild.emulator.physics import EmulatedMiner
 
 
 class FamilyServer:

@@ -15,19 +15,19 @@ import json
 from pathlib import Path
 
 import pytest
-from pyasic.miners.antminer.bmminer.X19.S19 import BMMinerS19, BMMinerS19Pro
-from pyasic.miners.backends.bmminer import BMMiner
-from pyasic.rpc.base import BaseMinerRPCAPI
-
-from emulator.families.antminer import (
+from curtaild.core.models import MODELS
+from curtaild.emulator.families.antminer import (
     GENERATIONS,
     AntminerFamily,
     cgi_get_miner_conf,
     cgi_get_system_info,
 )
-from emulator.families.base import HttpRequest
-from emulator.models import MODELS
-from emulator.physics import EmulatedMiner
+from curtaild.emulator.families.base import HttpRequest
+from curtaild.emulator.physics import EmulatedMiner
+from pyasic.miners.antminer.bmminer.X19.S19 import BMMinerS19, BMMinerS19Pro
+from pyasic.miners.backends.bmminer import BMMiner
+from pyasic.rpc.base import BaseMinerRPCAPI
+
 from tests.support.conformance import diff, shape
 
 #: Copies of the captures, kept with the tests (captures/SOURCES.md says where they are from).

@@ -15,9 +15,9 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from curtaild.core.models import FAMILIES, MODELS
 from pyasic import get_miner
 
-from emulator.models import FAMILIES, MODELS
 from tests.support.emulator import REPO, EmulatorError, EmulatorProcess
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,8 @@ def _drop_net_bind_service() -> None:
 def run_cli(*args: str, unprivileged: bool = False,
             timeout: float = 30) -> subprocess.CompletedProcess:
     drop = _drop_net_bind_service if unprivileged and os.geteuid() == 0 else None
-    return subprocess.run([sys.executable, "-m", "controller.cli", "emulate", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "curtaild.controller.cli", "emulate", *args],
+                           cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, preexec_fn=drop)
 
 
@@ -194,7 +195,7 @@ def test_port_80_without_privileges_exits_2() -> None:
 def test_sigint_and_sigterm_exit_0(sig: signal.Signals) -> None:
     fleet = _fleet_file("one-bitaxe", '[[miner]]\nmodel = "BitAxe Gamma"\n')
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "emulate", "--fleet", str(fleet),
+        [sys.executable, "-m", "curtaild.controller.cli", "emulate", "--fleet", str(fleet),
          "--first-ip", "127.10.4.230", "--control", "127.0.0.1:8645"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

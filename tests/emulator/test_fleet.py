@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from emulator.fleet import (
+from curtaild.core.models import FAMILIES, MODELS
+from curtaild.emulator.fleet import (
     FleetError,
     build_miners,
     consecutive,
@@ -12,7 +12,6 @@ from emulator.fleet import (
     plan_count,
     plan_fleet_text,
 )
-from emulator.models import FAMILIES, MODELS
 
 
 def test_count_cycles_every_model_and_family() -> None:

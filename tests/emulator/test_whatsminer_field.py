@@ -18,12 +18,8 @@ import time
 
 import pyasic
 import pytest
-from pyasic.errors import APIError
-from pyasic.miners.backends.btminer import BTMinerV2
-from pyasic.miners.whatsminer.btminer.M3X.M30S import BTMinerM30SV10
-from pyasic.rpc.btminer import BTMinerRPCAPI
-
-from emulator.families.whatsminer import (
+from curtaild.core.models import MODELS
+from curtaild.emulator.families.whatsminer import (
     BTMINER_RESTART_S,
     HASH_WINDOW_S,
     LEGACY_API_VERSION,
@@ -32,10 +28,14 @@ from emulator.families.whatsminer import (
     WRITE_DISABLED_MSG,
     WhatsminerFamily,
 )
-from emulator.families.whatsminer_v3 import RAMP_S
-from emulator.fleet import FleetError, plan_fleet_text
-from emulator.models import MODELS
-from emulator.physics import EmulatedMiner
+from curtaild.emulator.families.whatsminer_v3 import RAMP_S
+from curtaild.emulator.fleet import FleetError, plan_fleet_text
+from curtaild.emulator.physics import EmulatedMiner
+from pyasic.errors import APIError
+from pyasic.miners.backends.btminer import BTMinerV2
+from pyasic.miners.whatsminer.btminer.M3X.M30S import BTMinerM30SV10
+from pyasic.rpc.btminer import BTMinerRPCAPI
+
 from tests.support.conformance import whatsminer_capture as capture
 from tests.support.driving import truth, wait_for
 from tests.support.emulator import EmulatorProcess

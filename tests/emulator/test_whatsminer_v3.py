@@ -18,20 +18,20 @@ import time
 
 import pyasic
 import pytest
-from pyasic.errors import APIError
-from pyasic.miners.backends.btminer import BTMinerV2, BTMinerV3
-from pyasic.rpc.btminer import BTMinerRPCAPI, BTMinerV3RPCAPI
-
-from emulator.families.whatsminer_v3 import (
+from curtaild.core.models import MODELS
+from curtaild.emulator.families.whatsminer_v3 import (
     BTMINER_RESTART_S,
     DOWN_MSG,
     RAMP_S,
     BtminerFamily,
     v3_token,
 )
-from emulator.fleet import FleetError, build_miners, plan_count, plan_fleet_text
-from emulator.models import MODELS
-from emulator.physics import EmulatedMiner
+from curtaild.emulator.fleet import FleetError, build_miners, plan_count, plan_fleet_text
+from curtaild.emulator.physics import EmulatedMiner
+from pyasic.errors import APIError
+from pyasic.miners.backends.btminer import BTMinerV2, BTMinerV3
+from pyasic.rpc.btminer import BTMinerRPCAPI, BTMinerV3RPCAPI
+
 from tests.support.conformance import whatsminer_capture
 from tests.support.driving import truth, wait_for
 from tests.support.emulator import EmulatorProcess

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.snapshot import FleetSnapshot, MarketSnapshot, MinerReading
+from curtaild.core.snapshot import FleetSnapshot, MarketSnapshot, MinerReading
 
 # 2026-07-15 (a Wednesday) 14:30 America/Chicago (CDT, UTC-5) = 19:30 UTC.
 WED_1430_CHICAGO = 1_784_143_800.0

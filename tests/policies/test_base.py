@@ -7,11 +7,9 @@ import types
 from importlib import metadata
 
 import pytest
-from pydantic import Field
-
-from controller.snapshot import Desired, FleetSnapshot, MarketSnapshot
-from policies import base
-from policies.base import (
+from curtaild.core.snapshot import Desired, FleetSnapshot, MarketSnapshot
+from curtaild.policies import base
+from curtaild.policies.base import (
     ENTRY_POINT_GROUP,
     Policy,
     PolicyConfig,
@@ -19,7 +17,8 @@ from policies.base import (
     available_policies,
     load_policy,
 )
-from policies.margin import MarginConfig, MarginPolicy
+from curtaild.policies.margin import MarginConfig, MarginPolicy
+from pydantic import Field
 
 
 def _problems(name: str, params: dict) -> list[str]:
@@ -71,8 +70,8 @@ def test_negative_pool_fee_rejected() -> None:
 
 def test_builtin_registered_as_entry_point() -> None:
     eps = {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    assert eps.get("margin") == "policies.margin:MarginPolicy"
-    assert available_policies()["margin"] == "policies.margin:MarginPolicy"
+    assert eps.get("margin") == "curtaild.policies.margin:MarginPolicy"
+    assert available_policies()["margin"] == "curtaild.policies.margin:MarginPolicy"
 
 
 # ------------------------------------------------------------------ third parties

@@ -12,10 +12,9 @@ from __future__ import annotations
 import random
 
 import pytest
-
-from controller import economics as ec
-from controller.snapshot import FleetSnapshot, MarketSnapshot, MinerReading
-from policies.margin import MarginConfig, MarginPolicy
+from curtaild.core import economics as ec
+from curtaild.core.snapshot import FleetSnapshot, MarketSnapshot, MinerReading
+from curtaild.policies.margin import MarginConfig, MarginPolicy
 
 NOW = 1_000.0
 

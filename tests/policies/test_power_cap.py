@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from curtaild.core.snapshot import Desired, Directives
+from curtaild.policies.layer import everything_runs
+from curtaild.policies.power_cap import PowerCapConfig, PowerCapPolicy
 
-from controller.snapshot import Desired, Directives
-from policies.layer import everything_runs
-from policies.power_cap import PowerCapConfig, PowerCapPolicy
 from tests.policies.snapshots import WED_1430_CHICAGO as NOW
 from tests.policies.snapshots import fleet, market, miner
 
@@ -129,8 +129,8 @@ def test_config_rejects_bad_windows() -> None:
 def test_a_fixed_cap_holds_through_stale_prices_and_the_ramp() -> None:
     """The stale-market fail-safe releases economic curtailment only: a feeder cap is shed
     through stale inputs, an empty ramp bucket and a recent change (minimum dwell)."""
-    from controller.guards import GuardConfig, MinerMemory, RampBucket, apply_guards
-    from policies.compose import build_policy_stack, decide_stack
+    from curtaild.controller.guards import GuardConfig, MinerMemory, RampBucket, apply_guards
+    from curtaild.policies.compose import build_policy_stack, decide_stack
 
     stack = build_policy_stack({"name": "margin", "power_cap": {"cap_w": 7000}})
     f = fleet(A, B, C)

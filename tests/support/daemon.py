@@ -64,7 +64,7 @@ class DaemonProcess:
         self._log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "--config", str(self.config), "run"],
+            [sys.executable, "-m", "curtaild.controller.cli", "--config", str(self.config), "run"],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env,
             preexec_fn=self._limit_open_files if self.open_files_soft is not None else None,
         )

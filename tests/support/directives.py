@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from controller.directives import DirectiveStore, Limits
+from curtaild.controller.directives import DirectiveStore, Limits
 
 #: The tests' "now" (2025-10-09 08:53:20 UTC): every time in a test is counted from it.
 T0 = 1_760_000_000.0

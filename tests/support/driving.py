@@ -13,9 +13,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from controller.config import FleetConfig
-from controller.snapshot import Command, MinerReading
-from drivers.miners import MinerDriver
+from curtaild.controller.config import FleetConfig
+from curtaild.core.snapshot import Command, MinerReading
+from curtaild.drivers.miners import MinerDriver
+
 from tests.support.emulator import EmulatorProcess
 
 T = TypeVar("T")

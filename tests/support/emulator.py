@@ -63,7 +63,7 @@ class EmulatorProcess:
 
     # ----------------------------------------------------------------- lifecycle
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "controller.cli", "emulate",
+        cmd = [sys.executable, "-m", "curtaild.controller.cli", "emulate",
                "--first-ip", self.first_ip, "--control", self.control,
                "--time-scale", repr(self.time_scale)]
         if self.fleet_toml is not None:

@@ -41,9 +41,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from emulator.control import SLEEP_STORED
-from emulator.fleet import plan_count
-from emulator.physics import FAULT_KINDS
+from curtaild.emulator.control import SLEEP_STORED
+from curtaild.emulator.fleet import plan_count
+from curtaild.emulator.physics import FAULT_KINDS
+
 from tests.drivers.fakeapi import FakeApi, Reply, js, mempool_routes
 from tests.support.daemon import REPO, DaemonProcess, journal_rows, wait_for, write_config
 from tests.support.emulator import EmulatorProcess, free_port
@@ -95,7 +96,7 @@ def fleet_toml(count: int, first_ip: str, passwords: dict[str, str],
                override: tuple[str, str] | None) -> str:
     """``--count``'s fleet (same models, firmware generations and APIs) with the site's
     passwords: ``passwords`` per family, ``override`` (ip, password) for one machine."""
-    from emulator.models import MODELS
+    from curtaild.core.models import MODELS
 
     out = []
     for m in plan_count(count, first_ip).miners:
@@ -393,7 +394,7 @@ listen = "{self.metrics_url.split('/')[2]}"
 
     def cli(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess:
         """``curtaild --config ... ARGS`` as an operator types it; its output is scanned."""
-        proc = subprocess.run([sys.executable, "-m", "controller.cli", "--config",
+        proc = subprocess.run([sys.executable, "-m", "curtaild.controller.cli", "--config",
                                str(self.cfg), *args], cwd=REPO, capture_output=True,
                               text=True, timeout=timeout)
         self.scan(f"`curtaild {' '.join(args)}` output", proc.stdout + proc.stderr)

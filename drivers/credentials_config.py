@@ -23,6 +23,7 @@ import ipaddress
 import re
 from typing import Any, Literal
 
+from curtaild.drivers.secret import CredentialName, SecretFile
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,8 +31,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-from controller.secret import CredentialName, SecretFile
 
 #: Families whose pyasic 0.79 backends take a password, and what it is for.
 FAMILIES: dict[str, str] = {
