@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import print_machine, raise_nofile, table
+
 from curtaild.controller.config import FleetConfig
 from curtaild.drivers.miners import MinerDriver
-
 from tests.support.emulator import EmulatorProcess
 
 FIRST = "127.158.20.1"

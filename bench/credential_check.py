@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import raise_nofile
+
 from curtaild.controller.config import FleetConfig
 from curtaild.drivers import credentials as creds
 from curtaild.drivers.miners import MinerDriver
-
 from tests.support.emulator import EmulatorProcess
 
 FIRST = "127.157.10.1"

@@ -22,9 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Emulator, print_machine, raise_nofile, table
+from sweep import fleet_config
+
 from curtaild.controller.limits import GC_THRESHOLDS
 from curtaild.drivers.miners import MinerDriver
-from sweep import fleet_config
 
 
 class GcClock:

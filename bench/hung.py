@@ -23,9 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Emulator, print_machine, raise_nofile, table
+from sweep import HEADER, Phase, fleet_config, measure
+
 from curtaild.controller.limits import tune_gc
 from curtaild.drivers.miners import MinerDriver
-from sweep import HEADER, Phase, fleet_config, measure
 
 
 async def phases(emu: Emulator, hung: list[str], clean_sweeps: int, hung_sweeps: int,

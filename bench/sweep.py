@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Emulator, cpu_s, print_machine, raise_nofile, table
+
 from curtaild.controller.config import FleetConfig
 from curtaild.controller.limits import tune_gc
 from curtaild.drivers.miners import MinerDriver

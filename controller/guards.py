@@ -59,6 +59,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from curtaild.core.bounds import at_most
 from curtaild.core.snapshot import (
     Action,
@@ -68,7 +70,6 @@ from curtaild.core.snapshot import (
     MarketSnapshot,
     MinerReading,
 )
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Power limits within max(LIMIT_TOLERANCE_W, LIMIT_TOLERANCE_FRACTION x target) are equal.
 LIMIT_TOLERANCE_W = 25.0

@@ -19,20 +19,14 @@ index quotes it). Every metric is listed in docs/metrics.md.
 from __future__ import annotations
 
 import gzip
-import ipaddress
 import logging
 import platform
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from curtaild.controller import __version__
-from curtaild.controller.scrape_server import DROP_REASONS, BoundedHTTPServer
-from curtaild.core import economics
-from curtaild.core.snapshot import COMMAND_STATES
 from prometheus_client import ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -42,6 +36,12 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import CollectorRegistry
+
+from curtaild.controller import __version__
+from curtaild.controller.listen import parse_listen
+from curtaild.controller.scrape_server import DROP_REASONS, BoundedHTTPServer
+from curtaild.core import economics
+from curtaild.core.snapshot import COMMAND_STATES
 
 if TYPE_CHECKING:  # controller.loop imports controller.config, which validates with us
     from curtaild.controller.loop import TickResult
@@ -75,44 +75,8 @@ TARIFF_UNIT = "usd_per_kilowatt_hour"
 
 
 # ------------------------------------------------------------------------ listen address
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` -> (host, port); IPv6 hosts in brackets (``[::1]:9464``).
-
-    Raises ValueError with a message fit for ``curtaild check``.
-    """
-    example = "expected HOST:PORT, e.g. '127.0.0.1:9464', '0.0.0.0:9464' or '[::1]:9464'"
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(example)
-    host, sep, port_s = text.strip().rpartition(":")
-    if not sep or not host or not port_s:
-        raise ValueError(f"{text!r}: {example}")
-    if host.startswith("[") or host.endswith("]"):
-        if not (host.startswith("[") and host.endswith("]")):
-            raise ValueError(f"{text!r}: unbalanced brackets; {example}")
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{text!r}: {host!r} in brackets is not an IPv6 address") from None
-    elif ":" in host:
-        raise ValueError(f"{text!r}: an IPv6 address goes in brackets, e.g. '[::1]:9464'")
-    else:
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            if host.replace(".", "").isdigit() or not _HOSTNAME.match(host):
-                raise ValueError(f"{text!r}: {host!r} is neither an IP address nor a "
-                                 "host name") from None
-    if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
-        raise ValueError(f"{text!r}: port {port_s!r} is not a number from 1 to 65535")
-    return host, int(port_s)
-
-
-# ----------------------------------------------------------------------- counters / state
 @dataclass(frozen=True, slots=True)
 class CounterSnapshot:
     """Cumulative counters since start, frozen at publication (all plain tuples)."""

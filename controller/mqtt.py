@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
+
 from curtaild.controller.directives import KINDS, DirectiveStore
 from curtaild.controller.loop import TickResult
 from curtaild.controller.metrics import MqttCounters

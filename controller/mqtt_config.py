@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from curtaild.core.bounds import at_most
-from curtaild.drivers.secret import CredentialName, SecretFile, read_secret
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -20,6 +18,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from curtaild.core.bounds import at_most
+from curtaild.drivers.secret import CredentialName, SecretFile, read_secret
 
 
 class _Strict(BaseModel):

@@ -15,10 +15,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from curtaild.controller.inventory import Inventory, Placement, check_row, read_map_file
 from curtaild.core.bounds import at_most
 from curtaild.drivers.secret import CredentialName, SecretFile
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MIBS = ("apc", "raritan")
 

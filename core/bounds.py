@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 #: What a non-finite number is refused with (pydantic's own text says what, not why).
 NOT_FINITE = ("not a finite number: inf and nan are valid TOML but no setting can be "
@@ -53,3 +54,12 @@ def number(value: float) -> str:
 def finite_message(err_type: str, msg: str) -> str:
     """pydantic's message for one error, with the reason for a non-finite number."""
     return NOT_FINITE if err_type == "finite_number" else msg
+
+
+def key_error(model: BaseModel, key: str | tuple, message: str) -> ValidationError:
+    """An error located at one key of ``model`` (from a model validator), so that the config
+    reports ``section.key: reason`` rather than ``section: reason``."""
+    loc = key if isinstance(key, tuple) else (key,)
+    return ValidationError.from_exception_data(type(model).__name__, [InitErrorDetails(
+        type=PydanticCustomError("value_error", message),  # type: ignore[arg-type]
+        loc=loc, input=getattr(model, loc[0], None))])

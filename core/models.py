@@ -64,3 +64,15 @@ MODELS: dict[str, ModelSpec] = {
     "BitAxe Gamma": _spec("BitAxe", "Gamma", "bitaxe", 1.2, 17.0, 3.0, 17.0, 17.0,
                           chains=1, chips_per_chain=1, fans=1, boot_s=10.0),
 }
+
+
+#: Exponent of the hashrate/ASIC-power curve: hashrate ~ power**ALPHA, ALPHA < 1, so J/TH
+#: improves when underclocked (lower voltage), as measured on real power-tuned firmware.
+ALPHA = 0.75
+
+
+def demo_mix(count: int) -> list[str]:
+    """The demo fleet's models (``curtaild emulate --count N``, the backtest's default fleet):
+    every model in turn, so every family appears."""
+    keys = list(MODELS)
+    return [keys[i % len(keys)] for i in range(count)]

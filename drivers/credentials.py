@@ -22,7 +22,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
-from curtaild.controller.config import ConfigError
+from pyasic import settings as pyasic_settings
+from pyasic.errors import APIError
+from pydantic import SecretStr
+
+from curtaild.core.errors import ConfigError
 from curtaild.drivers.credentials_config import (
     FAMILIES,
     CredentialsConfig,
@@ -30,9 +34,6 @@ from curtaild.drivers.credentials_config import (
     SecretSource,
 )
 from curtaild.drivers.secret import read_secret
-from pyasic import settings as pyasic_settings
-from pyasic.errors import APIError
-from pydantic import SecretStr
 
 Verdict = Literal["accepted", "refused", "unknown"]
 #: Whatsminer API codes that are not about the password (so never reported as ``auth``).

@@ -23,7 +23,6 @@ import ipaddress
 import re
 from typing import Any, Literal
 
-from curtaild.drivers.secret import CredentialName, SecretFile
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -31,6 +30,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from curtaild.drivers.secret import CredentialName, SecretFile
 
 #: Families whose pyasic 0.79 backends take a password, and what it is for.
 FAMILIES: dict[str, str] = {

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import httpx
+
 from curtaild.core import economics
 from curtaild.drivers.hashprice_config import (
     FixedSource,

@@ -22,17 +22,16 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from curtaild.core.bounds import at_most
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from curtaild.core.bounds import at_most, key_error
 
 HASHRATEINDEX_ENV = "HASHRATEINDEX_API_KEY"
 HASHRATEINDEX_CREDENTIAL = "hashrateindex-api-key"
@@ -40,15 +39,6 @@ HASHRATEINDEX_CREDENTIAL = "hashrateindex-api-key"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-def key_error(model: BaseModel, key: str | tuple, message: str) -> ValidationError:
-    """An error located at one key of ``model`` (from a model validator), so that the config
-    reports ``section.key: reason`` rather than ``section: reason``."""
-    loc = key if isinstance(key, tuple) else (key,)
-    return ValidationError.from_exception_data(type(model).__name__, [InitErrorDetails(
-        type=PydanticCustomError("value_error", message),  # type: ignore[arg-type]
-        loc=loc, input=getattr(model, loc[0], None))])
 
 
 def _check_base_url(url: str) -> str:

@@ -37,13 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyasic
-from curtaild.controller.config import FleetConfig
-from curtaild.core.nameplate import lookup
-from curtaild.core.snapshot import Command, FleetSnapshot, MinerReading, PowerSource
-from curtaild.drivers import antminer_writes as amw
-from curtaild.drivers import bounded, luxos
-from curtaild.drivers import credentials as creds
-from curtaild.drivers.secret import redact
 from pyasic.errors import APIError
 from pyasic.miners.backends.antminer import AntminerModern
 from pyasic.miners.backends.bmminer import BMMiner
@@ -56,6 +49,14 @@ from tenacity import (
     stop_after_delay,
     wait_random_exponential,
 )
+
+from curtaild.core.nameplate import lookup
+from curtaild.core.snapshot import Command, FleetSnapshot, MinerReading, PowerSource
+from curtaild.drivers import antminer_writes as amw
+from curtaild.drivers import bounded, luxos
+from curtaild.drivers import credentials as creds
+from curtaild.drivers.miners_config import FleetConfig
+from curtaild.drivers.secret import redact
 
 log = logging.getLogger("curtaild.miners")
 

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
+
+from curtaild.core.timewindow import window_matches
 from curtaild.drivers.httpfeed import FeedError, HttpFeed, HttpPolicy, RefreshingSource, url_secrets
 from curtaild.drivers.tariff_config import (
     DemandWindow,
     FlatSchedule,
     FlatTariff,
     RealtimeTariff,
-    TimeWindow,
     TouSchedule,
     TouTariff,
 )
@@ -63,28 +64,6 @@ class TariffSource(Protocol):
 
 
 # --------------------------------------------------------------------------- time windows
-def _window_day(w: TimeWindow, local: dt.datetime) -> dt.date | None:
-    """The local date whose instance of ``w`` contains ``local``, or None."""
-    tod = local.hour * 60 + local.minute + local.second / 60.0
-    s, e = w.start_min, w.end_min
-    if s < e:
-        return local.date() if s <= tod < e else None
-    # crosses midnight: the part after midnight belongs to the day it started
-    if tod >= s:
-        return local.date()
-    if tod < e:
-        return local.date() - dt.timedelta(days=1)
-    return None
-
-
-def window_matches(w: TimeWindow, local: dt.datetime,
-                   dates: Iterable[dt.date] | None = None) -> bool:
-    day = _window_day(w, local)
-    if day is None or day.month not in w.months or day.weekday() not in w.days:
-        return False
-    return dates is None or day in dates
-
-
 def _local_instants(tz: zoneinfo.ZoneInfo, start: float, end: float,
                     minutes_of_day: Iterable[int]) -> set[float]:
     """Unix times in (start, end) at the given local wall-clock minutes, both folds."""

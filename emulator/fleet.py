@@ -48,13 +48,20 @@ Antminers run each firmware generation in turn (``antminer.COUNT_GENERATIONS``).
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curtaild.core.models import MODELS
+from curtaild.core.fleet import (
+    DEFAULT_FIRST_IP,
+    MINER_KEYS,
+    TOP_KEYS,
+    FleetError,
+    assign_addresses,
+    consecutive,
+    parse_loopback,
+)
+from curtaild.core.models import MODELS, demo_mix
 from curtaild.emulator.families.antminer import (
     COUNT_GENERATIONS,
     DEFAULT_GENERATION,
@@ -69,7 +76,6 @@ from curtaild.emulator.families.whatsminer import WRITE_API_KEY as WHATSMINER_WR
 from curtaild.emulator.families.whatsminer_v3 import RAMP_S as V3_RAMP_S
 from curtaild.emulator.families.whatsminer_v3 import api_for_version
 from curtaild.emulator.pdu.plan import (
-    MINER_SITE_KEYS,
     SiteError,
     SitePlan,
     miner_site_keys,
@@ -78,19 +84,9 @@ from curtaild.emulator.pdu.plan import (
 )
 from curtaild.emulator.physics import FACTORY_PASSWORDS, FAULT_KINDS, EmulatedMiner, Fault
 
-DEFAULT_FIRST_IP = "127.1.0.1"
 DEFAULT_AMBIENT_C = 25.0
-TOP_KEYS = {"time_scale", "ambient_c", "miner", "pdu", "meter"}  # [[pdu]], [meter]: pdu/plan.py
-MINER_KEYS = {"model", "ip", "firmware", "count", "fault", "delay_s", "size_bytes", "ambient_c",
-              "power_limit_w", "password", "api", "firmware_version", "fast_boot", "atm",
-              "write_api"} | MINER_SITE_KEYS
 #: ``--count`` fleets: models whose machines run Whatsminer API v3 firmware.
 COUNT_V3_MODELS = {"M50"}
-LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
-
-
-class FleetError(ValueError):
-    """A bad fleet description; the message says where (table index and key) and why."""
 
 
 @dataclass(slots=True)
@@ -121,34 +117,11 @@ class FleetPlan:
     site: SitePlan | None = None
 
 
-def parse_loopback(text: str, what: str = "--first-ip") -> ipaddress.IPv4Address:
-    try:
-        addr = ipaddress.ip_address(str(text).strip())
-    except ValueError:
-        raise FleetError(f"{what}: {text!r} is not an IPv4 address") from None
-    if not isinstance(addr, ipaddress.IPv4Address) or addr not in LOOPBACK:
-        raise FleetError(f"{what}: {text} is not a loopback address (127.0.0.0/8); the "
-                         "emulator only listens on loopback")
-    if int(addr) & 0xFF in (0, 255):
-        raise FleetError(f"{what}: {text} ends in .0 or .255; use .1-.254")
-    return addr
-
-
-def consecutive(first: ipaddress.IPv4Address) -> Iterator[str]:
-    """first, first+1, ... within 127/8, skipping last octets 0 and 255."""
-    n = int(first)
-    end = int(LOOPBACK.broadcast_address)
-    while n < end:
-        if n & 0xFF not in (0, 255):
-            yield str(ipaddress.IPv4Address(n))
-        n += 1
-
-
 def plan_count(count: int, first_ip: str = DEFAULT_FIRST_IP) -> FleetPlan:
     """``--count N``: cycle through every model so every family appears."""
     if count < 1:
         raise FleetError(f"--count: must be at least 1, got {count}")
-    keys = list(MODELS)
+    models = demo_mix(count)
     ips = consecutive(parse_loopback(first_ip))
     miners = []
     stock = 0  # stock Antminers so far: each gets the next firmware generation
@@ -158,7 +131,7 @@ def plan_count(count: int, first_ip: str = DEFAULT_FIRST_IP) -> FleetPlan:
         except StopIteration:
             raise FleetError(f"--count: {count} miners do not fit in 127.0.0.0/8 after "
                              f"{first_ip}") from None
-        model = keys[i % len(keys)]
+        model = models[i]
         plan = MinerPlan(ip=ip, model=model, api="v3" if model in COUNT_V3_MODELS else None)
         if MODELS[model].firmware == "antminer":
             plan.firmware_version = COUNT_GENERATIONS[stock % len(COUNT_GENERATIONS)]
@@ -203,34 +176,9 @@ def plan_fleet_text(text: str, first_ip: str = DEFAULT_FIRST_IP,
     except SiteError as exc:
         raise FleetError(str(exc)) from None
 
-    # Explicit addresses first, so automatic ones can skip them.
-    taken: dict[str, str] = {}
-    explicit: list[list[str] | None] = []
-    for i, (where, table) in enumerate(specs):
-        if "ip" not in table:
-            explicit.append(None)
-            continue
-        ips = consecutive(parse_loopback(table["ip"], f"{where}.ip"))
-        block = []
-        for _ in range(table.get("count", 1)):
-            ip = next(ips, None)
-            if ip is None:
-                raise FleetError(f"{where}.count: runs past the end of 127.0.0.0/8")
-            if ip in taken:
-                raise FleetError(f"{where}.ip: address {ip} is also used by {taken[ip]}")
-            taken[ip] = f"miner[{i}]"
-            block.append(ip)
-        explicit.append(block)
-    auto = (ip for ip in consecutive(parse_loopback(first_ip)) if ip not in taken)
-    for (where, table), block in zip(specs, explicit, strict=True):
-        if block is None:
-            block = []
-            for _ in range(table.get("count", 1)):
-                ip = next(auto, None)
-                if ip is None:
-                    raise FleetError(f"{where}: no free loopback address left after "
-                                     f"{first_ip}")
-                block.append(ip)
+    blocks = assign_addresses(
+        [(where, table.get("ip"), table.get("count", 1)) for where, table in specs], first_ip)
+    for (where, table), block in zip(specs, blocks, strict=True):
         try:
             place(plan.site, where, block, table.get("site", {}))
         except SiteError as exc:

@@ -34,10 +34,11 @@ import struct
 import time
 from collections.abc import Iterable
 
-from curtaild.emulator.physics import EmulatedMiner
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+
+from curtaild.emulator.physics import EmulatedMiner
 
 BASE = 40000
 COMMON_ID, COMMON_LEN = 1, 65

@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from curtaild.core.models import ModelSpec
+from curtaild.core.models import ALPHA, ModelSpec
 
 #: State changes kept per miner in ``Miner.changes``.
 MAX_CHANGES = 200
@@ -37,9 +37,6 @@ HOSTILE_FAULT_KINDS = ("endless", "huge", "nested", "accept_close", "drip")
 #: What ``huge`` sends unless ``size_bytes`` says otherwise (the probe's 50 MB reply).
 DEFAULT_HUGE_BYTES = 50 * 1024 * 1024
 
-#: Exponent of the hashrate/ASIC-power curve: hashrate ~ power**ALPHA, ALPHA < 1, so J/TH
-#: improves when underclocked (lower voltage), as measured on real power-tuned firmware.
-ALPHA = 0.75
 #: Power factor of the stock firmware "miner-mode"/"power mode" presets.
 MODE_FACTORS = {"normal": 1.0, "low": 0.75, "high": 1.1}
 THERMAL_TAU_S = 120.0

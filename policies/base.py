@@ -23,9 +23,10 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from curtaild.core.bounds import finite_message
 from curtaild.core.snapshot import Desired, FleetSnapshot, MarketSnapshot
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 log = logging.getLogger("curtaild.policies")
 

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, ValidationError
+
 from curtaild.core.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot
 from curtaild.policies import layer
 from curtaild.policies.base import PolicyError, _param_problems, load_policy
@@ -34,7 +36,6 @@ from curtaild.policies.overrides import override_decisions
 from curtaild.policies.power_cap import PowerCapConfig, PowerCapPolicy
 from curtaild.policies.schedule import SchedulePolicy
 from curtaild.policies.thermal import ThermalPolicy
-from pydantic import BaseModel, ValidationError
 
 #: Sub-tables of ``[policy]`` that add a layer, in the order they are applied (lowest first).
 LAYERS: dict[str, type] = {

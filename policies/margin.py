@@ -29,11 +29,12 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
+from pydantic import Field
+
 from curtaild.core import economics
 from curtaild.core.bounds import at_most
 from curtaild.core.snapshot import Desired, FleetSnapshot, MarketSnapshot, MinerReading
 from curtaild.policies.base import PolicyConfig
-from pydantic import Field
 
 
 def _limit_tolerance_w(target_w: float) -> float:

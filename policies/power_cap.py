@@ -42,13 +42,13 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
+from pydantic import Field, field_validator
+
 from curtaild.core import economics
 from curtaild.core.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot, MinerReading
-from curtaild.drivers.tariff import window_matches
-from curtaild.drivers.tariff_config import TimeWindow, check_timezone
+from curtaild.core.timewindow import TimeWindow, check_timezone, window_matches
 from curtaild.policies import layer
 from curtaild.policies.base import PolicyConfig
-from pydantic import Field, field_validator
 
 
 class CapWindow(TimeWindow):

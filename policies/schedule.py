@@ -27,13 +27,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
+from pydantic import Field, field_validator, model_validator
+
 from curtaild.core.bounds import at_most
 from curtaild.core.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot, MinerReading
-from curtaild.drivers.tariff import window_matches
-from curtaild.drivers.tariff_config import TimeWindow, check_timezone
+from curtaild.core.timewindow import TimeWindow, check_timezone, window_matches
 from curtaild.policies import layer
 from curtaild.policies.base import PolicyConfig
-from pydantic import Field, field_validator, model_validator
 
 
 class ScheduleWindow(TimeWindow):

@@ -25,11 +25,12 @@ import math
 from collections.abc import Mapping
 from typing import Annotated, ClassVar
 
+from pydantic import Field, model_validator
+
 from curtaild.core.bounds import at_most
 from curtaild.core.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot, MinerReading
 from curtaild.policies import layer
 from curtaild.policies.base import PolicyConfig
-from pydantic import Field, model_validator
 
 
 class ThermalConfig(PolicyConfig):

@@ -51,7 +51,7 @@ def run(config_path: str, args: argparse.Namespace) -> int:
     from curtaild.controller.backtest.sim import SimSettings, simulate
     from curtaild.controller.config import ConfigError, load_config
     from curtaild.controller.daemon import build_policy
-    from curtaild.emulator.fleet import FleetError
+    from curtaild.core.fleet import FleetError
 
     try:
         config = load_config(config_path)

@@ -27,18 +27,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curtaild.core.models import MODELS, ModelSpec
+from curtaild.controller.backtest.fleet import SimFleet, SimPlan, read_fleet_file
+from curtaild.core.fleet import FleetError, consecutive, parse_loopback
+from curtaild.core.models import ALPHA, MODELS, ModelSpec, demo_mix
 from curtaild.core.snapshot import Action, Command, MinerReading
-from curtaild.emulator.fleet import (
-    FleetError,
-    FleetPlan,
-    MinerPlan,
-    consecutive,
-    parse_loopback,
-    plan_count,
-    plan_fleet_file,
-)
-from curtaild.emulator.physics import ALPHA
 
 #: Firmware families pyasic cannot stop (drivers.miners.NO_SLEEP_FAMILIES, kept equal by a test).
 NO_SLEEP_FIRMWARE = frozenset({"bitaxe"})
@@ -207,10 +199,10 @@ def _mac(ip: str) -> str:
 _SPEC_ITEM = re.compile(r"^\s*(?P<model>[^=]+?)\s*=\s*(?P<count>\d+)\s*$")
 
 
-def plan_from_spec(text: str) -> FleetPlan:
+def plan_from_spec(text: str) -> SimFleet:
     """``"S21=10, M50=4"``: that many machines of each model (keys of emulator MODELS)."""
     ips = consecutive(parse_loopback("127.1.0.1"))
-    miners: list[MinerPlan] = []
+    miners: list[SimPlan] = []
     for item in text.split(","):
         m = _SPEC_ITEM.match(item)
         if m is None:
@@ -222,20 +214,21 @@ def plan_from_spec(text: str) -> FleetPlan:
                              f"{', '.join(MODELS)}")
         if count < 1:
             raise FleetError(f"--fleet {text!r}: {model}: count must be at least 1")
-        miners.extend(MinerPlan(ip=next(ips), model=model) for _ in range(count))
-    return FleetPlan(miners)
+        miners.extend(SimPlan(ip=next(ips), model=model) for _ in range(count))
+    return SimFleet(miners)
 
 
-def fleet_plan(arg: str | None) -> FleetPlan:
+def fleet_plan(arg: str | None) -> SimFleet:
     """``--fleet``: an emulator fleet file, else a MODEL=COUNT spec; default: the demo's 16."""
     if arg is None:
-        return plan_count(DEFAULT_COUNT)
+        ips = consecutive(parse_loopback("127.1.0.1"))
+        return SimFleet([SimPlan(ip=next(ips), model=model) for model in demo_mix(DEFAULT_COUNT)])
     if Path(arg).is_file() or arg.endswith(".toml"):
-        return plan_fleet_file(arg)
+        return read_fleet_file(arg)
     return plan_from_spec(arg)
 
 
-def build_machines(plan: FleetPlan) -> list[SimMachine]:
+def build_machines(plan: SimFleet) -> list[SimMachine]:
     """Every machine mining at the start, under the fleet file's power limit if it sets one."""
     out = []
     for p in plan.miners:

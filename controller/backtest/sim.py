@@ -43,9 +43,8 @@ from curtaild.controller.backtest.journal import SimJournal
 from curtaild.controller.backtest.machines import SimMachine, hashrate_at_ths
 from curtaild.controller.backtest.prices import PriceRow, PriceSeries
 from curtaild.controller.guards import GuardConfig, RampBucket, apply_guards, memory_window_s
-from curtaild.core.models import ModelSpec
+from curtaild.core.models import ALPHA, ModelSpec
 from curtaild.core.snapshot import Directives, FleetSnapshot, MarketSnapshot
-from curtaild.emulator.physics import ALPHA
 from curtaild.policies.compose import decide_stack
 
 

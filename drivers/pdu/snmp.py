@@ -13,7 +13,6 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from curtaild.drivers.pdu import PduError
 from pysnmp.hlapi.v3arch.asyncio import (
     CommunityData,
     ContextData,
@@ -31,6 +30,8 @@ from pysnmp.hlapi.v3arch.asyncio import (
     usmHMACSHAAuthProtocol,
 )
 from pysnmp.proto.rfc1902 import Integer32
+
+from curtaild.drivers.pdu import PduError
 
 AUTH = {"sha": usmHMACSHAAuthProtocol, "sha256": usmHMAC192SHA256AuthProtocol,
         "sha512": usmHMAC384SHA512AuthProtocol}

@@ -63,9 +63,10 @@ from itertools import pairwise
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from passlib.handlers.md5_crypt import md5_crypt
+
 from curtaild.emulator.families.base import HttpRequest, HttpResponse
 from curtaild.emulator.physics import ALPHA, EmulatedMiner, Reading
-from passlib.handlers.md5_crypt import md5_crypt
 
 #: Before 2024-11-00, so pyasic's ``BTMiner.__new__`` injects ``BTMinerV2`` (API v2).
 FW_VERSION = "20230911.12.Rel"

@@ -18,13 +18,14 @@ import logging
 import socket
 import time
 
-from curtaild.emulator.pdu.mibs import MibView, SetError, mib_view
-from curtaild.emulator.pdu.model import EmulatedPdu
 from pysnmp.carrier.asyncio.dgram import udp
 from pysnmp.entity import config, engine
 from pysnmp.entity.rfc3413 import cmdrsp, context
 from pysnmp.proto import rfc1902, rfc1905
 from pysnmp.proto.api import v2c
+
+from curtaild.emulator.pdu.mibs import MibView, SetError, mib_view
+from curtaild.emulator.pdu.model import EmulatedPdu
 
 log = logging.getLogger("emulator.pdu")
 #: GETBULK answers at most this many varbinds (net-snmp's snmpbulkwalk asks for 10 per round).

@@ -38,8 +38,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from curtaild.emulator.pdu.model import NOMINAL_V, EmulatedPdu, Outlet
 from pysnmp.proto import rfc1902
+
+from curtaild.emulator.pdu.model import NOMINAL_V, EmulatedPdu, Outlet
 
 OID = tuple[int, ...]
 

@@ -50,7 +50,6 @@ from curtaild.emulator.physics import EmulatedMiner
 PDU_KEYS = {"address", "port", "mib", "outlets", "name", "phase", "community",
             "write_community", "user", "auth_key", "priv_key"}
 METER_KEYS = {"address", "port", "map", "overhead_w", "noise_w", "unit_id"}
-MINER_SITE_KEYS = {"pdu", "outlet", "per_outlet"}
 PHASES = ("L1", "L2", "L3")
 MAX_OUTLETS = 48
 COUNT_OUTLETS = 8

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from curtaild.controller.backtest.machines import (
     NO_SLEEP_FIRMWARE,
     POWER_LIMIT_FIRMWARE,

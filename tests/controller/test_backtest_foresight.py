@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from curtaild.controller.backtest.foresight import ASLEEP, machine_schedule, power_options
 from curtaild.controller.backtest.machines import build_machines, fleet_plan
 from curtaild.controller.backtest.prices import parse_prices_text

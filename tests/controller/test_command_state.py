@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from curtaild.controller.config import FleetConfig, parse_config
 from curtaild.controller.daemon import build_policy
 from curtaild.controller.journal import Journal

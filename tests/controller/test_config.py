@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from curtaild.controller.config import ConfigError, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]

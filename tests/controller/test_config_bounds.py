@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
+
 from curtaild.controller.config import (
-    MAX_FLEET_ADDRESSES,
     ConfigError,
     ControllerConfig,
-    FleetConfig,
-    PowerConfig,
     SiteConfig,
-    count_addresses,
     parse_config,
 )
 from curtaild.controller.guards import GuardConfig
@@ -37,6 +35,12 @@ from curtaild.drivers.hashprice_config import (
     HashrateIndexHashprice,
     MempoolHashprice,
     MempoolSource,
+)
+from curtaild.drivers.miners_config import (
+    MAX_FLEET_ADDRESSES,
+    FleetConfig,
+    PowerConfig,
+    count_addresses,
 )
 from curtaild.drivers.tariff_config import (
     DemandWindow,
@@ -49,7 +53,6 @@ from curtaild.policies.margin import MarginConfig
 from curtaild.policies.power_cap import CapWindow, PowerCapConfig
 from curtaild.policies.schedule import ScheduleConfig
 from curtaild.policies.thermal import ThermalConfig
-from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+
 from curtaild.controller.config import (
     MAX_CONFIG_BYTES,
     MAX_NESTING,

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from curtaild.controller.config import ConfigError, parse_config
 from curtaild.controller.mqtt_config import MqttConfig
 from curtaild.drivers.credentials import CredentialStore

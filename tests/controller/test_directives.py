@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from curtaild.controller.directives import DirectiveStore, Limits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from curtaild.controller.directives import DirectiveStore, Limits
 from tests.support.directives import T0, cmd, iso, store
 
 

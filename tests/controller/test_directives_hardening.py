@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from curtaild.controller.directives import SEEN, Limits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from curtaild.controller.directives import SEEN, Limits
 from tests.support.directives import T0, cmd, iso, store
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from pydantic import ValidationError
+
 from curtaild.controller.guards import (
     GuardConfig,
     GuardResult,
@@ -16,7 +18,6 @@ from curtaild.controller.guards import (
 )
 from curtaild.core.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
 from curtaild.policies.margin import MarginConfig, MarginPolicy
-from pydantic import ValidationError
 
 NOW = 100_000.0
 BIG = 1e9  # W: a ramp that never binds

@@ -18,6 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+
 from curtaild.controller.backtest.journal import SimJournal
 from curtaild.controller.guards import (
     LIMIT_RESTART_S,
@@ -31,7 +33,6 @@ from curtaild.controller.guards import (
 from curtaild.controller.journal import Journal
 from curtaild.core.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
 from curtaild.policies.margin import MarginConfig, MarginPolicy
-from pydantic import ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = 100_000.0

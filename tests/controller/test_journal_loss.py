@@ -21,11 +21,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from curtaild.controller.config import load_config, resolve_state_dir
 from curtaild.controller.journal import Journal
 from curtaild.controller.recovery import review_tick
 from curtaild.core.snapshot import Command, FleetSnapshot, MinerReading
-
 from tests.support.daemon import REPO, DaemonProcess, journal_rows, ticks, wait_for, write_config
 from tests.support.emulator import EmulatorProcess, free_port
 

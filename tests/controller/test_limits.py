@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from curtaild.controller.limits import GC_THRESHOLDS, OVERHEAD_FDS, open_files_needed
-
 from tests.support.daemon import REPO, wait_for, write_config
 
 PROBE = """

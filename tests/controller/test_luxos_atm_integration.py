@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
-from curtaild.core.models import MODELS
-from curtaild.emulator.families.luxos import profiles_for
 from pyasic.rpc.luxminer import LUXMinerRPCAPI
 
+from curtaild.core.models import MODELS
+from curtaild.emulator.families.luxos import profiles_for
 from tests.support.daemon import DaemonProcess, journal_rows, wait_for, write_config
 from tests.support.emulator import EmulatorProcess
 

@@ -15,6 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
 from curtaild.controller.config import ConfigError, parse_config
 from curtaild.controller.loop import TickResult
 from curtaild.controller.metrics import (
@@ -28,9 +31,6 @@ from curtaild.controller.metrics import (
     snapshot_families,
 )
 from curtaild.core.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.support.prometheus import DASHBOARD, RULES, promtool
 
 NOW = 1_750_000_000.0

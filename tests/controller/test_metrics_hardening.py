@@ -27,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from curtaild.controller.metrics import MetricsExporter
 from curtaild.controller.scrape_server import fd_budget
-
 from tests.support.daemon import DaemonProcess, ticks, wait_for, write_config
 from tests.support.emulator import EmulatorProcess, free_port
 
@@ -423,7 +423,6 @@ async def test_status_write_failures_are_logged_once_per_kind_and_counted(
     write succeeds again; nothing propagates to the loop."""
     from curtaild.controller.config import parse_config
     from curtaild.controller.daemon import Daemon
-
     from tests.controller.test_metrics import tick
 
     cfg = parse_config({

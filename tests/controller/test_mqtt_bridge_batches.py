@@ -9,6 +9,7 @@ import asyncio
 import json
 
 import pytest
+
 from curtaild.controller.directives import DirectiveStore, Limits
 from curtaild.controller.mqtt import SEND_WINDOW, MqttBridge
 from curtaild.controller.mqtt_config import MqttConfig

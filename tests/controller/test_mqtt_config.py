@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from curtaild.controller.config import ConfigError, parse_config
 from curtaild.controller.mqtt_config import MqttConfig
 

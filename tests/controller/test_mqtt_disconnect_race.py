@@ -14,8 +14,9 @@ import gc
 
 import aiomqtt
 import paho.mqtt.client as mqtt
-from curtaild.controller.mqtt import _Client
 from paho.mqtt.reasoncodes import ReasonCode
+
+from curtaild.controller.mqtt import _Client
 
 
 def _unretrieved_after_race(cls: type[aiomqtt.Client]) -> list[str]:

@@ -4,6 +4,7 @@ depend on each other are checked together, and the directive store gets every on
 from __future__ import annotations
 
 import pytest
+
 from curtaild.controller.config import ConfigError, parse_config
 from curtaild.controller.directives import Limits
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from curtaild.controller.config import ConfigError, parse_config
 from curtaild.controller.inventory import Inventory, Placement, parse_group
 from curtaild.controller.site_config import load_inventory

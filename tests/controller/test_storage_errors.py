@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from curtaild.controller.journal import Journal, JournalError, state_dir_problem
 
+from curtaild.controller.journal import Journal, JournalError, state_dir_problem
 from tests.support.daemon import REPO, DaemonProcess, ticks, wait_for, write_config
 from tests.support.emulator import EmulatorProcess
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from curtaild.controller.config import parse_config
 from curtaild.controller.daemon import build_policy
 from curtaild.controller.guards import GuardConfig, MinerMemory, RampBucket, apply_guards

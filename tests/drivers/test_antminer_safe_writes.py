@@ -13,11 +13,11 @@ import asyncio
 import time
 
 import pytest
+
 from curtaild.controller.config import FleetConfig
 from curtaild.drivers import antminer_writes as amw
 from curtaild.drivers.miners import CommandFailed, MinerDriver
 from curtaild.emulator.families.antminer import CGI_S, GENERATIONS
-
 from tests.support.driving import cmd
 from tests.support.emulator import EmulatorProcess
 

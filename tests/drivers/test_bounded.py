@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pyasic.settings
 import pytest
+
 from curtaild.drivers import bounded
 
 HOST = "127.151.2.1"

@@ -12,16 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from curtaild.controller.config import FleetConfig
-from curtaild.drivers import credentials as creds
-from curtaild.drivers.credentials_config import CredentialsConfig
-from curtaild.drivers.miners import CommandFailed, MinerDriver
 from pyasic import get_miner
 from pyasic.miners.backends.braiins_os import BOSer
 from pyasic.miners.backends.btminer import BTMinerV3
 from pyasic.miners.backends.vnish import VNish
 from pydantic import SecretStr
 
+from curtaild.controller.config import FleetConfig
+from curtaild.drivers import credentials as creds
+from curtaild.drivers.credentials_config import CredentialsConfig
+from curtaild.drivers.miners import CommandFailed, MinerDriver
 from tests.support.driving import cmd
 from tests.support.emulator import EmulatorProcess
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from curtaild.controller.config import FleetConfig
 from curtaild.drivers.credentials_config import CredentialsConfig
 from curtaild.drivers.miners import CommandFailed, MinerDriver
-
 from tests.support.driving import cmd
 from tests.support.emulator import EmulatorProcess
 

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import pytest
+
 from curtaild.controller.config import parse_config
 from curtaild.drivers.hashprice import build_hashprice_source
 from curtaild.drivers.hashprice_config import HashrateIndexSource
 from curtaild.drivers.httpfeed import FeedError, StaleSource, redact_cut
 from curtaild.drivers.tariff import build_tariff_source
-
 from tests.drivers.fakeapi import FakeApi, js, text
 from tests.support.plan_config import write_plan_config
 

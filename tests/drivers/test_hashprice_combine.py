@@ -8,12 +8,12 @@ import time
 from collections.abc import Callable
 
 import pytest
+
 from curtaild.controller.config import parse_config
 from curtaild.controller.market import MarketInputs
 from curtaild.drivers.hashprice import CompositeHashpriceSource, build_hashprice_source
 from curtaild.drivers.httpfeed import FeedError
 from curtaild.drivers.tariff import build_tariff_source
-
 from tests.drivers.fakeapi import MEMPOOL_HASHPRICE, Clock, FakeApi, Reply, mempool_routes
 from tests.drivers.test_hashprice_hashrateindex import KEY, current
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from curtaild.controller.config import ConfigError, parse_config
 from curtaild.drivers.hashprice_config import FixedHashprice, MempoolHashprice
 

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from curtaild.controller.config import ConfigError, parse_config
 from curtaild.drivers.hashprice import build_hashprice_source
 from curtaild.drivers.hashprice_config import HashrateIndexSource
 from curtaild.drivers.httpfeed import StaleSource
-
 from tests.drivers.fakeapi import Clock, FakeApi, Reply, Seen, js, text
 
 KEY = "hi.5f3c0ffee0ddba11cafe1234deadbeef"

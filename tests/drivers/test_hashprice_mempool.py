@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from curtaild.drivers.hashprice import MempoolHashpriceSource, build_hashprice_source
 from curtaild.drivers.hashprice_config import MempoolSource
 from curtaild.drivers.httpfeed import FeedError, StaleSource
-
 from tests.drivers.fakeapi import (
     MEMPOOL_HASHPRICE,
     Clock,

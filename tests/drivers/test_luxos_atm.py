@@ -18,6 +18,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+
 from curtaild.controller.config import FleetConfig
 from curtaild.controller.journal import Journal
 from curtaild.core.models import MODELS
@@ -25,7 +26,6 @@ from curtaild.drivers import luxos
 from curtaild.drivers.miners import CommandFailed, MinerDriver
 from curtaild.emulator.families.luxos import LuxosFamily, profiles_for
 from curtaild.emulator.physics import EmulatedMiner
-
 from tests.emulator.loopback_family import FamilyServer
 from tests.support.driving import cmd, reading, truth
 from tests.support.emulator import EmulatorProcess

@@ -11,10 +11,10 @@ import asyncio
 import time
 
 import pytest
+
 from curtaild.controller.config import FleetConfig
 from curtaild.core.snapshot import Command
 from curtaild.drivers.miners import CommandFailed, MinerDriver
-
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,10 @@ import tracemalloc
 from collections.abc import Iterator
 
 import pytest
+
 from curtaild.controller.config import FleetConfig
 from curtaild.core.snapshot import Command
 from curtaild.drivers.miners import CommandFailed, MinerDriver, ObservationAborted
-
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration

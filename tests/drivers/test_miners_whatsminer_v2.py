@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from curtaild.core.models import MODELS
 from curtaild.drivers.miners import CommandFailed
-
 from tests.support.driving import cmd, reading, until
 from tests.support.driving import driver_for as driver
 from tests.support.emulator import EmulatorProcess

@@ -11,9 +11,9 @@ machine", clamp limits to the nameplate and check the firmware's answer, and kee
 from __future__ import annotations
 
 import pytest
+
 from curtaild.core.models import MODELS
 from curtaild.drivers.miners import CommandFailed
-
 from tests.support.driving import cmd, reading, until
 from tests.support.driving import driver_for as driver
 from tests.support.emulator import EmulatorProcess

@@ -14,12 +14,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from curtaild.drivers.meter import SunSpecMeter
 from curtaild.drivers.pdu import PduError
 from curtaild.drivers.pdu.apc import ApcPdu
 from curtaild.drivers.pdu.raritan import RaritanPdu
 from curtaild.drivers.pdu.snmp import SnmpCredentials, SnmpSession
-
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration

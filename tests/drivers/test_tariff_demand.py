@@ -7,6 +7,7 @@ import datetime as dt
 import zoneinfo
 
 import pytest
+
 from curtaild.controller.config import ConfigError, parse_config
 from curtaild.core.snapshot import FleetSnapshot, MarketSnapshot, MinerReading
 from curtaild.drivers.tariff import build_tariff_source

@@ -8,10 +8,10 @@ import logging
 import time
 
 import pytest
+
 from curtaild.controller.config import ConfigError, parse_config
 from curtaild.drivers.httpfeed import FeedError
 from curtaild.drivers.tariff import build_tariff_source
-
 from tests.drivers.fakeapi import Clock, FakeApi, Reply, js, text
 
 FAST = {"backoff_s": 0.05, "backoff_max_s": 0.1, "attempts": 1}

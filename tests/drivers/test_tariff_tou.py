@@ -14,6 +14,7 @@ import itertools
 import zoneinfo
 
 import pytest
+
 from curtaild.controller.config import ConfigError, parse_config
 from curtaild.drivers.tariff import build_tariff_source
 

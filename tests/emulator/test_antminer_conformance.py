@@ -15,6 +15,10 @@ import json
 from pathlib import Path
 
 import pytest
+from pyasic.miners.antminer.bmminer.X19.S19 import BMMinerS19, BMMinerS19Pro
+from pyasic.miners.backends.bmminer import BMMiner
+from pyasic.rpc.base import BaseMinerRPCAPI
+
 from curtaild.core.models import MODELS
 from curtaild.emulator.families.antminer import (
     GENERATIONS,
@@ -24,10 +28,6 @@ from curtaild.emulator.families.antminer import (
 )
 from curtaild.emulator.families.base import HttpRequest
 from curtaild.emulator.physics import EmulatedMiner
-from pyasic.miners.antminer.bmminer.X19.S19 import BMMinerS19, BMMinerS19Pro
-from pyasic.miners.backends.bmminer import BMMiner
-from pyasic.rpc.base import BaseMinerRPCAPI
-
 from tests.support.conformance import diff, shape
 
 #: Copies of the captures, kept with the tests (captures/SOURCES.md says where they are from).

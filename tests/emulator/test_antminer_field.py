@@ -14,12 +14,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from curtaild.core.models import MODELS
-from curtaild.emulator.families.antminer import BOARD_BOOT_S, CGI_S, GENERATIONS, RESTART_S
-from curtaild.emulator.fleet import plan_count
 from pyasic import get_miner
 from pyasic.errors import APIError
 
+from curtaild.core.models import MODELS
+from curtaild.emulator.families.antminer import BOARD_BOOT_S, CGI_S, GENERATIONS, RESTART_S
+from curtaild.emulator.fleet import plan_count
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration

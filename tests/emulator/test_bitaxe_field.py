@@ -17,12 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from curtaild.emulator.families.bitaxe import DEFAULT_VERSION
-from curtaild.emulator.fleet import FleetError, plan_fleet_text
 from pyasic import get_miner
 from pyasic.errors import APIError
 from pyasic.miners.bitaxe.espminer.BM.BM1370 import BitAxeGamma
 
+from curtaild.emulator.families.bitaxe import DEFAULT_VERSION
+from curtaild.emulator.fleet import FleetError, plan_fleet_text
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration

@@ -15,9 +15,9 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from curtaild.core.models import FAMILIES, MODELS
 from pyasic import get_miner
 
+from curtaild.core.models import FAMILIES, MODELS
 from tests.support.emulator import REPO, EmulatorError, EmulatorProcess
 
 pytestmark = pytest.mark.integration

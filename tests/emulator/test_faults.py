@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from curtaild.emulator.server import json_request_complete
 from pyasic import get_miner
 from pyasic.errors import APIError
 
+from curtaild.emulator.server import json_request_complete
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+
 from curtaild.emulator.fleet import FleetError, plan_fleet_text
 from curtaild.emulator.server import NESTED_DEPTH
-
 from tests.support.emulator import EmulatorError, EmulatorProcess
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ import asyncio
 import httpx
 import pyasic
 import pytest
-from curtaild.core.models import MODELS
-from curtaild.emulator.families.luxos import profiles_for
 from pyasic.miners.backends.luxminer import LUXMiner
 
+from curtaild.core.models import MODELS
+from curtaild.emulator.families.luxos import profiles_for
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pyasic
 import pytest
-from curtaild.core.models import MODELS, ModelSpec
-from curtaild.emulator.families.luxos import LUXMINER_VERSION, LuxosFamily, profiles_for
-from curtaild.emulator.physics import EmulatedMiner
 from pyasic.config import MinerConfig
 from pyasic.errors import APIError
 from pyasic.miners.backends.luxminer import LUXMiner
 from pyasic.rpc.base import BaseMinerRPCAPI
 from pyasic.rpc.luxminer import LUXMinerRPCAPI
 
+from curtaild.core.models import MODELS, ModelSpec
+from curtaild.emulator.families.luxos import LUXMINER_VERSION, LuxosFamily, profiles_for
+from curtaild.emulator.physics import EmulatedMiner
 from tests.emulator.loopback_family import FamilyServer
 from tests.support.conformance import diff, shape
 from tests.support.driving import truth as view

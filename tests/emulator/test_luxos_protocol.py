@@ -9,14 +9,14 @@ from __future__ import annotations
 import httpx
 import pyasic
 import pytest
-from curtaild.core.models import MODELS
-from curtaild.emulator.families.luxos import SESSION_TTL_S, LuxosFamily, profiles_for
-from curtaild.emulator.physics import EmulatedMiner
 from pyasic.errors import APIError
 from pyasic.miners.backends.luxminer import LUXMiner
 from pyasic.miners.factory import MinerFactory, MinerTypes
 from pyasic.rpc.luxminer import LUXMinerRPCAPI
 
+from curtaild.core.models import MODELS
+from curtaild.emulator.families.luxos import SESSION_TTL_S, LuxosFamily, profiles_for
+from curtaild.emulator.physics import EmulatedMiner
 from tests.emulator.loopback_family import FamilyServer, wait_state
 
 TIME_SCALE = 0.001  # a 60 s boot takes 0.06 s

@@ -14,11 +14,11 @@ import urllib.request
 
 import httpx
 import pytest
-from curtaild.emulator.fleet import FleetError, build_miners, plan_fleet_text
 from pyasic import get_miner
 from pyasic.errors import APIError
 from pyasic.rpc.btminer import BTMinerRPCAPI
 
+from curtaild.emulator.fleet import FleetError, build_miners, plan_fleet_text
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration

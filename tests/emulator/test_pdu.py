@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from curtaild.emulator.fleet import FleetError, plan_fleet_text
 from pymodbus.client import AsyncModbusTcpClient
 from pysnmp.hlapi.v3arch.asyncio import (
     CommunityData,
@@ -31,6 +30,7 @@ from pysnmp.hlapi.v3arch.asyncio import (
 )
 from pysnmp.proto.rfc1902 import Integer32
 
+from curtaild.emulator.fleet import FleetError, plan_fleet_text
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration

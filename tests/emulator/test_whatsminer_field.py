@@ -18,6 +18,11 @@ import time
 
 import pyasic
 import pytest
+from pyasic.errors import APIError
+from pyasic.miners.backends.btminer import BTMinerV2
+from pyasic.miners.whatsminer.btminer.M3X.M30S import BTMinerM30SV10
+from pyasic.rpc.btminer import BTMinerRPCAPI
+
 from curtaild.core.models import MODELS
 from curtaild.emulator.families.whatsminer import (
     BTMINER_RESTART_S,
@@ -31,11 +36,6 @@ from curtaild.emulator.families.whatsminer import (
 from curtaild.emulator.families.whatsminer_v3 import RAMP_S
 from curtaild.emulator.fleet import FleetError, plan_fleet_text
 from curtaild.emulator.physics import EmulatedMiner
-from pyasic.errors import APIError
-from pyasic.miners.backends.btminer import BTMinerV2
-from pyasic.miners.whatsminer.btminer.M3X.M30S import BTMinerM30SV10
-from pyasic.rpc.btminer import BTMinerRPCAPI
-
 from tests.support.conformance import whatsminer_capture as capture
 from tests.support.driving import truth, wait_for
 from tests.support.emulator import EmulatorProcess

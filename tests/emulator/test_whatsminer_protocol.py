@@ -11,13 +11,13 @@ import json
 
 import pyasic
 import pytest
-from curtaild.core.models import MODELS
-from curtaild.emulator.families.whatsminer import BTMINER_RESTART_S, WhatsminerFamily
-from curtaild.emulator.physics import EmulatedMiner
 from pyasic.errors import APIError
 from pyasic.miners.backends.btminer import BTMinerV2
 from pyasic.rpc.btminer import BTMinerRPCAPI, TokenData, create_privileged_cmd
 
+from curtaild.core.models import MODELS
+from curtaild.emulator.families.whatsminer import BTMINER_RESTART_S, WhatsminerFamily
+from curtaild.emulator.physics import EmulatedMiner
 from tests.emulator.loopback_family import FamilyServer, wait_state
 
 TIME_SCALE = 0.001  # a 120 s boot takes 0.12 s

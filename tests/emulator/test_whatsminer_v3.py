@@ -18,6 +18,10 @@ import time
 
 import pyasic
 import pytest
+from pyasic.errors import APIError
+from pyasic.miners.backends.btminer import BTMinerV2, BTMinerV3
+from pyasic.rpc.btminer import BTMinerRPCAPI, BTMinerV3RPCAPI
+
 from curtaild.core.models import MODELS
 from curtaild.emulator.families.whatsminer_v3 import (
     BTMINER_RESTART_S,
@@ -28,10 +32,6 @@ from curtaild.emulator.families.whatsminer_v3 import (
 )
 from curtaild.emulator.fleet import FleetError, build_miners, plan_count, plan_fleet_text
 from curtaild.emulator.physics import EmulatedMiner
-from pyasic.errors import APIError
-from pyasic.miners.backends.btminer import BTMinerV2, BTMinerV3
-from pyasic.rpc.btminer import BTMinerRPCAPI, BTMinerV3RPCAPI
-
 from tests.support.conformance import whatsminer_capture
 from tests.support.driving import truth, wait_for
 from tests.support.emulator import EmulatorProcess

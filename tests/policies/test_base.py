@@ -7,6 +7,8 @@ import types
 from importlib import metadata
 
 import pytest
+from pydantic import Field
+
 from curtaild.core.snapshot import Desired, FleetSnapshot, MarketSnapshot
 from curtaild.policies import base
 from curtaild.policies.base import (
@@ -18,7 +20,6 @@ from curtaild.policies.base import (
     load_policy,
 )
 from curtaild.policies.margin import MarginConfig, MarginPolicy
-from pydantic import Field
 
 
 def _problems(name: str, params: dict) -> list[str]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+
 from curtaild.controller.config import ConfigError, parse_config
 from curtaild.core.snapshot import Desired, Directives, Override
 from curtaild.policies.base import PolicyError
 from curtaild.policies.compose import PolicyStack, build_policy_stack, decide_stack
 from curtaild.policies.margin import MarginPolicy
-
 from tests.policies.snapshots import WED_1430_CHICAGO as NOW
 from tests.policies.snapshots import fleet, market, miner
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+
 from curtaild.core import economics as ec
 from curtaild.core.snapshot import FleetSnapshot, MarketSnapshot, MinerReading
 from curtaild.policies.margin import MarginConfig, MarginPolicy

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from curtaild.core.snapshot import Desired, Directives
 from curtaild.policies.layer import everything_runs
 from curtaild.policies.power_cap import PowerCapConfig, PowerCapPolicy
-
 from tests.policies.snapshots import WED_1430_CHICAGO as NOW
 from tests.policies.snapshots import fleet, market, miner
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from curtaild.core.snapshot import Desired, Directives
 from curtaild.policies.layer import everything_runs
 from curtaild.policies.schedule import ScheduleConfig, SchedulePolicy
-
 from tests.policies.snapshots import WED_1430_CHICAGO as NOW
 from tests.policies.snapshots import fleet, market, miner
 

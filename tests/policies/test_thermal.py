@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from curtaild.core.snapshot import Desired, Directives
 from curtaild.policies.thermal import ThermalConfig, ThermalPolicy
-
 from tests.policies.snapshots import WED_1430_CHICAGO as NOW
 from tests.policies.snapshots import fleet, miner
 

@@ -16,7 +16,6 @@ from typing import TypeVar
 from curtaild.controller.config import FleetConfig
 from curtaild.core.snapshot import Command, MinerReading
 from curtaild.drivers.miners import MinerDriver
-
 from tests.support.emulator import EmulatorProcess
 
 T = TypeVar("T")

@@ -44,7 +44,6 @@ from pathlib import Path
 from curtaild.emulator.control import SLEEP_STORED
 from curtaild.emulator.fleet import plan_count
 from curtaild.emulator.physics import FAULT_KINDS
-
 from tests.drivers.fakeapi import FakeApi, Reply, js, mempool_routes
 from tests.support.daemon import REPO, DaemonProcess, journal_rows, wait_for, write_config
 from tests.support.emulator import EmulatorProcess, free_port

@@ -13,8 +13,8 @@ import random
 from pathlib import Path
 
 import pytest
-from curtaild.emulator.physics import FAULT_KINDS
 
+from curtaild.emulator.physics import FAULT_KINDS
 from tests.support.mosquitto import MosquittoProcess
 from tests.support.soak import MUST_HAPPEN, Soak, SoakPlan, dump
 
