@@ -56,10 +56,11 @@ def finite_message(err_type: str, msg: str) -> str:
     return NOT_FINITE if err_type == "finite_number" else msg
 
 
-def key_error(model: BaseModel, key: str | tuple, message: str) -> ValidationError:
+def key_error(model: BaseModel, key: str | tuple[str | int, ...],
+              message: str) -> ValidationError:
     """An error located at one key of ``model`` (from a model validator), so that the config
     reports ``section.key: reason`` rather than ``section: reason``."""
     loc = key if isinstance(key, tuple) else (key,)
     return ValidationError.from_exception_data(type(model).__name__, [InitErrorDetails(
-        type=PydanticCustomError("value_error", message),  # type: ignore[arg-type]
-        loc=loc, input=getattr(model, loc[0], None))])
+        type=PydanticCustomError("value_error", message),
+        loc=loc, input=getattr(model, str(loc[0]), None))])

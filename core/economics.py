@@ -19,7 +19,7 @@ def block_subsidy_btc(height: int) -> float:
     halvings = height // HALVING_INTERVAL
     if halvings >= 64:
         return 0.0
-    return INITIAL_SUBSIDY_BTC / (2**halvings)
+    return INITIAL_SUBSIDY_BTC / float(2**halvings)
 
 
 def network_hashrate_hs(difficulty: float) -> float:
@@ -100,4 +100,4 @@ def hashrate_at_power_ths(
     asic = power_w - idle_power_w
     if asic_ref <= 0 or asic <= 0 or ref_hashrate_ths <= 0:
         return 0.0
-    return ref_hashrate_ths * (asic / asic_ref) ** exponent
+    return float(ref_hashrate_ths * (asic / asic_ref) ** exponent)

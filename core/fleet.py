@@ -78,9 +78,9 @@ def assign_addresses(blocks: list[tuple[str, str | None, int]],
         explicit.append(block)
     auto = (ip for ip in consecutive(parse_loopback(first_ip)) if ip not in taken)
     out: list[list[str]] = []
-    for (where, _ip, count), block in zip(blocks, explicit, strict=True):
-        if block is None:
-            block = []
+    for (where, _ip, count), given in zip(blocks, explicit, strict=True):
+        block = given if given is not None else []
+        if given is None:
             for _ in range(count):
                 ip = next(auto, None)
                 if ip is None:

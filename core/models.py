@@ -8,6 +8,7 @@ firmware family, which decides the protocols the miner speaks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 #: Firmware families the emulator speaks.
 FAMILIES: tuple[str, ...] = ("antminer", "whatsminer", "luxos", "bitaxe")
@@ -35,7 +36,8 @@ class ModelSpec:
         return self.power_w / self.hashrate_ths
 
 
-def _spec(make, model, firmware, ths, w, idle, lo, hi, **kw) -> ModelSpec:
+def _spec(make: str, model: str, firmware: str, ths: float, w: float, idle: float,
+          lo: float, hi: float, **kw: Any) -> ModelSpec:
     return ModelSpec(make, model, firmware, ths, w, idle, lo, hi, **kw)
 
 

@@ -7,7 +7,7 @@ values and nothing else, so a decision can be replayed and a scrape never touche
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 #: What the controller believes a machine is doing, from the last observation.
 ObservedState = Literal["mining", "sleeping", "unreachable"]
@@ -96,7 +96,7 @@ class MarketSnapshot:
     tariff_forecast: tuple[tuple[float, float], ...] = ()
     #: a site power cap in force now (demand response), if any
     power_cap_w: float | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # per source: its JSON-like details
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,7 +122,7 @@ class TimeWindow(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _not_empty(self):
+    def _not_empty(self) -> TimeWindow:
         if minutes(self.start) == minutes(self.end) % 1440 and self.end != "24:00":
             raise key_error(self, "end", f"start and end are both {self.start}: use "
                             'start = "00:00", end = "24:00" for whole days')

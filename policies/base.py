@@ -77,8 +77,9 @@ def _builtin_policies() -> dict[str, str]:
     }
 
 
-def _load_target(value: str) -> type:
-    """Import ``module:attr`` the way importlib.metadata resolves an entry point."""
+def _load_target(value: str) -> Any:
+    """Import ``module:attr`` the way importlib.metadata resolves an entry point (a class
+    whose shape :func:`_check_class` checks before it is used)."""
     return metadata.EntryPoint(name="_", value=value, group=ENTRY_POINT_GROUP).load()
 
 
@@ -147,4 +148,5 @@ def load_policy(name: str, params: Mapping[str, Any]) -> Policy:
         config = cls.Config.model_validate(dict(params))
     except ValidationError as exc:
         raise PolicyError(_param_problems(exc, cls.Config)) from None
-    return cls(config)
+    policy: Policy = cls(config)
+    return policy

@@ -38,7 +38,7 @@ from curtaild.policies.schedule import SchedulePolicy
 from curtaild.policies.thermal import ThermalPolicy
 
 #: Sub-tables of ``[policy]`` that add a layer, in the order they are applied (lowest first).
-LAYERS: dict[str, type] = {
+LAYERS: dict[str, Any] = {
     "schedule": SchedulePolicy,
     "power_cap": PowerCapPolicy,
     "thermal": ThermalPolicy,
@@ -73,7 +73,7 @@ class PolicyStack:
 
     @property
     def name(self) -> str:
-        return self.base.name
+        return str(self.base.name)
 
     @property
     def config(self) -> Any:
@@ -122,13 +122,14 @@ class PolicyStack:
         return self.power_cap.apply(top, fleet, market, directives, now, pinned=pinned)
 
 
-def decide_stack(policy, fleet: FleetSnapshot, market: MarketSnapshot | None,
+def decide_stack(policy: Any, fleet: FleetSnapshot, market: MarketSnapshot | None,
                  directives: Directives, now: float) -> dict[str, Desired]:
     """Desired state per miner key. A policy object with its own ``decide_stack`` method
     (a composed stack) gets everything; a plain policy is wrapped in a stack of its own."""
     own = getattr(policy, "decide_stack", None)
     if callable(own):
-        return own(fleet, market, directives, now)
+        desired: dict[str, Desired] = own(fleet, market, directives, now)
+        return desired
     return PolicyStack(policy).decide_stack(fleet, market, directives, now)
 
 
@@ -139,7 +140,7 @@ def _layer_config(name: str, value: Any, problems: list[str]) -> BaseModel | Non
     if "pool_fee" in value:
         problems.append(f"policy.{name}.pool_fee: set pool_fee once, in [policy]")
         return None
-    cls = LAYERS[name].Config
+    cls: type[BaseModel] = LAYERS[name].Config
     try:
         return cls.model_validate(dict(value))
     except ValidationError as exc:

@@ -263,7 +263,7 @@ class MarginPolicy:
         if e >= 1.0 or rev <= 0 or c <= 0 or span <= 0:
             return None
         x = (c * span / (e * rev)) ** (1.0 / (e - 1.0))
-        return idle_w + span * x
+        return float(idle_w + span * x)
 
     # ----------------------------------------------------------------- choose
     def _choose(self, r: MinerReading, run: Option, sleep: Option,

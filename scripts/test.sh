@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: set up (idempotent), lint, then every test, integration tests included.
+# The test command: set up (idempotent), lint, check the import contracts and types
+# (scripts/typecheck.sh), then every test, integration tests included.
 #
 # Integration tests mostly wait (on emulated firmware delays, ticks, brokers), so the suite
 # runs in parallel pytest-xdist workers, each in a network namespace of its own
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 . .venv/bin/activate
 ruff check .
+scripts/typecheck.sh
 
 workers="${CURTAILD_TEST_WORKERS:-4}"
 parallel=()

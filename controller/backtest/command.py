@@ -11,6 +11,7 @@ to any machine and nothing is written but the plot.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 
@@ -64,6 +65,9 @@ def run(config_path: str, args: argparse.Namespace) -> int:
         return _fail(f"--price-lag-s: must be 0 or more seconds, got {lag:g}")
     if not args.no_plot and not str(args.plot).lower().endswith(".png"):
         return _fail(f"--plot: {args.plot!r} must name a .png file")
+    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+        return _fail("--plot: matplotlib is not installed; it is the optional plot extra: "
+                     "pip install 'curtaild[plot]' (or pass --no-plot)")
     try:
         series = load_prices(args.prices)
     except PriceError as exc:
