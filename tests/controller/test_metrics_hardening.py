@@ -439,7 +439,8 @@ async def test_status_write_failures_are_logged_once_per_kind_and_counted(
                     ValueError("something else")]
         import curtaild.controller.daemon
 
-        real = curtaild.controller.daemon.tick_summary  # called inside the write: its errors count too
+        # called inside the write: its errors count too
+        real = curtaild.controller.daemon.tick_summary
 
         def failing(*a, **kw):
             if failures:

@@ -36,7 +36,7 @@ def plugin_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
                            capture_output=True, text=True, check=True).stdout.strip()
     # This environment's site-packages (curtaild, pyasic, pip...) with its .pth files run,
     # as a system-site-packages venv would see the system's.
-    outer = [p for p in site.getsitepackages() if p.endswith("site-packages")][0]
+    outer = next(p for p in site.getsitepackages() if p.endswith("site-packages"))
     Path(inner, "curtaild-outer.pth").write_text(f"import site; site.addsitedir({outer!r})\n")
     build = tmp_path_factory.mktemp("plugin-src")
     # --no-deps: curtaild is already there; the build backend comes from the package index
