@@ -25,8 +25,9 @@ inrush when it comes back), so the rules are strict, and each is a test:
    on the next ticks. Switch-ons are staggered against inrush: at most ``max_on_per_pdu`` per
    PDU and ``max_on_per_phase`` per phase per tick, ``on_interval_s`` apart on one PDU.
 7. Phase balance: switch-ons go to the least-loaded phase first, and with
-   ``max_phase_imbalance_w`` one that would leave the phases further apart waits while another
-   phase can take the load (never all of them: a restore is never stranded by balance).
+   ``max_phase_imbalance_w`` one that would leave the phases further apart than that waits for
+   a later tick when another switch-on was already admitted in this one (the first of a tick
+   always goes: a restore is never stranded by balance).
    Sheds are never held back for balance: they lower the load.
 
 Machines behind an outlet curtaild owns are read as asleep (state "sleeping", 0 W, power
@@ -259,7 +260,7 @@ def _stagger(plan: OutletPlan, restores: list[tuple[OutletKey, list[MinerReading
     per_phase: dict[str, int] = {}
     order = sorted(restores, key=lambda kv: (loads.get(phase[kv[0]] or "", 0.0), kv[0]))
     admitted = 0
-    for n, (key, machines) in enumerate(order):
+    for key, machines in order:
         ph = phase[key]
         reason = None
         if per_pdu.get(key[0], 0) >= cfg.max_on_per_pdu:
@@ -272,8 +273,7 @@ def _stagger(plan: OutletPlan, restores: list[tuple[OutletKey, list[MinerReading
             after = dict(loads)
             after[ph] += _full_w(machines)
             spread = max(after.values()) - min(after.values())
-            others_waiting = any(phase[k] != ph for k, _ in order[n + 1:])
-            if spread > cfg.max_phase_imbalance_w and (admitted or others_waiting):
+            if spread > cfg.max_phase_imbalance_w and admitted:
                 reason = (f"phase balance: {ph} would be {spread:.0f} W from the lightest "
                           f"phase (hard_power.max_phase_imbalance_w "
                           f"{cfg.max_phase_imbalance_w:g})")
