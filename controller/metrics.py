@@ -435,6 +435,9 @@ def snapshot_families(s: MetricsState) -> Iterator[Family]:
     yield from _market(t)
     yield from _site(t, s)
     yield from _miners(t, s)
+    from controller.site_metrics import site_families  # PDUs, meter, placements (issue 18)
+
+    yield from site_families(t)
 
 
 def _controller(s: MetricsState) -> Iterator[Family]:

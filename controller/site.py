@@ -57,6 +57,8 @@ class SiteView:
     outcomes: dict[OutletKey, str] = field(default_factory=dict)
     owned: frozenset[OutletKey] = frozenset()
     placements: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> labels
+    errors: dict[str, int] = field(default_factory=dict)  # failed reads since start
+    switch_failures: int = 0
 
     def observed(self) -> dict[OutletKey, bool | None]:
         out: dict[OutletKey, bool | None] = {}
@@ -272,6 +274,7 @@ class Site:
         return replace(view, plan=plan if view.plan is None else view.plan,
                        placements=self.labels(fleet),
                        estimated_w=sum(present_w(r) for r in fleet.miners),
+                       errors=dict(self.errors), switch_failures=self.switch_failures,
                        owned=frozenset(self.outlets.owned()))
 
     def expand_overrides(self, directives, fleet: FleetSnapshot):
