@@ -1,0 +1,45 @@
+"""Site-map labels and measured power in `status`, `plan` and MQTT payloads (issue 18)."""
+
+from __future__ import annotations
+
+from controller.loop import TickResult
+from controller.mqtt_payloads import decisions_payload, miner_payload
+from controller.report import plan_table, tick_summary
+from controller.snapshot import FleetSnapshot, MinerReading
+from tests.support.site_view import full_site_view
+
+
+def _result(site) -> TickResult:
+    r = MinerReading(key="k1", ip="127.184.0.1", make="BitAxe", model="Gamma",
+                     firmware="bitaxe", state="sleeping", hashrate_ths=0.0, power_w=0.0,
+                     power_source="pdu", power_limit_w=None, temp_c=None, supports_sleep=False)
+    return TickResult(started_at=1.0, duration_s=0.1, fleet=FleetSnapshot((r,), 1.0),
+                      market=None, desired={}, effective={}, held={"k1": "outlet off"},
+                      commands=(), outcomes={}, dry_run=False, site=site)
+
+
+def test_labels_and_site_power_everywhere() -> None:
+    result = _result(full_site_view())
+    labels = {"container": "C1", "rack": "R1", "pdu": "pdu-a", "outlet": "1", "phase": "L1"}
+    assert miner_payload(result.fleet.miners[0], result)["site"] == labels
+    d = decisions_payload(result)
+    assert (d["site_power_w"], d["site_power_source"]) == (4500.0, "meter")
+    assert d["outlets"] == [{"pdu": "pdu-a", "outlet": 1, "on": False,
+                             "reason": "cannot sleep", "outcome": "ok"}]
+    status = tick_summary(result)
+    assert status["miners"][0]["site"] == labels
+    assert status["site"]["power_source"] == "meter"
+    assert status["site"]["gap_w"] == 1200.0
+    assert status["site"]["owned_outlets"] == [["pdu-a", 1]]
+    assert [p["key"] for p in status["site"]["pdus"]] == ["pdu-a", "pdu-b"]
+    text = plan_table(result)
+    assert "site power 4.5 kW (meter)" in text and "PDU pdu-b: no answer" in text
+    assert "would switch outlet 1 of pdu-a off: cannot sleep (k1)" in text
+
+
+def test_no_site_no_site_keys() -> None:
+    result = _result(None)
+    assert "site" not in miner_payload(result.fleet.miners[0], result)
+    assert "site_power_w" not in decisions_payload(result)
+    assert "site" not in tick_summary(result)
+    assert tick_summary(result)["miners"][0]["site"] is None
