@@ -72,7 +72,8 @@ def build_site(config: Config, journal: Journal):
         return None
     from controller.site import Site
 
-    return Site(config, journal)
+    with config_errors("pdu"):  # an unreadable SNMP secret: ``pdu[0].community_file: ...``
+        return Site(config, journal)
 
 
 class Daemon:

@@ -9,9 +9,10 @@ no outlet is ever off and owned by nobody, and none an operator switched off is 
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
-from controller.journal import Journal
+from controller.journal import Journal, JournalError
 from controller.outlets import OutletKey, Owned
 
 SCHEMA = """
@@ -42,15 +43,35 @@ class OutletJournal:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self.db = journal.db
-        self.db.executescript(SCHEMA)
+        self._ready = self._exists()
+
+    def _exists(self) -> bool:
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                               "name='outlet_events'").fetchone() is not None
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Reads; nothing before the first write (``curtaild plan`` creates no table)."""
+        if not self._ready:
+            self._ready = self._exists()
+            if not self._ready:
+                return []
+        return self.db.execute(sql, params).fetchall()
 
     def _tx(self, *statements: tuple[str, tuple]) -> None:
-        """One transaction (JournalError, nothing written, if it fails)."""
+        """One transaction (JournalError, nothing written, if it fails); the tables are
+        created on the first write."""
+        if not self._ready:
+            try:
+                self.db.executescript(SCHEMA)
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal: cannot create the outlet tables: {exc}") \
+                    from None
+            self._ready = True
         self.journal._tx(list(statements))
 
     def owned(self) -> dict[OutletKey, Owned]:
         return {(pdu, n): Owned(off_since, state) for pdu, n, state, off_since in
-                self.db.execute("SELECT pdu, outlet, state, off_since FROM outlets")}
+                self._rows("SELECT pdu, outlet, state, off_since FROM outlets")}
 
     @staticmethod
     def _event(pdu: str, outlet: int, action: str, result: str, detail: str | None = None,
@@ -115,17 +136,17 @@ class OutletJournal:
     def cycles(self, now: float | None = None) -> dict[OutletKey, int]:
         """Switch-offs that took effect per outlet in the last 24 h."""
         since = (now or time.time()) - DAY_S
-        return {(pdu, n): c for pdu, n, c in self.db.execute(
+        return {(pdu, n): c for pdu, n, c in self._rows(
             "SELECT pdu, outlet, COUNT(*) FROM outlet_events WHERE at >= ? AND action='off' "
             "AND result IN ('ok', 'note') GROUP BY pdu, outlet", (since,))}
 
     def last_on_at(self) -> dict[str, float]:
-        return {pdu: at for pdu, at in self.db.execute(
+        return {pdu: at for pdu, at in self._rows(
             "SELECT pdu, MAX(at) FROM outlet_events WHERE action='on' AND result='ok' "
             "GROUP BY pdu")}
 
     def events(self, limit: int = 50) -> list[dict]:
         cols = ("at", "pdu", "outlet", "action", "result", "detail")
-        return [dict(zip(cols, row, strict=True)) for row in self.db.execute(
+        return [dict(zip(cols, row, strict=True)) for row in self._rows(
             "SELECT at, pdu, outlet, action, result, detail FROM outlet_events "
             "ORDER BY id DESC LIMIT ?", (limit,))]
