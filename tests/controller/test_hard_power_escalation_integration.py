@@ -160,3 +160,67 @@ def test_kill9_between_intent_and_switch_leaves_no_outlet_owned_by_nobody(
         events = [r[0] for r in journal_rows(tmp_path / "state", "SELECT result FROM "
                                              "outlet_events WHERE outlet=1 ORDER BY id")]
         assert events[0] == "intent" and "ok" in events
+
+
+def test_a_hung_pdu_and_meter_cost_their_deadline_and_switch_nothing(tmp_path: Path) -> None:
+    """A PDU whose agent never answers and a meter that accepts and never replies: every
+    tick still completes (bounded by their deadlines), the power source falls back to the
+    machines' own figures, and nothing is switched on an unknown outlet state."""
+    import socket
+
+    hung_pdu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hung_pdu.bind(("127.185.2.50", 161))
+    hung_meter = socket.socket()
+    hung_meter.bind(("127.185.2.60", 0))
+    hung_meter.listen()
+    axe = "127.185.2.1"
+    try:
+        with EmulatorProcess(fleet_toml=f'[[miner]]\nmodel = "BitAxe Gamma"\nip = "{axe}"\n',
+                             first_ip=axe, time_scale=0.01) as emu:
+            (tmp_path / "ro").write_text("public\n")
+            (tmp_path / "map.csv").write_text(f"id,rack,pdu,outlet\n{axe},R1,127.185.2.50,1\n")
+            extra = f"""
+[[pdu]]
+address = "127.185.2.50"
+mib = "apc"
+outlets = 4
+version = "v2c"
+community_file = "ro"
+timeout_s = 0.5
+retries = 1
+
+[meter]
+address = "127.185.2.60"
+port = {hung_meter.getsockname()[1]}
+timeout_s = 0.5
+
+[inventory]
+file = "map.csv"
+
+[hard_power]
+enabled = true
+racks = ["R1"]
+"""
+            cfg = write_config(tmp_path / "config.toml", ranges=[f"{axe}-{axe}"], hashprice=0.05,
+                               tariff=0.5, state_dir=tmp_path / "state", extra=extra)
+            with DaemonProcess(cfg, tmp_path / "daemon.log") as daemon:
+                def status() -> dict | None:
+                    try:
+                        return json.loads((tmp_path / "state" / "status.json").read_text())
+                    except (OSError, ValueError):
+                        return None
+
+                first = wait_for(status, 30, what="a first tick")
+                time.sleep(6.0)
+                later = status()
+                assert later is not None and later["at"] - first["at"] >= 3.0  # ticks go on
+                assert later["duration_s"] < 5.0  # deadline 0.5 x 2 + 1 s, not a stall
+                site = later["site"]
+                assert site["power_source"] == "estimate"
+                assert site["pdus"][0]["error"] and site["meter"]["error"]
+                assert site["outlet_actions"] == []
+                assert emu.miner(axe)["state"] == "mining"  # nothing switched, no crash
+                assert daemon.alive() and daemon.stop() == 0
+    finally:
+        hung_pdu.close()
+        hung_meter.close()
