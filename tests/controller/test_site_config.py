@@ -54,7 +54,8 @@ def test_a_site_with_pdus_meter_inventory_and_hard_power_parses(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
-    ({"pdu": [{**PDU, "community": "public"}]}, "pdu[0]: community: secrets never live in the config"),
+    ({"pdu": [{**PDU, "community": "public"}]},
+     "pdu[0]: community: secrets never live in the config"),
     ({"pdu": [{**PDU, "mib": "eaton"}]}, "pdu[0].mib: "),
     ({"pdu": [{**PDU, "address": "pdu-a.local"}]}, "pdu[0].address: 'pdu-a.local' is not"),
     ({"pdu": [{"address": "127.182.0.50", "mib": "raritan"}]},
