@@ -43,3 +43,25 @@ def test_no_site_no_site_keys() -> None:
     assert "site_power_w" not in decisions_payload(result)
     assert "site" not in tick_summary(result)
     assert tick_summary(result)["miners"][0]["site"] is None
+
+
+def test_rack_and_container_groups_in_exclusions_and_overrides() -> None:
+    from controller.inventory import Inventory, Placement
+    from controller.site import Site
+    from controller.snapshot import Directives, Override
+
+    site = Site.__new__(Site)  # only the inventory is used here
+    site.inventory = Inventory([Placement("k1", container="C1", rack="R1"),
+                                Placement("k2", container="C1", rack="R2")])
+
+    def r(key: str) -> MinerReading:
+        return MinerReading(key=key, ip=key, make="", model="", firmware="", state="mining",
+                            hashrate_ths=1.0, power_w=1.0, power_source="firmware",
+                            power_limit_w=None, temp_c=None)
+
+    fleet = FleetSnapshot((r("k1"), r("k2"), r("k3")), 1.0)
+    assert site.expand_groups(["rack:R1", "k3"], fleet) == ["k1", "k3"]
+    d = Directives(overrides=(Override("container:C1", "sleep", None, "mqtt"),
+                              Override("k2", "run", None, "mqtt")))
+    out = {o.key: o.action for o in site.expand_overrides(d, fleet).overrides}
+    assert out == {"k1": "sleep", "k2": "run"}  # the machine's own override wins
