@@ -89,6 +89,10 @@ def _load_or_report(config_path: str, build: bool = False):
                 build_policy(config)
                 build_hashprice_source(config.hashprice)
                 build_tariff_source(config.tariff)
+                if config.pdu:  # SNMP secrets readable, as `run` needs them (issue 18)
+                    from curtaild.drivers.pdu.build import build_pdus
+
+                    build_pdus(config.pdu)
         return config
     except ConfigError as exc:
         for line in exc.problems:

@@ -61,7 +61,19 @@ def build_reconciler(config: Config, journal: Journal,
                           build_tariff_source(config.tariff),
                           pool_fee=policy.config.pool_fee)
     driver = MinerDriver(config.fleet, poll_interval_s=config.controller.poll_interval_s)
-    return Reconciler(config, journal, driver, market, policy, directives=directives)
+    return Reconciler(config, journal, driver, market, policy, directives=directives,
+                      site=build_site(config, journal))
+
+
+def build_site(config: Config, journal: Journal):
+    """PDUs, meter and inventory (controller/site.py), None when none is configured; reads
+    the SNMP secrets now (ValueError naming the setting when one cannot be read)."""
+    if not (config.pdu or config.meter or config.inventory.file or config.inventory.miner):
+        return None
+    from curtaild.controller.site import Site
+
+    with config_errors("pdu"):  # an unreadable SNMP secret: ``pdu[0].community_file: ...``
+        return Site(config, journal)
 
 
 class Daemon:
@@ -114,6 +126,7 @@ class Daemon:
                                       pool_fee=policy.config.pool_fee)
                 # firmware passwords: an unreadable secret file rejects the reload too
                 self.reconciler.driver.prepare_credentials(config.fleet)
+                site = build_site(config, self.journal)  # PDU secrets and the site map too
         except ConfigError as exc:
             self.reloads["failed"] += 1
             for line in exc.problems:
@@ -135,6 +148,7 @@ class Daemon:
         self.config = config
         self.reconciler.swap(config, policy)
         self.reconciler.market = market
+        self.reconciler.site = site
         self.reloads["ok"] += 1
         log.info("reloaded %s (policy %s)", self.config_path, config.policy["name"])
         for line in advisories(config):
@@ -313,6 +327,8 @@ class Daemon:
 
         out = {m.key: m.key for m in last.fleet.miners}
         out.update({miner_topic_id(m): m.key for m in last.fleet.miners})
+        if self.reconciler.site is not None:  # overrides may name rack:R / container:C
+            out.update({g: g for g in self.reconciler.site.inventory.groups()})
         return out
 
     def _publish_mqtt(self, result: TickResult) -> None:

@@ -24,8 +24,10 @@ from curtaild.controller.guards import (
     memory_window_s,
     next_tier,
 )
+from curtaild.controller.inventory import parse_group
 from curtaild.controller.journal import Expectation, Journal, JournalError
 from curtaild.controller.market import MarketInputs
+from curtaild.controller.site import Site, SiteView
 from curtaild.core import economics
 from curtaild.core.snapshot import (
     Command,
@@ -58,6 +60,8 @@ class TickResult:
     verification: dict[str, str] = field(default_factory=dict)  # key -> verified|mismatch|flagged
     directives: Directives = field(default_factory=Directives)
     fast: bool = False  # decided on the previous observation (an inbound command)
+    #: PDUs, meter, placements and outlet actions (controller/site.py); None: no site config
+    site: SiteView | None = None
 
     def command_states(self) -> dict[str, int]:
         """Machines by where curtaild's last command to them stands (pending, transitioning,
@@ -121,7 +125,7 @@ def predicted(last: TickResult) -> FleetSnapshot:
                         command_state="pending", commanded_action=c.action,
                         commanded_power_limit_w=c.power_limit_w)
         miners.append(r)
-    return FleetSnapshot(tuple(miners), last.fleet.taken_at)
+    return replace(last.fleet, miners=tuple(miners))
 
 
 def command_states(fleet: FleetSnapshot, expectations: dict[str, Expectation],
@@ -168,8 +172,11 @@ class Reconciler:
 
     def __init__(self, config: Config, journal: Journal, driver: MinerDriver,
                  market: MarketInputs, policy,
-                 directives: Callable[[float], Directives] | None = None):
+                 directives: Callable[[float], Directives] | None = None,
+                 site: Site | None = None):
         self.config = config
+        #: PDUs, meter and the hard power-down tier (controller/site.py); None: none configured
+        self.site = site
         #: inbound instructions in force at a time (MQTT bridge); none by default
         self.directives: Callable[[float], Directives] = directives or (lambda _now: Directives())
         self.journal = journal
@@ -218,8 +225,16 @@ class Reconciler:
             # machine still running and restore nothing).
             fleet = predicted(self.last)
             market = self.market.cached(started)
+            site_view = self.last.site
         else:
-            fleet = await self.driver.observe()
+            site_view = None
+            if self.site is not None:  # PDUs and meter alongside the miners' sweep
+                fleet, (pdus, meter) = await asyncio.gather(self.driver.observe(),
+                                                            self.site.observe())
+                site_view = self.site.view(pdus, meter, time.time())
+                fleet = self.site.apply(fleet, site_view)
+            else:
+                fleet = await self.driver.observe()
             market = await self.market.snapshot(started)
         now = time.time()
         verification = self._verify(fleet, now) if send and not fast else {}
@@ -227,6 +242,12 @@ class Reconciler:
         # an unconfirmed shed as done (policies/power_cap.py), nor pick its machine again.
         fleet = self._with_command_states(fleet, verification)
         directives = self.directives(now)
+        guard_cfg = self.config.guards
+        if self.site is not None:  # "rack:R01" / "container:C1" in exclusions and overrides
+            directives = self.site.expand_overrides(directives, fleet)
+            if any(parse_group(x) for x in guard_cfg.exclude):
+                guard_cfg = guard_cfg.model_copy(update={"exclude": self.site.expand_groups(
+                    list(guard_cfg.exclude), fleet)})
         desired = decide_stack(self.policy, fleet, market, directives, now)
         if market is None and not desired:
             guarded = GuardResult(commands=[], held={m.key: "no market inputs yet"
@@ -237,9 +258,20 @@ class Reconciler:
                                          now=now,
                                          flag_retry_s=self.config.controller.flag_retry_s)
             guarded = apply_guards(fleet, market, desired, memory, self.bucket,
-                                   self.config.guards, now)
+                                   guard_cfg, now)
         commands = self._with_recommands(guarded.commands, fleet, verification, guarded.held)
         commands = _capped(commands, self.config.guards.max_commands_per_tick)
+        held = guarded.held
+        outlet_plan = None
+        if self.site is not None and site_view is not None:
+            # the hard power-down tier: no firmware command to a machine behind an outlet
+            # curtaild switches or keeps off (controller/outlets.py)
+            outlet_plan = self.site.plan(
+                fleet, desired, site_view, now, dr_active=directives.power_cap_w is not None,
+                excluded=frozenset(k.casefold() for k in guard_cfg.exclude), fast=fast,
+                market=market)
+            commands = [c for c in commands if c.key not in outlet_plan.suppressed]
+            held = {**guarded.held, **outlet_plan.held}
         dry_run = self.config.controller.dry_run or not send
         outcomes: dict[str, str] = {}
         if send:
@@ -252,6 +284,9 @@ class Reconciler:
                 journal_error = str(exc)  # then no intent can be written either: send nothing
             outcomes = await self._act(commands, fleet, dry_run=dry_run,
                                        journal_error=journal_error)
+            if self.site is not None and outlet_plan is not None and site_view is not None:
+                site_view = replace(site_view, plan=outlet_plan, outcomes=await self.site.act(
+                    outlet_plan, dry_run=dry_run))
             if commands and not dry_run:
                 fleet = self._with_command_states(fleet, verification)  # sent -> pending/failed
         result = TickResult(
@@ -261,13 +296,15 @@ class Reconciler:
             market=market,
             desired=desired,
             effective=guarded.effective,
-            held=guarded.held,
+            held=held,
             commands=tuple(commands),
             outcomes=outcomes,
             dry_run=dry_run,
             verification=verification,
             directives=directives,
             fast=fast,
+            site=self.site.finish(site_view, fleet, outlet_plan) if self.site is not None
+            and site_view is not None else None,
         )
         if send:
             self.last = result
@@ -340,7 +377,7 @@ class Reconciler:
                 m = replace(m, command_state=state, commanded_action=action,
                             commanded_power_limit_w=limit)
             miners.append(m)
-        return FleetSnapshot(tuple(miners), fleet.taken_at)
+        return replace(fleet, miners=tuple(miners))
 
     def _with_recommands(self, commands: list[Command], fleet: FleetSnapshot,
                          verification: dict[str, str],

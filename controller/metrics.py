@@ -39,6 +39,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from curtaild.controller import __version__
 from curtaild.controller.listen import parse_listen
+from curtaild.controller.metric_family import Family
 from curtaild.controller.scrape_server import DROP_REASONS, BoundedHTTPServer
 from curtaild.core import economics
 from curtaild.core.snapshot import COMMAND_STATES
@@ -304,23 +305,6 @@ def site_economics(result: TickResult, fixed_costs_usd_per_day: float | None) ->
 
 
 # ------------------------------------------------------------------------------- families
-@dataclass(slots=True)
-class Family:
-    """One metric family as plain data: rendered by :func:`render_text` (the served, fast
-    path) or converted to prometheus_client metrics by :class:`CurtaildCollector`."""
-
-    name: str  # counters without _total, info without _info (prometheus_client convention)
-    kind: str  # gauge | counter | info | histogram
-    help: str
-    labels: tuple[str, ...] = ()
-    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
-    hist_sum: float = 0.0  # histogram only; samples are (le,) -> cumulative count
-    hist_count: int = 0
-
-    def add(self, values: tuple[str, ...] | list[str], value: float) -> None:
-        self.samples.append((tuple(values), value))
-
-
 def _gauge(name: str, help: str, value: float | None) -> Iterator[Family]:
     if value is not None:
         yield Family(name, "gauge", help, (), [((), float(value))])
@@ -399,6 +383,9 @@ def snapshot_families(s: MetricsState) -> Iterator[Family]:
     yield from _market(t)
     yield from _site(t, s)
     yield from _miners(t, s)
+    from curtaild.controller.site_metrics import site_families  # PDUs, meter, placements (issue 18)
+
+    yield from site_families(t)
 
 
 def _controller(s: MetricsState) -> Iterator[Family]:

@@ -123,6 +123,13 @@ def decisions_payload(result: TickResult,
         "commands_truncated": len(result.commands) > max_commands,
         "held": len(result.held),
         "held_by_reason": held,
+        # measured site power and outlet switching (issue 18); absent without PDUs or meter
+        **({"site_power_w": result.site.site_power_w,
+            "site_power_source": result.site.site_power_source,
+            "outlets": [{"pdu": a.pdu, "outlet": a.outlet, "on": a.on, "reason": a.reason,
+                         "outcome": result.site.outcomes.get((a.pdu, a.outlet))}
+                        for a in (result.site.plan.actions if result.site.plan else [])]}
+           if result.site is not None else {}),
     }
 
 
@@ -146,4 +153,7 @@ def miner_payload(m: MinerReading, result: TickResult) -> dict[str, Any]:
         "held": result.held.get(m.key),
         "command_state": m.command_state,
         "error": m.error,
+        # container, rack, pdu, outlet, phase from the site map (issue 18); absent without one
+        **({"site": result.site.placements[m.key]} if result.site is not None
+           and m.key in result.site.placements else {}),
     }

@@ -109,6 +109,8 @@ def miner_json(m: MinerReading, result: TickResult) -> dict[str, Any]:
         "command_state": m.command_state,
         "error": m.error,
         "age_s": round(max(0.0, time.time() - m.observed_at), 1),
+        # container, rack, pdu, outlet, phase from the site map (controller/inventory.py)
+        "site": result.site.placements.get(m.key) if result.site is not None else None,
     }
 
 
@@ -137,6 +139,10 @@ def tick_summary(result: TickResult, journal: Journal | None = None) -> dict[str
             for c in result.commands
         ],
     }
+    if result.site is not None:
+        from curtaild.controller.site_report import site_json
+
+        out["site"] = site_json(result.site)
     if journal is not None:
         out["curtailed"] = sorted(journal.curtailed())
         out["recent_events"] = journal.events(limit=20)
@@ -187,6 +193,10 @@ def plan_table(result: TickResult) -> str:
             f"{_num(r['desired_power_limit_w'], '.0f'):>7}"
             f"  {note}")
     fleet_w = sum(m.power_w for m in result.fleet.miners)
+    if result.site is not None:
+        from curtaild.controller.site_report import site_lines
+
+        lines += site_lines(result.site)
     lines.append(f"{len(rows)} miners, {fleet_w / 1000:.1f} kW, {len(result.commands)} commands "
                  "would be sent")
     return "\n".join(lines)

@@ -19,7 +19,9 @@ Action = Literal["run", "limit", "sleep"]
 #: demand-response shed (no hysteresis, no dwell, no ramp for shedding, acts on stale markets).
 Priority = Literal["normal", "forced", "emergency"]
 #: Where a power figure came from; stock Antminers report none, so a fallback chain exists.
-PowerSource = Literal["firmware", "override", "model_table", "nameplate", "idle_estimate", "none"]
+#: "pdu": measured at its PDU outlet (controller/site.py), ahead of the firmware's own figure.
+PowerSource = Literal["pdu", "firmware", "override", "model_table", "nameplate",
+                      "idle_estimate", "none"]
 #: Where curtaild's last command to a machine stands (controller/loop.py, issue 14): "pending"
 #: -- sent and acknowledged, not yet seen in effect, within its family's grace; "transitioning"
 #: -- pending and silent (the miner process restarts after our own command: expected, not a
@@ -76,6 +78,10 @@ class MinerReading:
 class FleetSnapshot:
     miners: tuple[MinerReading, ...]
     taken_at: float  # unix seconds
+    #: measured site power when the site has a meter or PDUs (controller/site.py), W; None:
+    #: only the machines' own figures are known. The power cap judges compliance on it.
+    site_power_w: float | None = None
+    site_power_source: str = "estimate"  # "meter" | "pdu" | "estimate"
 
     def by_key(self) -> dict[str, MinerReading]:
         return {m.key: m for m in self.miners}

@@ -39,7 +39,8 @@ Verdict = Literal["accepted", "refused", "unknown"]
 #: Whatsminer API codes that are not about the password (so never reported as ``auth``).
 NOT_AUTH_CODES = {136}  # "token over max times": the 32-tokens-per-30-min limit
 #: What Whatsminer API v2 firmware answers (in clear) to every write while its "Miner API
-#: Switch" is off (pyasic's send_privileged_command tests for this very text).
+#: Switch" is off (pyasic's send_privileged_command tests for this very text). API v3 firmware
+#: reports the switch (``apiswitch``); the emulator refuses its writes with the same text.
 WRITE_API_DISABLED = "can't access write cmd"
 #: CGI every stock Antminer generation serves behind digest auth (pyasic reads it for the MAC).
 ANTMINER_PROBE_CGI = "get_system_info"
@@ -264,14 +265,19 @@ V3_PROBE_CMD = "set.curtaild.credential_check"
 
 async def _probe_btminer_v3(rpc: Any, trusted: bool) -> tuple[Verdict, str]:
     """API v3: answered "invalid token" (code -1) means the token, i.e. the password (or a
-    salt the firmware has since changed), was refused; any other answer to a signed request
-    means the signature was good. The salt costs a token of the firmware's 32 per 30 minutes,
+    salt the firmware has since changed), was refused; "can't access write cmd" means the
+    write API is switched off; any other answer to a signed request means the signature was
+    good. The salt costs a token of the firmware's 32 per 30 minutes,
     so it is fetched again only when the credentials were trusted until now."""
     for attempt in (0, 1):
         reply = await rpc.send_command(V3_PROBE_CMD)
         if not isinstance(reply, dict) or not reply:
             return "unknown", "API v3 gave no answer"
         code, msg = reply.get("code"), str(reply.get("msg", ""))
+        if WRITE_API_DISABLED in msg:
+            # The switch is off: refused before the token was looked at; no password helps.
+            return "refused", ("write API disabled on the miner (switch the API on in "
+                               "WhatsMinerTool and change the admin password)")
         if code == -1 and "token" in msg.lower():
             if trusted and attempt == 0:
                 rpc.salt = None  # maybe a salt the firmware replaced: one fresh one

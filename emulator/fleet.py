@@ -23,7 +23,8 @@ File format::
     power_limit_w = 3000       # optional; only models whose firmware accepts a limit
     password = "s3cret"        # optional; the site's firmware password (stock Antminer web
                                # UI root password, Whatsminer API admin password); default:
-                               # the factory one. LuxOS and Bitaxe have none to change.
+                               # the factory one (a Whatsminer with it cannot be written:
+                               # its write API stays off). LuxOS and Bitaxe have none.
     api = "v3"                 # optional, Whatsminer only: "v2" (4028) or "v3" (4433 too);
                                # default: what firmware_version implies, else "v2"
     firmware_version = "20250915.16.Rel2"  # optional, Whatsminer: must agree with api
@@ -36,14 +37,19 @@ File format::
     fast_boot = true           # optional, Whatsminer: a power limit applies without
                                # restarting btminer (v2 "btminer fast boot", v3 "Power Fast
                                # Boot"); default false
-    write_api = false          # optional, Whatsminer API v2: the WhatsMinerTool "Miner API
-                               # Switch"; false: every write answers "can't access write cmd"
-                               # (a factory unit); default true
+    write_api = false          # optional, Whatsminer (API v2 and v3): the WhatsMinerTool
+                               # "Miner API Switch"; false: every write is refused ("can't
+                               # access write cmd"); default: on once ``password`` is given,
+                               # off with the factory password (true needs a password)
     atm = false                # optional, LuxOS only: advanced thermal management (default
                                # true, as LuxOS ships; it moves the profile with temperature)
 
-``--count N`` cycles through every model; every M50 in it runs API v3 firmware, and its stock
-Antminers run each firmware generation in turn (``antminer.COUNT_GENERATIONS``).
+``--count N`` cycles through every model; every M50 in it runs API v3 firmware and every M30S
+older API v2 firmware (``whatsminer.FW_VERSION``, 2023-09); its stock Antminers run each
+firmware generation in turn (``antminer.COUNT_GENERATIONS``). Its Whatsminers are set up as at
+a site that drives them through the API: admin password changed to ``COUNT_PASSWORDS
+["whatsminer"]`` (the demo's, ``demo/whatsminer-api-password``) and the write API switched on;
+the factory ``admin`` writes nothing on them.
 """
 
 from __future__ import annotations
@@ -85,8 +91,14 @@ from curtaild.emulator.pdu.plan import (
 from curtaild.emulator.physics import FACTORY_PASSWORDS, FAULT_KINDS, EmulatedMiner, Fault
 
 DEFAULT_AMBIENT_C = 25.0
-#: ``--count`` fleets: models whose machines run Whatsminer API v3 firmware.
+#: ``--count`` fleets: models whose machines run Whatsminer API v3 firmware (the others run
+#: API v2 firmware from before 2024-11).
 COUNT_V3_MODELS = {"M50"}
+#: ``--count`` fleets: the password the site set per family (a real site that commands its
+#: Whatsminers must change the admin password before the write API can be switched on). The
+#: shipped demo config reads the same one from ``demo/whatsminer-api-password``: a demo
+#: secret, published, never one for a real machine.
+COUNT_PASSWORDS: dict[str, str] = {"whatsminer": "demo-wm-Kx7q2Lr9"}
 
 
 @dataclass(slots=True)
@@ -104,7 +116,7 @@ class MinerPlan:
     api: str | None = None  # Whatsminer: "v2" | "v3"; None: v2
     firmware_version: str | None = None  # None: the family's default for the API
     fast_boot: bool = False
-    write_api: bool | None = None  # Whatsminer v2: the API switch (None: on)
+    write_api: bool | None = None  # Whatsminer: the API switch (None: on iff password set)
     atm: bool | None = None  # LuxOS: ATM on (None: the firmware default, on)
 
 
@@ -132,7 +144,8 @@ def plan_count(count: int, first_ip: str = DEFAULT_FIRST_IP) -> FleetPlan:
             raise FleetError(f"--count: {count} miners do not fit in 127.0.0.0/8 after "
                              f"{first_ip}") from None
         model = models[i]
-        plan = MinerPlan(ip=ip, model=model, api="v3" if model in COUNT_V3_MODELS else None)
+        plan = MinerPlan(ip=ip, model=model, api="v3" if model in COUNT_V3_MODELS else None,
+                         password=COUNT_PASSWORDS.get(MODELS[model].firmware))
         if MODELS[model].firmware == "antminer":
             plan.firmware_version = COUNT_GENERATIONS[stock % len(COUNT_GENERATIONS)]
             stock += 1
@@ -322,9 +335,10 @@ def _whatsminer_api(where: str, firmware: str, table: dict) -> dict:
         if not isinstance(table["write_api"], bool):
             raise FleetError(f"{where}.write_api: expected true or false, got "
                              f"{table['write_api']!r}")
-        if api == "v3":
-            raise FleetError(f"{where}.write_api: the API switch is emulated for API v2 "
-                             "firmware only")
+        if table["write_api"] and "password" not in table:
+            raise FleetError(f"{where}.write_api: the firmware switches the write API on only "
+                             "once the admin password is changed; give this miner a "
+                             "password too")
         out["write_api"] = table["write_api"]
     return out
 

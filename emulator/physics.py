@@ -40,6 +40,10 @@ DEFAULT_HUGE_BYTES = 50 * 1024 * 1024
 #: Power factor of the stock firmware "miner-mode"/"power mode" presets.
 MODE_FACTORS = {"normal": 1.0, "low": 0.75, "high": 1.1}
 THERMAL_TAU_S = 120.0
+#: Emulated seconds a control board takes to boot and answer again after a reboot or a power
+#: cut ("silent for about a minute", firmware-behaviour.md "Every family"), at most the
+#: model's own ``boot_s``; the hash boards go on booting until ``boot_s`` from the same start.
+BOARD_BOOT_S = 60.0
 
 #: Factory credentials per firmware family: what a machine accepts until the site changes its
 #: password, and what pyasic sends when told nothing (pyasic.settings defaults). LuxOS's
@@ -171,6 +175,12 @@ class EmulatedMiner:
         return FACTORY_PASSWORDS.get(self.spec.firmware)
 
     @property
+    def board_boot_s(self) -> float:
+        """Emulated seconds the control board is silent while it boots (``BOARD_BOOT_S``, or
+        the model's whole boot if that is shorter: a Bitaxe is up in 10 s)."""
+        return min(BOARD_BOOT_S, self.spec.boot_s)
+
+    @property
     def board_up_at(self) -> float:
         """Clock time the running boot finished (or finishes): changes with every reboot and
         power cycle, so firmware state tied to one boot (a LuxOS session) can tell."""
@@ -261,21 +271,24 @@ class EmulatedMiner:
 
     def restore_power(self) -> bool:
         """Power comes back: the machine boots (uptime restarts) and resumes hashing, or stays
-        asleep if its firmware stored sleep (``sleep_persisted``)."""
+        asleep if its firmware stored sleep (``sleep_persisted``). Nothing answers while the
+        control board boots (``board_boot_s``); then the firmware answers while the hash
+        boards finish their boot (a stock Antminer's ``asic_num`` 0), as after a reboot."""
         self._settle()
         if self.state != "off":
             return False
         self._booted_at = self.clock() + self.spec.boot_s * self.time_scale
-        self.board_down_until = self._booted_at
+        self.board_down_until = self.clock() + self.board_boot_s * self.time_scale
         self._begin_boot("sleeping" if self._wakes_asleep() else "mining")
         return True
 
     def reboot_board(self) -> bool:
         """The control board itself reboots (a reboot command, a watchdog): as ``reboot()``,
-        and nothing on the machine answers until it has booted (emulator/server.py)."""
+        and nothing on the machine answers until the board has booted (``board_boot_s``,
+        emulator/server.py); the hash boards go on booting after that."""
         if not self.reboot():
             return False
-        self.board_down_until = self._booted_at
+        self.board_down_until = self.clock() + self.board_boot_s * self.time_scale
         return True
 
     def _wakes_asleep(self) -> bool:

@@ -673,7 +673,7 @@ class MinerEndpoint:
             return "blackhole", None
         now, up_at = miner.clock(), miner.board_down_until
         if now < up_at:
-            half = up_at - miner.spec.boot_s * miner.time_scale / 2.0
+            half = up_at - miner.board_boot_s * miner.time_scale / 2.0
             return ("blackhole", half) if now < half else ("refused", up_at)
         if miner.fault.kind == "refuse":
             return "refused", None

@@ -122,6 +122,14 @@ def counted_w(r: MinerReading, d: Desired | None) -> float:
     return layer.power_under_w(r, d)
 
 
+def measured_gap_w(fleet: FleetSnapshot) -> float:
+    """Measured site power (meter, else PDU totals: ``fleet.site_power_w``) minus the sum of
+    the machines' present draws; 0 without a measurement (then estimates alone are judged)."""
+    if fleet.site_power_w is None:
+        return 0.0
+    return fleet.site_power_w - sum(layer.present_w(r) for r in fleet.miners)
+
+
 class PowerCapPolicy:
     """Keep estimated site power under the cap in force."""
 
@@ -167,7 +175,9 @@ class PowerCapPolicy:
         if cap is None:
             return out
         budget = cap.cap_w - self.config.headroom_w
-        total = sum(counted_w(r, out.get(r.key)) for r in fleet.miners)
+        # judged on the meter when there is one (issue 18): what the machines' own figures
+        # miss (facility overhead, estimate error) is added to every estimate below
+        total = sum(counted_w(r, out.get(r.key)) for r in fleet.miners) + measured_gap_w(fleet)
         excess = total - budget
         if excess <= 0:
             return out
@@ -200,7 +210,8 @@ class PowerCapPolicy:
             what = (f"limit to {shed.power_limit_w:.0f} W" if shed.action == "limit"
                     else "sleep")
             reason = (f"power cap {cap.cap_w:.0f} W ({cap.source}): site ~{total:.0f} W under "
-                      f"the base decision, budget {budget:.0f} W; {what} sheds "
+                      f"the base decision ({fleet.site_power_source}), budget {budget:.0f} W; "
+                      f"{what} sheds "
                       f"{shed.saved_w:.0f} W ({self._order_text(order, market)})")
             out[r.key] = layer.curtailing(reason, d, action=shed.action,
                                           power_limit_w=shed.power_limit_w, priority=priority)

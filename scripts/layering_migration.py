@@ -1,5 +1,6 @@
 # ruff: noqa: E501
-"""ONE-TIME MIGRATION for issue 17 (delete once main is migrated): Issue 17, mechanical part: move modules to their layer, prefix every import with curtaild.
+"""ONE-TIME MIGRATION for issue 17 (delete once main is migrated): Issue 17,
+                                    mechanical part: move modules to their layer, prefix every import with curtaild.
 
 Idempotent: run on a tree at any state (already-prefixed imports are left alone).
 Usage: python layering.py REPO
@@ -84,7 +85,8 @@ STRINGS = [
      lambda m: f'{m.group(1)}-m{m.group(1)}{m.group(2)}{m.group(3)}curtaild.{remap(m.group(4))}{m.group(3)}'),
     (re.compile(rf'(["\'])((?:{PKG})\.[\w.]+):(\w+)\1'),
      lambda m: f'{m.group(1)}curtaild.{remap(m.group(2))}:{m.group(3)}{m.group(1)}'),
-    (re.compile(r'(["\'])emulator\.families\.'), lambda m: f'{m.group(1)}curtaild.emulator.families.'),
+    (re.compile(r'(["\'])emulator\.families\.'),
+                    lambda m: f'{m.group(1)}curtaild.emulator.families.'),
 ]
 
 def rewrite_py(text: str) -> str:
@@ -153,7 +155,8 @@ for rel in files:
     changed = False
     out = []
     for line in lines:
-        if len(line) > 100 and "curtaild." in line and not line.lstrip().startswith(("from", "import", "#")):
+        if len(line) > 100 and "curtaild." in line and not line.lstrip().startswith(("from",
+               "import", "#")):
             cut = line.rfind(", ", 0, 99)
             opening = line.find("[")
             if opening < 0 or opening > cut:

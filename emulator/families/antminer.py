@@ -57,6 +57,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from curtaild.emulator.families.base import HttpRequest, HttpResponse
+from curtaild.emulator.physics import (
+    BOARD_BOOT_S as BOARD_BOOT_S,  # re-exported: tests time reboots
+)
 from curtaild.emulator.physics import EmulatedMiner, Reading
 
 USERNAME = "root"
@@ -78,8 +81,6 @@ SLOTS = 4
 CGI_S = 20.0
 #: Emulated seconds bmminer is down (RPC and the stats CGIs silent) after a config write.
 RESTART_S = 30.0
-#: Emulated seconds a rebooting control board is silent ("about a minute").
-BOARD_BOOT_S = 60.0
 
 WORK_MODE_KEY = "antminer.work_mode"  # the stored (cgminer.conf) work mode
 FAN_KEY = "antminer.fan"
@@ -673,14 +674,15 @@ def cgi_blink(miner: EmulatedMiner, req: HttpRequest) -> HttpResponse:
 
 
 def reboot_board(miner: EmulatedMiner) -> bool:
-    """The control board reboots: silent for BOARD_BOOT_S (scaled), bmminer starts again in
+    """The control board reboots: silent for its boot (``miner.board_boot_s``, at most
+    BOARD_BOOT_S, scaled: the same silence as after a power cut), then bmminer starts again in
     the stored work mode."""
     if miner.fault.kind == "lie":
         return True
     if not miner.reboot():
         return False
     fs = miner.firmware_state
-    fs[BOARD_DOWN_KEY] = miner.clock() + _scaled(miner, min(BOARD_BOOT_S, miner.spec.boot_s))
+    fs[BOARD_DOWN_KEY] = miner.clock() + _scaled(miner, miner.board_boot_s)
     fs[PROCESS_START_KEY] = fs[BOARD_DOWN_KEY]
     return True
 
@@ -737,8 +739,10 @@ def process_down(miner: EmulatedMiner) -> bool:
 
 
 def board_down(miner: EmulatedMiner) -> bool:
-    """The control board is rebooting: nothing on the machine answers."""
-    return miner.clock() < miner.firmware_state.get(BOARD_DOWN_KEY, 0.0)
+    """The control board is rebooting (its own reboot, or booting after mains power came
+    back): nothing on the machine answers."""
+    now = miner.clock()
+    return now < miner.firmware_state.get(BOARD_DOWN_KEY, 0.0) or now < miner.board_down_until
 
 
 def process_state(miner: EmulatedMiner) -> str:

@@ -24,6 +24,9 @@ default ``DEFAULT_VERSION``), as ESP-Miner's ``http_server.c`` at each release t
 * ``POST /api/system/pause`` and ``/resume`` exist from v2.14 (ESP-Miner #1608): the ASIC
   stops, the board stays up, ``miningPaused`` says so, and a restart resumes mining (the flag
   is not stored). Earlier versions do not have them.
+
+The ``lie`` fault: restart, pause, resume, identify and ``PATCH /api/system`` answer as they
+do on success and change nothing.
 """
 
 from __future__ import annotations
@@ -294,11 +297,13 @@ class BitaxeFamily:
                 return _json(system_info(miner))
             if path == "/api/system/asic" and method in ("GET", "HEAD") and rich:
                 return _json(system_asic(miner))
+            lie = miner.fault.kind == "lie"
             if path == "/api/system/restart" and method == "POST":
-                if _paused(miner):  # the flag is not stored: the restarted ASIC mines
-                    miner.firmware_state.pop(PAUSED_KEY, None)
-                    miner.wake()
-                miner.reboot_board()
+                if not lie:  # a lying one acknowledges below and nothing restarts
+                    if _paused(miner):  # the flag is not stored: the restarted ASIC mines
+                        miner.firmware_state.pop(PAUSED_KEY, None)
+                        miner.wake()
+                    miner.reboot_board()
                 if not _at_least(miner, JSON_RESTART_SINCE):
                     # v2.4-v2.12: httpd_resp_send of a C string, default type text/html
                     return HttpResponse(200, b"System will restart shortly.",
@@ -306,15 +311,21 @@ class BitaxeFamily:
                 return _json({"message": "System will restart shortly."})
             if path in ("/api/system/pause", "/api/system/resume") and method == "POST" \
                     and _at_least(miner, PAUSE_SINCE):
+                if lie:
+                    return _json({"message": "Mining paused" if path.endswith("pause")
+                                  else "Mining resumed"})
                 return self._pause(miner, pause=path.endswith("pause"))
             if not rich:
                 return _redirect()  # v2.4: every other route meets the 404 handler
             if path == "/api/system/identify" and method == "POST":
-                miner.led_on = not miner.led_on
+                if not lie:
+                    miner.led_on = not miner.led_on
                 msg = ("The device says \"Hi!\" for 30 seconds." if miner.led_on
                        else "The device no longer says \"Hi!\".")
                 return _json({"message": msg})
             if path == "/api/system" and method == "PATCH":
+                if lie:
+                    return HttpResponse(200, b"", dict(CORS))
                 return patch_settings(miner, request.body)
             if path == "/api/system/statistics" and method in ("GET", "HEAD"):
                 return _json({"currentTimestamp": int(time.monotonic() * 1000),

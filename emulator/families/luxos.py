@@ -31,6 +31,8 @@ Field behaviour (docs.luxor.tech, shared/firmware-behaviour.md), on by default:
 * **Wake ramps like a boot**: after ``curtail wakeup`` (and any boot) the boards take the
   model's boot time, then ramp over ``RAMP_S`` to the profile's power (``IsRamping`` in
   ``devs``).
+* The ``lie`` fault: every write (curtail, profileset, atmset, ledset, rebootdevice,
+  resetminer) answers its success reply and changes nothing.
 
 Error codes and messages of the failure paths are modelled on cgminer conventions and the
 documented success codes; they were not captured from hardware.
@@ -429,6 +431,8 @@ class LuxosFamily:
         if cmd == "logoff":
             st.session_id = ""
             return _reply(317, "Session closed")
+        if miner.fault.kind == "lie":
+            return self._lie(miner, cmd, args)
         if cmd == "curtail":
             action = args[0] if args else ""
             if action == "sleep":
@@ -462,6 +466,33 @@ class LuxosFamily:
         if miner.read().state in ("mining", "booting"):  # resetminer: boards re-initialise
             miner.sleep()
             miner.wake()
+        return _reply(308, "Miner reset scheduled")
+
+    def _lie(self, miner: EmulatedMiner, cmd: str, args: list[str]) -> dict:
+        """The ``lie`` fault: each write answers its success reply and changes nothing (no
+        curtailment, profile, ATM setting, LED or restart); malformed ones still fail."""
+        if cmd == "curtail":
+            action = args[0] if args else ""
+            if action not in ("sleep", "wakeup"):
+                return _err(337, "Invalid curtail action")
+            return _reply(335, "Curtailment command sent", CURTAIL=[
+                {"Action": "sleep mode" if action == "sleep" else "wake up"}])
+        if cmd == "profileset":
+            names = args[1:] if len(args) >= 2 and args[0].isdigit() and int(args[0]) <= 3 \
+                else args
+            prof = self._find_profile(miner, names[0]) if names else None
+            if prof is None:
+                return _err(325, "Profile not found")
+            return _reply(321, "Profile Set", PROFILE=[{"Board": 0, "FrequencyStep": 5,
+                                                        "Profile": prof.name,
+                                                        "VoltageStep": 0.05}])
+        if cmd == "atmset":
+            return _reply(340, "Advanced Thermal Management configuration updated")
+        if cmd == "ledset":
+            return _reply(341, "LED set", LED=[{"Color": args[0] if args else "red",
+                                                "State": args[1] if len(args) > 1 else "on"}])
+        if cmd == "rebootdevice":
+            return _reply(307, "Device reboot scheduled")
         return _reply(308, "Miner reset scheduled")
 
     def _profileset(self, miner: EmulatedMiner, st: LuxState, args: list[str]) -> dict:

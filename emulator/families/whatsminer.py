@@ -31,9 +31,11 @@ in the shapes and types of the replies captured from real machines
 
 Field behaviour, each on by default (firmware-behaviour.md "Whatsminer"):
 
-* **Write API**: a machine whose API switch is off (``write_api = false``: a factory unit that
-  nobody set up in WhatsMinerTool) answers every privileged command in clear with
-  ``can't access write cmd`` (the message pyasic and hass-miner test for).
+* **Write API**: off until the operator changes the admin password and switches the API on
+  in WhatsMinerTool (API v2.0.5 document). A machine with the factory password (no
+  ``password`` in the fleet file) or ``write_api = false`` answers every privileged command in
+  clear with ``can't access write cmd`` (the message pyasic and hass-miner test for); one
+  whose password was changed has it on unless the fleet file says ``write_api = false``.
 * **Tokens**: at most ``TOKEN_LIMIT`` tokens per client IP per ``TOKEN_WINDOW_S`` (real
   seconds) and at most ``MAX_CLIENT_IPS`` client IPs holding live tokens, then code 136
   "over max connect" (API v2.0.5: "supports max 16 IP clients, one IP can get 32 tokens, and a
@@ -82,7 +84,8 @@ CGMINER_DESCRIPTION = "cgminer 4.9.2"
 BTMINER_DOWN_REPLY = b"Socket connect failed: Connection refused\n"
 #: The firmware's answer to a privileged command while its API switch is off.
 WRITE_DISABLED_MSG = "can't access write cmd"
-#: ``miner.firmware_state`` key of the API switch (fleet ``write_api``; absent: on).
+#: ``miner.firmware_state`` key of the API switch (fleet ``write_api``; absent: on exactly
+#: when the admin password was changed, as the firmware allows nothing else).
 WRITE_API_KEY = "whatsminer.write_api"
 #: ``DEVDETAILS.Model`` per emulated model; pyasic maps these to BTMinerM50VH50 / M30SV10,
 #: whose chip counts (105 / 148 per board) match the physics specs.
@@ -256,8 +259,10 @@ class WhatsminerFamily:
 
     @staticmethod
     def write_api(miner: EmulatedMiner) -> bool:
-        """The "Miner API Switch" of WhatsMinerTool: privileged commands work only when on."""
-        return bool(miner.firmware_state.get(WRITE_API_KEY, True))
+        """The "Miner API Switch" of WhatsMinerTool: privileged commands work only when on.
+        Unless the fleet file says, it is on exactly when the site changed the admin password:
+        the firmware refuses to enable it before, so a factory unit cannot be written."""
+        return bool(miner.firmware_state.get(WRITE_API_KEY, miner.password is not None))
 
     def _fw(self, miner: EmulatedMiner) -> dict:
         return miner.firmware_state.setdefault("whatsminer", {"tokens": {}})
@@ -662,6 +667,8 @@ class WhatsminerFamily:
         hashrate window is sampled around every change, so that ``MHS 1m`` lags from the
         moment the change happened, not from the next read."""
         fw = self._fw(miner)
+        if miner.fault.kind == "lie" and cmd in PRIVILEGED:
+            return _ok()  # the ``lie`` fault: acknowledged, nothing changed or believed
         self._sample(miner)
         try:
             return self._apply(miner, fw, cmd, args)

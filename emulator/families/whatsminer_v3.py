@@ -20,10 +20,17 @@ pyasic#363), and everything that changes the machine goes through API v3:
 
 Field behaviour (firmware-behaviour.md), each on by default:
 
+* **Write API**: off until the operator changes the admin password and switches the API on
+  (the v2.0.5 document's rule; v3 firmware reports the switch as ``system.apiswitch`` in
+  ``get.device.info``, "1" on the captured M60S). Off (the factory password, or
+  ``write_api = false``): ``apiswitch`` "0" and every ``set.`` command is refused with code
+  ``WRITE_DISABLED_CODE`` and v2's ``can't access write cmd`` before its token is looked at.
 * **Tokens**: the salt a client fetches before writing (``get.device.info`` with param
   ``salt``, what pyasic's ``get_salt`` sends once per RPC object) is the v3 token: at most
-  ``TOKEN_LIMIT`` per client IP in ``TOKEN_WINDOW_S`` real seconds, then code 136 "token over
-  max times" (API v2.0.5: "one IP can get 32 tokens, a token keepalive time is 30 minutes").
+  ``TOKEN_LIMIT`` per client IP in ``TOKEN_WINDOW_S`` real seconds, and at most
+  ``MAX_CLIENT_IPS`` client IPs holding live ones, then code 136 "token over max times" (API
+  v2.0.5: "supports max 16 IP clients, one IP can get 32 tokens, a token keepalive time is 30
+  minutes").
   A client that keeps its pyasic objects spends one; one that rebuilds them spends one each.
   The window is real time: a client's request rate does not follow ``--time-scale``.
 * **power_off** (``set.miner.service stop``) stops btminer: ``get.miner.status`` answers
@@ -50,7 +57,9 @@ from typing import Any
 from curtaild.emulator.families.whatsminer import (
     DEVDETAILS_MODEL,
     LOCAL_CLIENT,
+    MAX_CLIENT_IPS,
     NOMINAL_FREQ_MHZ,
+    WRITE_DISABLED_MSG,
     WhatsminerFamily,
     belief,
     belief_holds,
@@ -74,6 +83,12 @@ BTMINER_RESTART_S = 30.0
 #: minutes after power_on).
 RAMP_S = 480.0
 DOWN_MSG = "btminer process is down err"
+#: What a ``set.`` command gets while the write API is off. Modelled, not captured: no source
+#: we have shows v3 firmware's answer; the text is API v2's for the same refusal.
+WRITE_DISABLED_CODE = -4
+#: The ``set.`` commands this firmware implements (the ``lie`` fault acknowledges these).
+V3_WRITES = ("set.miner.service", "set.miner.power_limit", "set.system.reboot",
+             "set.system.led")
 SERVICE_VALUES = ("start", "stop", "restart")
 _SALT_CHARS = string.ascii_letters + string.digits
 
@@ -116,10 +131,10 @@ class BtminerFamily(WhatsminerFamily):
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic,
                  token_limit: int = TOKEN_LIMIT, token_window_s: float = TOKEN_WINDOW_S,
-                 **kwargs: Any) -> None:
-        """``clock`` (real seconds) times the token window; ``token_limit`` and
-        ``token_window_s`` are the firmware's (tests of the window shorten it)."""
-        super().__init__(clock=clock, **kwargs)
+                 max_client_ips: int = MAX_CLIENT_IPS, **kwargs: Any) -> None:
+        """``clock`` (real seconds) times the token window; ``token_limit``,
+        ``token_window_s`` and ``max_client_ips`` are the firmware's (tests shorten them)."""
+        super().__init__(clock=clock, max_client_ips=max_client_ips, **kwargs)
         self.token_limit = token_limit
         self.token_window_s = token_window_s
 
@@ -168,10 +183,10 @@ class BtminerFamily(WhatsminerFamily):
         view: dict[str, Any] = {"api": miner.api or "v2",
                                 "firmware_version": self.fw_version(miner),
                                 "process": self.process(miner),
-                                "fast_boot": miner.fast_boot}
+                                "fast_boot": miner.fast_boot,
+                                "write_api": self.write_api(miner)}
         if not is_v3(miner):
-            # API v2: the write API switch, the firmware generation, get_token per client IP
-            view["write_api"] = self.write_api(miner)
+            # API v2: the firmware generation, get_token per client IP
             view["legacy_api"] = self.is_legacy(miner)
             view["api_tokens"] = self.token_view(miner)
         if is_v3(miner):
@@ -183,6 +198,7 @@ class BtminerFamily(WhatsminerFamily):
                          for ip, q in st["salts"].items()},
                 "refused": dict(st["refused"]),
                 "limit": self.token_limit, "window_s": self.token_window_s,
+                "max_client_ips": self.max_client_ips,
             }
         return view
 
@@ -236,15 +252,30 @@ class BtminerFamily(WhatsminerFamily):
         digest = hashlib.sha256(f"v3/{miner.serial}/{miner.mac}".encode()).digest()
         return "".join(_SALT_CHARS[b % len(_SALT_CHARS)] for b in digest[:8])
 
+    def _v3_live_salts(self, miner: EmulatedMiner) -> dict[str, deque]:
+        """Client IP -> issue times of its salts still inside the window (others dropped)."""
+        salts: dict[str, deque] = self._v3(miner)["salts"]
+        now = self._clock()
+        for ip in list(salts):
+            issued = salts[ip]
+            while issued and now - issued[0] >= self.token_window_s:
+                issued.popleft()
+            if not issued:
+                del salts[ip]
+        return salts
+
     def _v3_issue_salt(self, miner: EmulatedMiner, client_ip: str) -> dict:
         st = self._v3(miner)
         now = self._clock()
-        issued: deque[float] = st["salts"].setdefault(client_ip, deque())
-        while issued and now - issued[0] >= self.token_window_s:
-            issued.popleft()
-        if miner.fault.kind == "token_exhaustion" or len(issued) >= self.token_limit:
+        live = self._v3_live_salts(miner)
+        issued = live.get(client_ip)
+        # "one IP can get 32 tokens", "max 16 IP clients" (API v2.0.5)
+        if (miner.fault.kind == "token_exhaustion"
+                or (issued is not None and len(issued) >= self.token_limit)
+                or (issued is None and len(live) >= self.max_client_ips)):
             st["refused"][client_ip] = st["refused"].get(client_ip, 0) + 1
             return _reply(136, "token over max times", "get.device.info")
+        issued = live.setdefault(client_ip, deque())
         issued.append(now)
         st["issued"][client_ip] = st["issued"].get(client_ip, 0) + 1
         return _reply(0, {"salt": self.v3_salt(miner)}, "get.device.info")
@@ -296,7 +327,8 @@ class BtminerFamily(WhatsminerFamily):
             },
             "salt": self.v3_salt(miner),
             "system": {
-                "api": API_VERSION_V3, "apiswitch": "1", "control-board-version": "CB6V10",
+                "api": API_VERSION_V3, "apiswitch": "1" if self.write_api(miner) else "0",
+                "control-board-version": "CB6V10",
                 "fwversion": self.fw_version(miner),
                 "ledstatus": "manual" if miner.led_on else "auto", "platform": "H616",
             },
@@ -375,6 +407,9 @@ class BtminerFamily(WhatsminerFamily):
 
     # -------------------------------------------------------------------------- writes
     def _v3_write(self, miner: EmulatedMiner, cmd: str, req: dict) -> dict:
+        if not self.write_api(miner):
+            # The API switch is off: refused before the token is looked at.
+            return _reply(WRITE_DISABLED_CODE, WRITE_DISABLED_MSG, cmd)
         ts, token, account = req.get("ts"), req.get("token"), req.get("account")
         if account != "super" or isinstance(ts, bool) or not isinstance(ts, int) \
                 or not isinstance(token, str):
@@ -383,6 +418,8 @@ class BtminerFamily(WhatsminerFamily):
         if token != v3_token(cmd, password, self.v3_salt(miner), ts):
             return _reply(-1, "invalid token", cmd)  # a wrong password or salt
         param = req.get("param")
+        if miner.fault.kind == "lie" and cmd in V3_WRITES:
+            return _reply(0, "ok", cmd)  # the ``lie`` fault: acknowledged, nothing changed
         if cmd == "set.miner.service":
             return self._v3_service(miner, param)
         if cmd == "set.miner.power_limit":

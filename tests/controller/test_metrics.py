@@ -417,7 +417,11 @@ def _full_state() -> MetricsState:
     stats.tick_done(s.tick)  # type: ignore[arg-type]
     mqtt = MqttCounters(connected=True, reconnects=1, published=(("state", 3),), dropped=0,
                         commands=(("curtail", "accepted", 1),))
-    return state(s.tick, counters=stats.snapshot(), mqtt=mqtt)
+    from dataclasses import replace
+
+    from tests.support.site_view import full_site_view  # PDUs, meter (issue 18)
+
+    return state(replace(s.tick, site=full_site_view()), counters=stats.snapshot(), mqtt=mqtt)
 
 
 def test_promtool_check_metrics_on_generated_exposition() -> None:
@@ -589,7 +593,7 @@ def test_dashboard_is_grafana_json_with_stable_uid_and_datasource_variable() -> 
     assert "miner" in variables
     rows = [p["title"] for p in dash["panels"] if p["type"] == "row"]
     assert rows == ["Site overview", "Market", "Miner: $miner", "Controller health",
-                    "Decisions"]
+                    "Decisions", "PDUs and site meter"]
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     for p in dash["panels"]:

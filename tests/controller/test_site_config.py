@@ -54,7 +54,8 @@ def test_a_site_with_pdus_meter_inventory_and_hard_power_parses(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
-    ({"pdu": [{**PDU, "community": "public"}]}, "pdu[0]: community: secrets never live in the config"),
+    ({"pdu": [{**PDU, "community": "public"}]},
+     "pdu[0]: community: secrets never live in the config"),
     ({"pdu": [{**PDU, "mib": "eaton"}]}, "pdu[0].mib: "),
     ({"pdu": [{**PDU, "address": "pdu-a.local"}]}, "pdu[0].address: 'pdu-a.local' is not"),
     ({"pdu": [{"address": "127.182.0.50", "mib": "raritan"}]},
@@ -131,3 +132,44 @@ def test_groups_parse_and_members() -> None:
     readings = [R("127.182.0.1"), R("127.182.0.2"), R("127.182.0.3")]
     assert [r.ip for r in inv.members("rack:R01", readings)] == ["127.182.0.1"]
     assert inv.members("row:R01", readings) == []
+
+
+def test_check_reads_the_snmp_secrets_and_plan_writes_nothing(tmp_path: Path, capsys) -> None:
+    """`check` refuses an unreadable PDU secret, naming the setting (as `run` would); `plan`
+    on a fresh state dir creates no journal and no outlet table."""
+    import asyncio
+
+    from curtaild.controller.cli import _plan, main
+
+    state = tmp_path / "state"
+    cfg = tmp_path / "curtaild.toml"
+    cfg.write_text(f"""
+[fleet]
+hosts = ["127.182.50.1"]
+discovery_timeout_s = 0.5
+[hashprice]
+source = "fixed"
+usd_per_th_day = 0.05
+[tariff]
+kind = "flat"
+usd_per_kwh = 0.06
+[policy]
+name = "margin"
+[controller]
+state_dir = "{state}"
+[[pdu]]
+address = "127.182.50.2"
+mib = "apc"
+version = "v2c"
+community_file = "missing-secret"
+timeout_s = 0.2
+retries = 0
+""")
+    assert main(["--config", str(cfg), "check"]) == 2
+    err = capsys.readouterr().err
+    assert f"pdu[0].community_file: cannot read {tmp_path / 'missing-secret'}" in err
+    (tmp_path / "missing-secret").write_text("public\n")
+    assert main(["--config", str(cfg), "check"]) == 0
+    assert asyncio.run(_plan(str(cfg), True)) == 0
+    assert not (state / "journal.sqlite").exists()
+    assert '"power_source": "estimate"' in capsys.readouterr().out  # the PDU did not answer

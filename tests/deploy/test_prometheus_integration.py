@@ -63,6 +63,15 @@ def _hashprice_table(a: FakeApi, b: FakeApi) -> str:
     )
 
 
+def _site_tables(tmp_path: Path) -> str:
+    """The --count fleet's emulated APC PDU and meter (emulator/pdu/plan.py: at the first
+    miner's address), so the PDU and meter panels and alerts have series (issue 18)."""
+    (tmp_path / "pdu-community").write_text("public\n")
+    return (f'[[pdu]]\naddress = "{FIRST}"\nmib = "apc"\nversion = "v2c"\n'
+            f'community_file = "{tmp_path / "pdu-community"}"\n'
+            f'[meter]\naddress = "{FIRST}"\n')
+
+
 def _config(tmp_path: Path, api_a: FakeApi, api_b: FakeApi, metrics_port: int,
             mqtt: str) -> Path:
     cfg = write_config(
@@ -72,7 +81,7 @@ def _config(tmp_path: Path, api_a: FakeApi, api_b: FakeApi, metrics_port: int,
         policy={"use_power_limits": True},
         extra=(f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
                f"[site]\nfixed_costs_usd_per_day = 40.0\npower_cap_w = {POWER_CAP_W}\n"
-               + mqtt))
+               + mqtt + _site_tables(tmp_path)))
     text = cfg.read_text()
     # write_config writes a fixed hash price; swap in the two live (loopback) sources
     text = re.sub(r"\[hashprice\]\n(?:[^\[\n][^\n]*\n)*", _hashprice_table(api_a, api_b), text)

@@ -53,19 +53,28 @@ def driver(tmp_path: Path) -> MinerDriver:
 
 async def test_v3_password_reaches_the_firmware_and_a_wrong_one_is_auth(
         emu: EmulatorProcess, tmp_path: Path) -> None:
+    """The site's password writes; a wrong one is ``auth``; so is a factory unit, given its
+    factory password: its write API is off (it cannot be switched on before the password is
+    changed), which the driver reports as such. Both are still read, never commanded."""
     d = driver(tmp_path)
     got = {r.ip: r for r in (await d.observe()).miners}
     assert emu.miner(RIGHT)["api"] == "v3"
-    assert got[RIGHT].error is None and got[FACTORY].error is None
+    assert got[RIGHT].error is None
     assert got[WRONG].error is not None and got[WRONG].error.startswith("auth: API v3 refused")
-    assert got[WRONG].state == "mining" and d.error_counts.get("auth") == 1
-    before = list(emu.miner(WRONG)["changes"])
-    with pytest.raises(CommandFailed, match=r"^auth: "):
-        await d.execute(cmd(WRONG, "sleep"), observed_state="mining", timeout_s=10, attempts=2)
-    assert emu.miner(WRONG)["state"] == "mining" and emu.miner(WRONG)["changes"] == before
-    for ip in (RIGHT, FACTORY):
-        await d.execute(cmd(ip, "sleep"), observed_state="mining", timeout_s=20, attempts=3)
-        emu.wait_state(ip, "sleeping", 15)
-        await d.execute(cmd(ip, "run"), observed_state="sleeping", timeout_s=20, attempts=3)
-        emu.wait_state(ip, "mining", 60)
+    assert got[FACTORY].error is not None
+    assert got[FACTORY].error.startswith("auth: write API disabled"), got[FACTORY].error
+    assert emu.miner(FACTORY)["write_api"] is False
+    for ip in (WRONG, FACTORY):
+        assert got[ip].state == "mining" and got[ip].hashrate_ths > 0
+    assert d.error_counts.get("auth") == 2
+    for ip in (WRONG, FACTORY):
+        before = list(emu.miner(ip)["changes"])
+        with pytest.raises(CommandFailed, match=r"^auth: "):
+            await d.execute(cmd(ip, "sleep"), observed_state="mining", timeout_s=10,
+                            attempts=2)
+        assert emu.miner(ip)["state"] == "mining" and emu.miner(ip)["changes"] == before
+    await d.execute(cmd(RIGHT, "sleep"), observed_state="mining", timeout_s=20, attempts=3)
+    emu.wait_state(RIGHT, "sleeping", 15)
+    await d.execute(cmd(RIGHT, "run"), observed_state="sleeping", timeout_s=20, attempts=3)
+    emu.wait_state(RIGHT, "mining", 60)
     assert V3_PW not in repr((await d.observe()).miners)

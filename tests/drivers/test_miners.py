@@ -15,15 +15,17 @@ import pytest
 from curtaild.controller.config import FleetConfig
 from curtaild.core.snapshot import Command
 from curtaild.drivers.miners import CommandFailed, MinerDriver
-from tests.support.emulator import EmulatorProcess
+from tests.support.driving import site_credentials
+from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 
 pytestmark = pytest.mark.integration
 
-FLEET = """
+FLEET = f"""
 [[miner]]
 model = "S19"
 [[miner]]
 model = "M30S"
+password = "{SITE_WHATSMINER_PASSWORD}"
 [[miner]]
 model = "S19 XP"
 [[miner]]
@@ -43,7 +45,8 @@ def emu():
 
 def driver(poll_timeout_s: float = 5.0) -> MinerDriver:
     cfg = FleetConfig(ranges=[f"{FIRST}-127.67.0.5"], poll_timeout_s=poll_timeout_s,
-                      discovery_timeout_s=8.0, rediscover_after_failures=2)
+                      discovery_timeout_s=8.0, rediscover_after_failures=2,
+                      credentials=site_credentials())
     return MinerDriver(cfg, poll_interval_s=1.0)
 
 
@@ -160,7 +163,7 @@ async def test_miners_that_hung_last_sweep_do_not_hold_the_healthy_ones_slots(
     deadline_s = 4.0
     cfg = FleetConfig(ranges=[f"{FIRST}-127.67.0.5"], poll_timeout_s=deadline_s,
                       discovery_timeout_s=8.0, rediscover_after_failures=10,
-                      poll_concurrency=2)
+                      poll_concurrency=2, credentials=site_credentials())
     d = MinerDriver(cfg, poll_interval_s=1.0)
     await d.observe()
     hung = (S19, M30S)  # as many as there are poll slots

@@ -20,27 +20,32 @@ from curtaild.core.models import MODELS
 from curtaild.drivers.miners import CommandFailed
 from tests.support.driving import cmd, reading, until
 from tests.support.driving import driver_for as driver
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 
 pytestmark = pytest.mark.integration
 
 LEGACY, NOWRITE, LIMIT, TOKENS = (f"127.161.2.{i}" for i in range(1, 5))
+PW = SITE_WHATSMINER_PASSWORD  # the site's: driver_for gives curtaild the same
 FLEET = f"""
 [[miner]]
 model = "M30S"
 ip = "{LEGACY}"
+password = "{PW}"
 firmware_version = "20220919.15.REL"
 [[miner]]
 model = "M30S"
 ip = "{NOWRITE}"
+password = "{PW}"
 write_api = false
 [[miner]]
 model = "M50"
 ip = "{LIMIT}"
+password = "{PW}"
 api = "v2"
 [[miner]]
 model = "M30S"
 ip = "{TOKENS}"
+password = "{PW}"
 """
 TIME_SCALE = 0.01
 

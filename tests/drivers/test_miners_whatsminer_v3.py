@@ -16,12 +16,14 @@ from curtaild.core.models import MODELS
 from curtaild.drivers.miners import CommandFailed
 from tests.support.driving import cmd, reading, until
 from tests.support.driving import driver_for as driver
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 
 pytestmark = pytest.mark.integration
 
 POLL, SLEEP, LIMIT, ECON = (f"127.156.2.{i}" for i in range(1, 5))
+#: set up as at a site: the admin password changed (driver_for gives curtaild the same)
 FLEET = "".join(f'[[miner]]\nmodel = "M50"\nip = "{ip}"\napi = "v3"\n'
+                f'password = "{SITE_WHATSMINER_PASSWORD}"\n'
                 for ip in (POLL, SLEEP, LIMIT, ECON))
 NAMEPLATE_W = MODELS["M50"].power_w
 TIME_SCALE = 0.01

@@ -20,13 +20,14 @@ import httpx
 import pyasic
 import pytest
 
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 
 pytestmark = pytest.mark.integration
 
 TIME_SCALE = 0.05  # LuxOS boots in 3 s, a Whatsminer in 6 s, a Bitaxe in 0.5 s
 LUX, M30S, M50, AXE, STOCK = (f"127.159.2.{i}" for i in range(1, 6))
 LUX2, M30S2, AXE2 = "127.159.2.11", "127.159.2.12", "127.159.2.13"
+PW = SITE_WHATSMINER_PASSWORD  # the site's admin password: their write API is on
 FLEET = f"""
 [[miner]]
 model = "S19 XP"
@@ -34,6 +35,7 @@ ip = "{LUX}"
 [[miner]]
 model = "M30S"
 ip = "{M30S}"
+password = "{PW}"
 [[miner]]
 model = "M50"
 ip = "{M50}"
@@ -50,6 +52,7 @@ ip = "{LUX2}"
 [[miner]]
 model = "M30S"
 ip = "{M30S2}"
+password = "{PW}"
 [[miner]]
 model = "BitAxe Gamma"
 ip = "{AXE2}"
@@ -116,7 +119,7 @@ async def test_silent_reboot_blackholes_then_refuses_then_answers(emu, ip: str) 
 async def test_a_reboot_command_silences_the_board_for_its_boot(emu, ip: str) -> None:
     if ip == M30S2:
         miner = await pyasic.get_miner(ip)
-        miner.rpc.pwd = "admin"
+        miner.rpc.pwd = PW
         assert await miner.reboot() is True
     else:  # AxeOS v2.4 answers /restart in plain text, which pyasic's reboot() cannot parse
         async with httpx.AsyncClient() as http:
@@ -133,7 +136,7 @@ async def test_a_power_cut_blackholes_and_stored_sleep_survives_it(emu) -> None:
     assert await lux.stop_mining() is True  # curtail sleep: stored by LuxOS
     await asyncio.to_thread(emu.action, STOCK, "sleep")  # at the machine: cgminer.conf
     m30s = await pyasic.get_miner(M30S)
-    m30s.rpc.pwd = "admin"
+    m30s.rpc.pwd = PW
     assert await m30s.stop_mining() is True  # power_off: not stored
     await wait_view(emu, M30S, "asleep", lambda m: m["state"] == "sleeping")
     everyone = [LUX2, STOCK, M30S, AXE]

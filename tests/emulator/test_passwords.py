@@ -123,13 +123,23 @@ async def test_whatsminer_pyasic_object_with_password(emu: EmulatorProcess) -> N
     emu.wait_state(WM, "mining", timeout=30)
 
 
-async def test_whatsminer_with_factory_password_refuses_a_made_up_one(
+async def test_whatsminer_with_factory_password_writes_nothing_but_reads(
         emu: EmulatorProcess) -> None:
-    wrong = BTMinerRPCAPI(WM_FACTORY)
-    wrong.pwd = WM_PW
-    with pytest.raises(APIError, match="invalid JSON message"):
-        await wrong.set_led(auto=False)
-    assert (await BTMinerRPCAPI(WM_FACTORY).set_led(auto=True))["Msg"] == "API command OK"
+    """A factory unit: its write API cannot be switched on before the admin password is
+    changed, so every write is refused -- with the factory password and with any other --
+    while every read answers (API v2.0.5 document)."""
+    assert emu.miner(WM_FACTORY)["write_api"] is False
+    for password in ("admin", WM_PW):
+        rpc = BTMinerRPCAPI(WM_FACTORY)
+        rpc.pwd = password
+        with pytest.raises(APIError, match="can't access write cmd"):
+            await rpc.set_led(auto=False)
+    miner = await get_miner(WM_FACTORY)
+    assert await miner.stop_mining() is False
+    data = await miner.get_data()
+    assert data.hashrate is not None and float(data.hashrate) > 0
+    view = emu.miner(WM_FACTORY)
+    assert view["state"] == "mining" and view["led_on"] is False
 
 
 # ------------------------------------------------------------------ LuxOS, Bitaxe: no secret

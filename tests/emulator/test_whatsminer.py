@@ -12,21 +12,24 @@ import pyasic
 import pytest
 from pyasic.miners.backends.btminer import BTMinerV2
 
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 
 pytestmark = pytest.mark.integration
 
 M50 = ["127.11.3.1", "127.11.3.2", "127.11.3.3", "127.11.3.4", "127.11.3.5"]
 M30S = "127.11.3.10"
+PW = SITE_WHATSMINER_PASSWORD  # set up as at a site: admin password changed, write API on
 FLEET = f"""
 [[miner]]
 model = "M50"
 ip = "{M50[0]}"
 count = {len(M50)}
+password = "{PW}"
 
 [[miner]]
 model = "M30S"
 ip = "{M30S}"
+password = "{PW}"
 """
 
 
@@ -34,6 +37,14 @@ ip = "{M30S}"
 def emu():
     with EmulatorProcess(fleet_toml=FLEET, first_ip="127.11.3.1", time_scale=0.01) as proc:
         yield proc
+
+
+async def site_miner(ip: str):
+    """pyasic's miner object told the site's admin password (its default is the factory one,
+    which writes nothing on a machine set up for the API)."""
+    miner = await pyasic.get_miner(ip)
+    miner.rpc.pwd = PW
+    return miner
 
 
 def close(measured: float, truth: float, rel: float) -> bool:
@@ -75,7 +86,7 @@ async def test_get_data_matches_truth(emu) -> None:
 
 
 async def test_stop_and_resume_mining(emu) -> None:
-    client = await pyasic.get_miner(M50[2])
+    client = await site_miner(M50[2])
     assert await client.stop_mining() is True
     t = await truth(emu, M50[2])
     assert t["state"] == "sleeping" and t["hashrate_ths"] == 0.0
@@ -99,7 +110,7 @@ async def test_stop_and_resume_mining(emu) -> None:
 
 
 async def test_power_limit_changes_truth(emu) -> None:
-    client = await pyasic.get_miner(M30S)
+    client = await site_miner(M30S)
     assert await client.set_power_limit(2400) is True
     t = await truth(emu, M30S)
     assert t["power_limit_w"] == 2400
@@ -112,7 +123,7 @@ async def test_power_limit_changes_truth(emu) -> None:
 
 
 async def test_fault_light_and_reboot(emu) -> None:
-    client = await pyasic.get_miner(M50[3])
+    client = await site_miner(M50[3])
     assert await client.fault_light_on() is True
     assert (await truth(emu, M50[3]))["led_on"] is True
     assert (await client.get_data()).fault_light is True
@@ -127,7 +138,7 @@ async def test_fault_light_and_reboot(emu) -> None:
 
 async def test_ignore_sleep_fault(emu) -> None:
     await asyncio.to_thread(emu.set_fault, M50[4], "ignore_sleep")
-    client = await pyasic.get_miner(M50[4])
+    client = await site_miner(M50[4])
     assert await client.stop_mining() is True  # acknowledged ...
     t = await truth(emu, M50[4])
     assert t["state"] == "mining" and t["hashrate_ths"] > 0  # ... but still hashing

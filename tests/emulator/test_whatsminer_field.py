@@ -38,7 +38,7 @@ from curtaild.emulator.fleet import FleetError, plan_fleet_text
 from curtaild.emulator.physics import EmulatedMiner
 from tests.support.conformance import whatsminer_capture as capture
 from tests.support.driving import truth, wait_for
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 
 pytestmark = pytest.mark.integration
 
@@ -46,36 +46,47 @@ TIME_SCALE = 0.02  # btminer restart silent 0.6 s, boot 2.4 s, ramp 9.6 s, MHS 1
 LEGACY_FW = "20220919.15.REL"
 LEGACY, MODERN, NOWRITE, TOKENS, LIMIT, FAST, RAMP, LAG, CONF_OLD, CONF_NEW = (
     f"127.161.1.{i}" for i in range(1, 11))
+#: The site's admin password on the machines this file writes to (their write API is on;
+#: NOWRITE's operator switched it off again); CONF_* keep the factory one and are only read.
+PW = SITE_WHATSMINER_PASSWORD
 FLEET = f"""
 [[miner]]
 model = "M30S"
 ip = "{LEGACY}"
+password = "{PW}"
 firmware_version = "{LEGACY_FW}"
 [[miner]]
 model = "M30S"
 ip = "{MODERN}"
+password = "{PW}"
 [[miner]]
 model = "M30S"
 ip = "{NOWRITE}"
+password = "{PW}"
 write_api = false
 [[miner]]
 model = "M30S"
 ip = "{TOKENS}"
+password = "{PW}"
 [[miner]]
 model = "M50"
 ip = "{LIMIT}"
+password = "{PW}"
 api = "v2"
 [[miner]]
 model = "M50"
 ip = "{FAST}"
+password = "{PW}"
 api = "v2"
 fast_boot = true
 [[miner]]
 model = "M30S"
 ip = "{RAMP}"
+password = "{PW}"
 [[miner]]
 model = "M30S"
 ip = "{LAG}"
+password = "{PW}"
 [[miner]]
 model = "M30S"
 ip = "{CONF_OLD}"
@@ -92,6 +103,13 @@ CLIENTS = [f"127.161.9.{i}" for i in range(1, MAX_CLIENT_IPS + 2)]
 def emu():
     with EmulatorProcess(fleet_toml=FLEET, first_ip=LEGACY, time_scale=TIME_SCALE) as proc:
         yield proc
+
+
+async def site_miner(ip: str):
+    """pyasic's miner object told the site's admin password (pyasic assumes the factory one)."""
+    miner = await pyasic.get_miner(ip)
+    miner.rpc.pwd = PW
+    return miner
 
 
 async def raw(ip: str, payload: dict, source: str | None = None) -> bytes:
@@ -117,14 +135,16 @@ async def test_write_api_off_refuses_every_write(emu) -> None:
     assert exc.value.message == WRITE_DISABLED_MSG
     t = await truth(emu, NOWRITE)
     assert t["state"] == "mining" and t["changes"] == [] and t["write_api"] is False
-    assert (await truth(emu, MODERN))["write_api"] is True  # the default: switch on
+    assert (await truth(emu, MODERN))["write_api"] is True  # password changed: switch on
 
 
 def test_write_api_fleet_key_is_checked() -> None:
     for table, error in [('model = "M30S"\nwrite_api = "no"', r"write_api: expected true"),
                          ('model = "S19"\nwrite_api = false', r"write_api: only emulated"),
-                         ('model = "M50"\napi = "v3"\nwrite_api = false',
-                          r"write_api: .* API v2 firmware only")]:
+                         ('model = "M50"\napi = "v3"\nwrite_api = true',
+                          r"write_api: .* once the admin password is changed"),
+                         ('model = "M30S"\nwrite_api = true',
+                          r"write_api: .* once the admin password is changed")]:
         with pytest.raises(FleetError, match=error):
             plan_fleet_text(f"[[miner]]\n{table}\n")
 
@@ -174,7 +194,7 @@ def test_tokens_come_back_after_the_window() -> None:
 
 # --------------------------------------------------------- power_off on legacy firmware
 async def test_legacy_power_off_makes_reads_fail_like_real_firmware(emu) -> None:
-    client = await pyasic.get_miner(LEGACY)
+    client = await site_miner(LEGACY)
     assert type(client).__name__ == "BTMinerM30SV10" and isinstance(client, BTMinerV2)
     version = await client.rpc.get_version()
     assert version["Msg"] == {"api_ver": LEGACY_API_VERSION, "fw_ver": LEGACY_FW}
@@ -206,7 +226,7 @@ async def test_legacy_power_off_makes_reads_fail_like_real_firmware(emu) -> None
 
 
 async def test_modern_v2_keeps_answering_while_off(emu) -> None:
-    client = await pyasic.get_miner(MODERN)
+    client = await site_miner(MODERN)
     assert await client.stop_mining() is True
     status = (await client.rpc.status())["Msg"]
     assert status["mineroff"] == "true" and status["mineroff_reason"] == "by whatsminer api"
@@ -219,7 +239,7 @@ async def test_modern_v2_keeps_answering_while_off(emu) -> None:
 
 # ------------------------------------------------------------------------ power_on ramp
 async def test_power_on_ramps_over_minutes(emu) -> None:
-    client = await pyasic.get_miner(RAMP)
+    client = await site_miner(RAMP)
     plate = MODELS["M30S"]
     assert await client.stop_mining() is True
     assert await client.resume_mining() is True
@@ -240,7 +260,7 @@ async def test_power_on_ramps_over_minutes(emu) -> None:
 
 # ------------------------------------------------------------------------- power limit
 async def test_limit_above_nameplate_refused_and_a_limit_restarts_btminer(emu) -> None:
-    client = await pyasic.get_miner(LIMIT)
+    client = await site_miner(LIMIT)
     plate = MODELS["M50"].power_w
     # "cannot be higher than the ordinary power of the machine"
     assert await client.set_power_limit(int(plate) + 100) is False
@@ -264,7 +284,7 @@ async def test_limit_above_nameplate_refused_and_a_limit_restarts_btminer(emu) -
 
 
 async def test_fast_boot_applies_a_limit_in_place(emu) -> None:
-    client = await pyasic.get_miner(FAST)
+    client = await site_miner(FAST)
     assert (await client.rpc.summary())["SUMMARY"][0]["Btminer Fast Boot"] == "enable"
     assert await client.set_power_limit(2500) is True
     t = await truth(emu, FAST)
@@ -275,7 +295,7 @@ async def test_fast_boot_applies_a_limit_in_place(emu) -> None:
 
 # ------------------------------------------------------------------------ MHS 1m lagging
 async def test_hashrate_is_read_from_a_lagging_one_minute_window(emu) -> None:
-    client = await pyasic.get_miner(LAG)
+    client = await site_miner(LAG)
     plate = MODELS["M30S"].hashrate_ths
     before = float((await client.get_data()).hashrate)
     assert before > 0.9 * plate

@@ -21,10 +21,18 @@ from curtaild.emulator.physics import EmulatedMiner
 from tests.emulator.loopback_family import FamilyServer, wait_state
 
 TIME_SCALE = 0.001  # a 120 s boot takes 0.12 s
+#: The admin password the site set: the write API works only once it is changed.
+PW = "site-wm-9Qd"
 
 
 def make_miner(ip: str, model: str = "M50") -> EmulatedMiner:
-    return EmulatedMiner(ip=ip, spec=MODELS[model], time_scale=TIME_SCALE)
+    return EmulatedMiner(ip=ip, spec=MODELS[model], time_scale=TIME_SCALE, password=PW)
+
+
+def site_rpc(ip: str) -> BTMinerRPCAPI:
+    api = BTMinerRPCAPI(ip)
+    api.pwd = PW
+    return api
 
 
 @pytest.fixture
@@ -35,6 +43,7 @@ async def served(request):
     async with FamilyServer(WhatsminerFamily(), miner):
         client = await pyasic.get_miner(ip)
         assert client is not None, "pyasic did not detect the emulated Whatsminer"
+        client.rpc.pwd = PW
         yield client, miner
 
 
@@ -180,20 +189,21 @@ async def test_privileged_access_errors_are_the_firmware_ones() -> None:
         api = BTMinerRPCAPI(ip)
         with pytest.raises(APIError, match="Permission denied"):
             await api.send_command("power_off")
-        # A wrong admin password cannot even be decrypted.
-        wrong = BTMinerRPCAPI(ip)
-        wrong.pwd = "not-admin"
-        with pytest.raises(APIError, match="invalid JSON message"):
-            await wrong.power_off()
+        # A wrong admin password (the factory one included) cannot even be decrypted.
+        for password in ("not-admin", "admin"):
+            wrong = BTMinerRPCAPI(ip)
+            wrong.pwd = password
+            with pytest.raises(APIError, match="invalid JSON message"):
+                await wrong.power_off()
         # The right key with a token the miner never issued.
-        token = await BTMinerRPCAPI(ip).get_token()
+        token = await site_rpc(ip).get_token()
         forged = TokenData(host_sign="AAAAAAAAAAAAAAAAAAAAAA",
                            host_passwd_md5=token.host_passwd_md5)
         raw = await api._send_bytes(create_privileged_cmd(forged, {"cmd": "power_off"}))
         assert json.loads(raw)["Msg"] == "check token error"
         assert miner.read().state == "mining"
         # And the genuine handshake works.
-        reply = await BTMinerRPCAPI(ip).power_off()
+        reply = await site_rpc(ip).power_off()
         assert reply["Msg"] == "API command OK"
         assert miner.read().state == "sleeping"
 

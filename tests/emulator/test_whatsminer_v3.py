@@ -23,14 +23,24 @@ from pyasic.miners.backends.btminer import BTMinerV2, BTMinerV3
 from pyasic.rpc.btminer import BTMinerRPCAPI, BTMinerV3RPCAPI
 
 from curtaild.core.models import MODELS
+from curtaild.emulator.families.whatsminer import FW_VERSION as V2_FW_VERSION
+from curtaild.emulator.families.whatsminer import WRITE_API_KEY, WRITE_DISABLED_MSG
 from curtaild.emulator.families.whatsminer_v3 import (
     BTMINER_RESTART_S,
     DOWN_MSG,
     RAMP_S,
+    WRITE_DISABLED_CODE,
     BtminerFamily,
+    api_for_version,
     v3_token,
 )
-from curtaild.emulator.fleet import FleetError, build_miners, plan_count, plan_fleet_text
+from curtaild.emulator.fleet import (
+    COUNT_PASSWORDS,
+    FleetError,
+    build_miners,
+    plan_count,
+    plan_fleet_text,
+)
 from curtaild.emulator.physics import EmulatedMiner
 from tests.support.conformance import whatsminer_capture
 from tests.support.driving import truth, wait_for
@@ -58,27 +68,33 @@ ip = "{V2}"
 [[miner]]
 model = "M50"
 ip = "{TOKENS}"
+password = "{PW}"
 firmware_version = "20251209.16.Rel2"
 [[miner]]
 model = "M50"
 ip = "{SERVICE}"
+password = "{PW}"
 api = "v3"
 [[miner]]
 model = "M50"
 ip = "{LIMIT}"
+password = "{PW}"
 api = "v3"
 [[miner]]
 model = "M50"
 ip = "{FAST}"
+password = "{PW}"
 api = "v3"
 fast_boot = true
 [[miner]]
 model = "M50"
 ip = "{SILENT}"
+password = "{PW}"
 api = "v3"
 [[miner]]
 model = "M50"
 ip = "{EXHAUST}"
+password = "{PW}"
 api = "v3"
 [[miner]]
 model = "M30S"
@@ -93,7 +109,7 @@ def emu():
         yield proc
 
 
-def rpc(ip: str, pwd: str = "admin") -> BTMinerV3RPCAPI:
+def rpc(ip: str, pwd: str = PW) -> BTMinerV3RPCAPI:
     """A fresh pyasic v3 client (a new object: its first write fetches a salt)."""
     client = BTMinerV3RPCAPI(ip)
     client.pwd = pwd
@@ -206,12 +222,21 @@ async def test_pyasic_parses_emulator_and_capture_alike(emu) -> None:
 
 # ------------------------------------------------------------------- authentication
 async def test_writes_need_the_machines_password(emu) -> None:
-    """pyasic's v3 client sends the password ``super`` unless told; the machine takes only its
-    own (the factory ``admin``, or the site's once changed)."""
-    default = BTMinerV3RPCAPI(V3)
+    """pyasic's v3 client sends the password ``super`` unless told; the machine takes only the
+    site's (its write API is on once the admin password was changed), never the factory one;
+    a factory unit takes none (its write API is off: ``apiswitch`` "0")."""
+    default = BTMinerV3RPCAPI(V3_PW)
     assert default.pwd == "super"
     refused = await default.set_miner_service("stop")
     assert refused["code"] == -1
+    for password in ("admin", "super", PW):
+        factory_unit = rpc(V3, password)
+        refused = await factory_unit.set_miner_service("stop")
+        assert (refused["code"], refused["msg"]) == (WRITE_DISABLED_CODE, WRITE_DISABLED_MSG)
+    assert (await rpc(V3).get_device_info())["msg"]["system"]["apiswitch"] == "0"
+    assert (await rpc(V3_PW).get_device_info())["msg"]["system"]["apiswitch"] == "1"
+    assert (await truth(emu, V3))["write_api"] is False
+    assert (await truth(emu, V3))["state"] == "mining"
     miner = await pyasic.get_miner(V3_PW)
     assert await miner.stop_mining() is False
     miner.rpc.pwd = "admin"  # the factory password no longer works once the site changed it
@@ -281,10 +306,10 @@ def test_restart_silence_on_the_physics_clock() -> None:
     now = [500.0]
     family = BtminerFamily()
     miner = EmulatedMiner(ip="127.156.9.2", spec=MODELS["M50"], time_scale=TIME_SCALE,
-                          api="v3", clock=lambda: now[0])
+                          api="v3", clock=lambda: now[0], password=PW)
     ts = int(time.time())
     limit = {"cmd": "set.miner.power_limit", "param": 2500, "ts": ts, "account": "super",
-             "token": v3_token("set.miner.power_limit", "admin", family.v3_salt(miner), ts)}
+             "token": v3_token("set.miner.power_limit", PW, family.v3_salt(miner), ts)}
     status = json.dumps({"cmd": "get.miner.status", "param": "summary"}).encode()
     reply = family.handle_framed(miner, json.dumps(limit).encode(), "127.0.0.1")
     assert reply is not None and json.loads(reply)["msg"] == "ok"
@@ -343,7 +368,7 @@ def test_token_window_frees_tokens_after_30_minutes() -> None:
 # ---------------------------------------------------------------- power off / on
 async def test_power_off_reads_btminer_down_and_power_on_ramps(emu) -> None:
     miner = await pyasic.get_miner(SERVICE)
-    miner.rpc.pwd = "admin"
+    miner.rpc.pwd = PW
     assert await miner.stop_mining() is True
     t = await wait_for(emu, SERVICE, lambda m: m["state"] == "sleeping")
     assert t["process"] == "off"
@@ -372,7 +397,7 @@ async def test_power_off_reads_btminer_down_and_power_on_ramps(emu) -> None:
 # -------------------------------------------------------------------- power limits
 async def test_limit_above_nameplate_is_refused(emu) -> None:
     miner = await pyasic.get_miner(LIMIT)
-    miner.rpc.pwd = "admin"
+    miner.rpc.pwd = PW
     reply = await miner.rpc.set_miner_power_limit(int(NAMEPLATE_W) + 94)
     assert reply["code"] != 0
     assert (await truth(emu, LIMIT))["power_limit_w"] is None
@@ -423,6 +448,19 @@ def test_count_fleets_keep_the_mix_with_m50s_on_api_v3() -> None:
     assert apis == {("M30S", "v2"), ("M50", "v3")}
     assert all(m.api is None for m in miners if m.spec.firmware != "whatsminer")
     assert all(m.ramp_s > 0 for m in miners if m.api == "v3")
+    # older firmware next to the v3 one: every M30S runs API v2 firmware from before 2024-11
+    family = BtminerFamily()
+    versions = {m.spec.model: family.fw_version(m) for m in miners
+                if m.spec.firmware == "whatsminer"}
+    assert versions == {"M30S": V2_FW_VERSION, "M50": "20250915.16.Rel2"}
+    assert api_for_version(V2_FW_VERSION) == "v2" and not family.is_legacy(miners[3])
+    # set up as at a site that commands them: admin password changed, write API on
+    wm = [m for m in miners if m.spec.firmware == "whatsminer"]
+    assert len(wm) == 4
+    for m in wm:
+        assert m.password == COUNT_PASSWORDS["whatsminer"] and family.write_api(m)
+        assert WRITE_API_KEY not in m.firmware_state  # on because the password was changed
+    assert all(m.password is None for m in miners if m.spec.firmware != "whatsminer")
 
 
 @pytest.mark.parametrize(("table", "error"), [

@@ -12,13 +12,22 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+#: The demo's Whatsminer admin password file: what the emulator's ``--count`` Whatsminers
+#: (and test fleets that give theirs ``SITE_WHATSMINER_PASSWORD``) accept.
+DEMO_WHATSMINER_PASSWORD_FILE = REPO / "demo" / "whatsminer-api-password"
 
 
 def write_config(path: Path, *, ranges: list[str], hashprice: float, tariff: float,
                  state_dir: Path, poll_interval_s: float = 1.0, guards: dict | None = None,
                  policy: dict | None = None, controller: dict | None = None,
-                 extra: str = "") -> Path:
-    """A config.toml for a test fleet; values as TOML literals."""
+                 extra: str = "",
+                 whatsminer_password_file: Path | None = DEMO_WHATSMINER_PASSWORD_FILE) -> Path:
+    """A config.toml for a test fleet; values as TOML literals.
+
+    Like a real site that commands Whatsminers, it gives curtaild their admin password
+    (``[fleet.credentials.whatsminer]``, the demo's file unless ``whatsminer_password_file``
+    says otherwise or ``extra`` has its own): the emulated Whatsminers' write API is off with
+    the factory password. ``whatsminer_password_file=None`` leaves it out."""
 
     def table(name: str, values: dict[str, Any]) -> str:
         lines = [f"[{name}]"]
@@ -35,6 +44,9 @@ def write_config(path: Path, *, ranges: list[str], hashprice: float, tariff: flo
         return "\n".join(lines) + "\n"
 
     text = table("fleet", {"ranges": ranges, "poll_timeout_s": 5.0, "discovery_timeout_s": 8.0})
+    if whatsminer_password_file is not None and "[fleet.credentials.whatsminer]" not in extra:
+        text += table("fleet.credentials.whatsminer",
+                      {"password_file": str(whatsminer_password_file)})
     text += table("hashprice", {"source": "fixed", "usd_per_th_day": hashprice})
     text += table("tariff", {"kind": "flat", "usd_per_kwh": tariff})
     text += table("policy", {"name": "margin", "pool_fee": 0.02, **(policy or {})})

@@ -15,17 +15,29 @@ from typing import TypeVar
 
 from curtaild.controller.config import FleetConfig
 from curtaild.core.snapshot import Command, MinerReading
+from curtaild.drivers.credentials_config import CredentialsConfig
 from curtaild.drivers.miners import MinerDriver
+from tests.support.daemon import DEMO_WHATSMINER_PASSWORD_FILE
 from tests.support.emulator import EmulatorProcess
 
 T = TypeVar("T")
 
 
+def site_credentials() -> CredentialsConfig:
+    """``[fleet.credentials]`` of a site that commands its Whatsminers: their admin password
+    (the demo's file; emulated Whatsminers given ``SITE_WHATSMINER_PASSWORD`` have it, and
+    their write API on)."""
+    return CredentialsConfig.model_validate(
+        {"whatsminer": {"password_file": str(DEMO_WHATSMINER_PASSWORD_FILE)}})
+
+
 def driver_for(*ips: str) -> MinerDriver:
     """A driver of exactly these machines, quick to give up and re-discover (after 2 failed
-    polls), so that a test sees a machine's silence within seconds."""
+    polls), so that a test sees a machine's silence within seconds; with the site's
+    credentials (``site_credentials``)."""
     cfg = FleetConfig(ranges=[f"{ip}-{ip}" for ip in ips], poll_timeout_s=5.0,
-                      discovery_timeout_s=8.0, rediscover_after_failures=2)
+                      discovery_timeout_s=8.0, rediscover_after_failures=2,
+                      credentials=site_credentials())
     return MinerDriver(cfg, poll_interval_s=0.2)
 
 

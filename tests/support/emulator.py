@@ -27,8 +27,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from curtaild.emulator.fleet import COUNT_PASSWORDS
+
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60.0
+#: The admin password a site set on its Whatsminers: every ``--count`` Whatsminer has it (and
+#: its write API on); a test fleet file gives it as ``password = ...`` to Whatsminers that
+#: curtaild commands with ``tests/support/daemon.write_config``'s credentials. Without it an
+#: emulated Whatsminer keeps the factory password and its write API stays off.
+SITE_WHATSMINER_PASSWORD = COUNT_PASSWORDS["whatsminer"]
 
 
 class EmulatorError(RuntimeError):
