@@ -27,6 +27,7 @@ from common import raise_nofile
 from curtaild.controller.config import FleetConfig
 from curtaild.drivers import credentials as creds
 from curtaild.drivers.miners import MinerDriver
+from tests.support.driving import site_credentials
 from tests.support.emulator import EmulatorProcess
 
 FIRST = "127.157.10.1"
@@ -38,7 +39,9 @@ def last_address(n: int) -> str:
 
 
 async def measure(n: int, rounds: int) -> None:
-    d = MinerDriver(FleetConfig(ranges=[f"{FIRST}-{last_address(n)}"]), poll_interval_s=30)
+    # the demo's Whatsminer password, as every --count Whatsminer has it (write API on)
+    d = MinerDriver(FleetConfig(ranges=[f"{FIRST}-{last_address(n)}"],
+                                credentials=site_credentials()), poll_interval_s=30)
     c0 = time.process_time()
     snap = await d.observe()
     print(f"discovery of {n} miners (checks included): {time.process_time() - c0:.2f} s CPU, "

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import REPO, DaemonProcess, journal_rows, wait_for, write_config
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 from tests.support.emulator import free_port as emu_port
 from tests.support.mosquitto import PREFIX, Client, MosquittoProcess, free_port
 
@@ -168,10 +168,11 @@ def test_a_lying_antminer_is_flagged_not_re_commanded_and_the_cap_is_met_on_conf
 
 
 # ------------------------------------------------------------------------ transitioning
-V3_FLEET = """
+V3_FLEET = f"""
 [[miner]]
 model = "M50"
 api = "v3"
+password = "{SITE_WHATSMINER_PASSWORD}"
 """
 V3 = "127.160.2.1"
 

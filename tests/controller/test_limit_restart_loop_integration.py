@@ -28,15 +28,18 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import DaemonProcess, journal_rows
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 TIME_SCALE = 0.05  # a 120 s Whatsminer restart takes 6 s
 RUN_S = 120.0  # real seconds judged: 40 minutes of emulated machine time
+#: the Whatsminers set up as at a site: admin password changed (the shipped config's demo
+#: password file holds the same)
 FLEET = "\n".join(
     f'[[miner]]\nmodel = "{model}"\nip = "127.152.{block}.{first}"\ncount = {count}\n'
+    + (f'password = "{SITE_WHATSMINER_PASSWORD}"\n' if model in ("M30S", "M50") else "")
     for block in (0, 1)
     for model, first, count in (("M30S", 1, 3), ("M50", 4, 1), ("S19 XP", 5, 1),
                                 ("S19j Pro", 6, 1)))
@@ -59,6 +62,9 @@ def shipped_config(path: Path, state_dir: Path, variant: dict) -> Path:
     text = _sub(text, r'^usd_per_th_day = .*$', f'usd_per_th_day = {variant["hashprice"]}')
     text = _sub(text, r'^state_dir = .*$', f'state_dir = "{state_dir}"')
     text = _sub(text, r'^poll_interval_s = .*$', "poll_interval_s = 1")
+    # the demo password file lives beside the shipped config, not beside this copy
+    text = _sub(text, r'^password_file = "demo/',
+                f'password_file = "{REPO / "demo"}/')
     for key, value in variant["guards"].items():
         text = _sub(text, rf'^{key} = .*$', f"{key} = {value}")
     path.write_text(text)

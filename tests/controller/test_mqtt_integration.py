@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.daemon import DaemonProcess, journal_rows, ticks, wait_for, write_config
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 from tests.support.mosquitto import PREFIX, Client, MosquittoProcess, free_port, retained
 
 pytestmark = pytest.mark.integration
@@ -84,7 +84,7 @@ def test_status_online_will_after_kill9_and_explicit_offline_on_stop(tmp_path: P
 
 
 # ------------------------------------------------------------------ demand-response event
-FLEET = """
+FLEET = f"""
 [[miner]]
 model = "S19j Pro"
 count = 2
@@ -93,6 +93,7 @@ model = "S21"
 count = 2
 [[miner]]
 model = "M30S"
+password = "{SITE_WHATSMINER_PASSWORD}"
 """
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import DaemonProcess, ticks, wait_for, write_config
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,9 @@ POLL_TIMEOUT_S = 5.0
 def fleet_toml() -> str:
     models = ["S19", "S19j Pro", "S21", "M30S", "M50", "S19 XP", "S19j Pro LuxOS",
               "BitAxe Gamma"]
+    site = f'password = "{SITE_WHATSMINER_PASSWORD}"\n'  # Whatsminers set up as at a site
     tables = [f'[[miner]]\nmodel = "{models[i % len(models)]}"\nip = "127.151.10.{i + 1}"\n'
+              + (site if models[i % len(models)] in ("M30S", "M50") else "")
               for i in range(195)]
     for ip, kind in zip(FROM_START, HOSTILE, strict=True):
         extra = "delay_s = 0.05\n" if kind == "drip" else ""

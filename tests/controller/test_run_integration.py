@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import DaemonProcess, journal_rows, wait_for, write_config
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # 0.045 USD/TH/day, 2 % pool fee, 0.07 USD/kWh: breakeven efficiency 26.25 J/TH.
 # S21 (17.5 J/TH) and S19 XP on LuxOS (21.3) earn; S19j Pro stock (29.5, cannot power-limit)
 # and M30S (38.0; even at its lowest power limit it loses more than asleep) lose.
-FLEET = """
+FLEET = f"""
 [[miner]]
 model = "S21"
 count = 2
@@ -32,6 +32,7 @@ model = "S19j Pro"
 count = 3
 [[miner]]
 model = "M30S"
+password = "{SITE_WHATSMINER_PASSWORD}"
 """
 FIRST = "127.20.0.1"
 RANGE = "127.20.0.1-127.20.0.7"

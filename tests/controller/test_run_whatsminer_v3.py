@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import DaemonProcess, journal_rows, wait_for, write_config
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 V3 = "127.156.3.1"
-FLEET = f'[[miner]]\nmodel = "M50"\nip = "{V3}"\napi = "v3"\n'
+FLEET = (f'[[miner]]\nmodel = "M50"\nip = "{V3}"\napi = "v3"\n'
+         f'password = "{SITE_WHATSMINER_PASSWORD}"\n')  # set up as at a site
 # 0.02 USD/TH/day at 0.07 USD/kWh: breakeven 11.7 J/TH, the M50 (29 J/TH) loses even at its
 # lowest limit; at 0.09 it earns at full power.
 LOSING, EARNING = 0.02, 0.09

@@ -22,12 +22,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import REPO, DaemonProcess, journal_rows, ticks, wait_for, write_config
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 IP = "127.163.0.1"
-FLEET = f'[[miner]]\nmodel = "M50"\nip = "{IP}"\npower_limit_w = 2000\n'
+FLEET = (f'[[miner]]\nmodel = "M50"\nip = "{IP}"\npower_limit_w = 2000\n'
+         f'password = "{SITE_WHATSMINER_PASSWORD}"\n')  # set up as at a site
 NAMEPLATE_W = 3306.0
 
 

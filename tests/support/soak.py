@@ -60,7 +60,7 @@ FAULTS = tuple(k for k in FAULT_KINDS if k != "none")
 #: Faults only some firmware families have (docs/emulator.md); drawn only on those machines.
 #: Every other kind comes from the socket layer or the physics, identical for every family.
 FAULT_FAMILIES: dict[str, frozenset[str]] = {
-    "lie": frozenset({"antminer"}),
+    # ``lie`` exists on every family (acknowledged, nothing changed): drawn on any machine
     "slow_write": frozenset({"antminer"}),
     "wipe_pools_on_failed_read": frozenset({"antminer"}),
     "token_exhaustion": frozenset({"whatsminer"}),
