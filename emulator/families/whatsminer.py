@@ -171,8 +171,7 @@ def _passwd_md5(password: str, salt: str) -> str:
 def belief(miner: EmulatedMiner) -> tuple[float, str]:
     """Record a firmware belief ("mining is off") against the physics as it is now: the boot
     (when, on the physics clock, it began) and the physical state."""
-    r = miner.read()
-    return miner.clock() - r.uptime_s * miner.time_scale, r.state
+    return miner.board_up_at, miner.read().state
 
 
 def belief_holds(miner: EmulatedMiner, r: Reading, recorded: tuple[float, str] | None) -> bool:
@@ -181,8 +180,9 @@ def belief_holds(miner: EmulatedMiner, r: Reading, recorded: tuple[float, str] |
     or a wake from elsewhere (the control API) brings the report back to the truth."""
     if recorded is None:
         return False
-    boot = miner.clock() - r.uptime_s * miner.time_scale
-    return abs(recorded[0] - boot) < 1e-4 and recorded[1] == r.state
+    # the boot's own instant, not clock() - uptime: two clock reads apart by a context switch
+    # would make one boot look like two under load
+    return recorded[0] == miner.board_up_at and recorded[1] == r.state
 
 
 def _aes(key_material: str) -> Cipher:

@@ -114,6 +114,12 @@ V3 = UsmUserData("curtaild", "auth-secret-1", "priv-secret-1",
 
 
 def test_pdus_and_meter_in_the_control_api(emu: EmulatorProcess) -> None:
+    # the emulator prints its PDU line after "control:" (what start() waits for): give the
+    # stdout pump a moment on a loaded machine
+    deadline = time.monotonic() + 10
+    while not any(line.startswith("pdus: ") for line in emu.stdout_lines) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert any(line.startswith("pdus: 2 apc=1 raritan=1") for line in emu.stdout_lines)
     view = pdus(emu)
     assert [o["miners"] for o in view[APC_PDU]["outlets"]] == [[S1], [S2], [AXE1, AXE2], []]
