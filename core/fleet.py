@@ -11,7 +11,9 @@ them).
 from __future__ import annotations
 
 import ipaddress
+import tomllib
 from collections.abc import Iterator
+from typing import Any
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 DEFAULT_FIRST_IP = "127.1.0.1"
@@ -89,3 +91,22 @@ def assign_addresses(blocks: list[tuple[str, str | None, int]],
                 block.append(ip)
         out.append(block)
     return out
+
+
+def fleet_document(text: str, source: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A fleet file's TOML, its top-level keys checked and its [[miner]] tables listed:
+    what the emulator and the backtest refuse alike before each reads its own keys."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FleetError(f"{source}: not valid TOML: {exc}") from None
+    unknown = set(doc) - TOP_KEYS
+    if unknown:
+        raise FleetError(f"{source}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+                         f"allowed: {', '.join(sorted(TOP_KEYS))}")
+    tables = doc.get("miner", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise FleetError(f"{source}: 'miner' must be an array of tables ([[miner]])")
+    if not tables:
+        raise FleetError(f"{source}: no [[miner]] tables")
+    return doc, tables

@@ -54,17 +54,16 @@ the factory ``admin`` writes nothing on them.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from curtaild.core.fleet import (
     DEFAULT_FIRST_IP,
     MINER_KEYS,
-    TOP_KEYS,
     FleetError,
     assign_addresses,
     consecutive,
+    fleet_document,
     parse_loopback,
 )
 from curtaild.core.models import MODELS, demo_mix
@@ -165,24 +164,12 @@ def _number(where: str, value: object, *, low: float | None = None,
 def plan_fleet_text(text: str, first_ip: str = DEFAULT_FIRST_IP,
                     source: str = "fleet file") -> FleetPlan:
     """Parse and validate a fleet description (see the module docstring)."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise FleetError(f"{source}: not valid TOML: {exc}") from None
-    unknown = set(doc) - TOP_KEYS
-    if unknown:
-        raise FleetError(f"{source}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
-                         f"allowed: {', '.join(sorted(TOP_KEYS))}")
+    doc, tables = fleet_document(text, source)
     plan = FleetPlan([])
     if "time_scale" in doc:
         plan.time_scale = _number(f"{source}: time_scale", doc["time_scale"], low=1e-6)
     if "ambient_c" in doc:
         plan.ambient_c = _number(f"{source}: ambient_c", doc["ambient_c"], low=-40, high=60)
-    tables = doc.get("miner", [])
-    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise FleetError(f"{source}: 'miner' must be an array of tables ([[miner]])")
-    if not tables:
-        raise FleetError(f"{source}: no [[miner]] tables")
     specs = [_table(f"{source}: miner[{i}]", t) for i, t in enumerate(tables)]
     try:
         plan.site = plan_site(doc, source)

@@ -12,16 +12,15 @@ vocabulary, core/fleet.py), so a typo is caught whichever command reads the file
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from curtaild.core.fleet import (
     DEFAULT_FIRST_IP,
     MINER_KEYS,
-    TOP_KEYS,
     FleetError,
     assign_addresses,
+    fleet_document,
 )
 from curtaild.core.models import MODELS
 
@@ -63,19 +62,7 @@ def _limit(where: str, value: object) -> float | None:
 def read_fleet_text(text: str, source: str = "fleet file",
                     first_ip: str = DEFAULT_FIRST_IP) -> SimFleet:
     """The machines of a fleet file (see emulator/fleet.py for the format)."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise FleetError(f"{source}: not valid TOML: {exc}") from None
-    unknown = set(doc) - TOP_KEYS
-    if unknown:
-        raise FleetError(f"{source}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
-                         f"allowed: {', '.join(sorted(TOP_KEYS))}")
-    tables = doc.get("miner", [])
-    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise FleetError(f"{source}: 'miner' must be an array of tables ([[miner]])")
-    if not tables:
-        raise FleetError(f"{source}: no [[miner]] tables")
+    _doc, tables = fleet_document(text, source)
     specs = []
     for i, table in enumerate(tables):
         where = f"{source}: miner[{i}]"
