@@ -1,0 +1,145 @@
+"""Hot standby (issue 19): two real `curtaild run` on one emulated fleet, a real etcd.
+
+Judged by the emulator's truth (GET /miners: state and each change's time and actor) and by
+each instance's own journal: the leader commands, the standby never does; kill -9 the leader
+and the standby takes over within the lease TTL plus a tick, resumes the ownership it shared
+(wakes what curtaild slept once the margin returns, never what an operator slept), and no
+command of the deposed leader comes after the successor's first one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import DaemonProcess, journal_rows, wait_for, write_config
+from tests.support.emulator import EmulatorProcess
+from tests.support.etcd import EtcdCluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# As tests/controller/test_run_integration.py: at 0.045 USD/TH/day and 0.07 USD/kWh the three
+# S19j Pro and the M30S lose money (slept by curtaild), the S21s and the S19 XP earn.
+FLEET = """
+[[miner]]
+model = "S21"
+count = 2
+[[miner]]
+model = "S19 XP"
+[[miner]]
+model = "S19j Pro"
+count = 3
+[[miner]]
+model = "M30S"
+"""
+FIRST = "127.191.0.1"
+RANGE = "127.191.0.1-127.191.0.7"
+LOSERS = {"127.191.0.4", "127.191.0.5", "127.191.0.6", "127.191.0.7"}
+OPERATOR_SLEPT = "127.191.0.2"  # an S21 (it earns): slept by hand, never woken by curtaild
+ETCD_ONE = ["127.190.1.1"]
+ETCD_THREE = ["127.190.1.1", "127.190.1.2", "127.190.1.3"]
+TTL_S = 3
+POLL_S = 1.0
+
+
+def _config(path: Path, state: Path, etcd: EtcdCluster, instance: str, *,
+            hashprice: float) -> Path:
+    endpoints = ", ".join(f'"{e}"' for e in etcd.endpoints)
+    extra = (f"[cluster]\nendpoints = [{endpoints}]\nsite_id = \"site1\"\n"
+             f"instance_id = \"{instance}\"\nlease_ttl_s = {TTL_S}\n")
+    return write_config(path, ranges=[RANGE], hashprice=hashprice, tariff=0.07,
+                        state_dir=state, poll_interval_s=POLL_S,
+                        guards={"ramp_w_per_min": 60000.0}, extra=extra)
+
+
+def _status(state: Path) -> dict:
+    try:
+        return json.loads((state / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _role(state: Path) -> str | None:
+    return (_status(state).get("cluster") or {}).get("role")
+
+
+def _states(emu: EmulatorProcess) -> dict[str, str]:
+    return {m["ip"]: m["state"] for m in emu.miners()}
+
+
+def _intents(state: Path) -> list[tuple]:
+    """(ts, ip, action, term) of every command this instance sent (not dry runs)."""
+    return journal_rows(state, "SELECT e.ts, e.ip, e.action, e.term FROM events e WHERE"
+                        " e.kind='intent' AND e.dry_run=0 AND EXISTS (SELECT 1 FROM events o"
+                        " WHERE o.kind='outcome' AND o.miner=e.miner AND o.id>e.id AND"
+                        " o.result='ok') ORDER BY e.ts")
+
+
+def _client_changes_after(emu: EmulatorProcess, ip: str, since: float) -> list:
+    return [c for c in emu.miner(ip)["changes"] if c[2] == "client" and c[0] > since]
+
+
+def test_standby_never_commands_and_takes_over_after_kill9(tmp_path: Path) -> None:
+    sa, sb = tmp_path / "a", tmp_path / "b"
+    with EtcdCluster(ETCD_THREE) as etcd, \
+            EmulatorProcess(fleet_toml=FLEET, first_ip=FIRST, time_scale=0.01) as emu:
+        ca = _config(tmp_path / "a.toml", sa, etcd, "a", hashprice=0.045)
+        cb = _config(tmp_path / "b.toml", sb, etcd, "b", hashprice=0.045)
+        with DaemonProcess(ca, tmp_path / "a.log") as a:
+            wait_for(lambda: _role(sa) == "leader", 30, what="a leads")
+            with DaemonProcess(cb, tmp_path / "b.log") as b:
+                wait_for(lambda: _role(sb) == "standby", 30, what="b is a standby")
+                wait_for(lambda: all((s == "sleeping") == (ip in LOSERS)
+                                     for ip, s in _states(emu).items()), 90,
+                         what="the leader slept the losers")
+                # The review of a's new journal is over once it saw every machine: from then
+                # on, a machine asleep that curtaild did not sleep is an operator's.
+                wait_for(lambda: _status(sa).get("journal_review") is None, 30,
+                         what="a's journal review done")
+                emu.action(OPERATOR_SLEPT, "sleep")
+                operator_at = time.time()
+                emu.wait_state(OPERATOR_SLEPT, "sleeping")
+                # One etcd member stops: nothing changes (same leader, same term).
+                term = _status(sa)["cluster"]["term"]
+                etcd.stop_member(2)
+                ticks_b = b.log().count("tick ")
+                wait_for(lambda: b.log().count("tick ") >= ticks_b + 3, 30,
+                         what="b keeps polling")
+                assert _status(sa)["cluster"] == {"role": "leader", "term": term,
+                                                  "leader": "a", "shard": None}
+                st_b = _status(sb)["cluster"]
+                assert st_b["role"] == "standby" and st_b["leader"] == "a"
+                assert st_b["term"] == term
+                # The standby polled and decided, and never commanded.
+                assert not journal_rows(sb, "SELECT * FROM events WHERE kind='intent'")
+                assert _status(sb)["dry_run"] is True
+                assert _states(emu)[OPERATOR_SLEPT] == "sleeping"
+
+                a.kill9()
+                killed_at = time.time()
+                wait_for(lambda: _role(sb) == "leader", TTL_S + 3 * POLL_S + 5,
+                         interval=0.1, what="b takes over")
+                took_over_s = time.time() - killed_at
+                assert took_over_s <= TTL_S + POLL_S + 3.0, took_over_s
+                assert _status(sb)["cluster"]["term"] > term
+                # The margin returns: b wakes what a slept (curtaild's), not the operator's.
+                _config(cb, sb, etcd, "b", hashprice=0.09)
+                b.proc.send_signal(1)
+                wait_for(lambda: all(_states(emu)[ip] == "mining" for ip in LOSERS), 90,
+                         what="b woke the machines a had slept")
+                time.sleep(3 * POLL_S)
+                assert _states(emu)[OPERATOR_SLEPT] == "sleeping"
+                assert not _client_changes_after(emu, OPERATOR_SLEPT, operator_at)
+                assert b.alive()
+                assert b.stop() == 0
+        sent_a, sent_b = _intents(sa), _intents(sb)
+        assert sent_a and sent_b
+        assert {ip for _, ip, action, _ in sent_a if action == "sleep"} == LOSERS
+        assert {ip for _, ip, action, _ in sent_b if action == "run"} == LOSERS
+        assert max(ts for ts, *_ in sent_a) < min(ts for ts, *_ in sent_b)
+        terms_a = {t for *_, t in sent_a}
+        terms_b = {t for *_, t in sent_b}
+        assert len(terms_a) == 1 and len(terms_b) == 1 and min(terms_b) > max(terms_a)
