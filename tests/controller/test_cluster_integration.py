@@ -143,3 +143,72 @@ def test_standby_never_commands_and_takes_over_after_kill9(tmp_path: Path) -> No
         terms_a = {t for *_, t in sent_a}
         terms_b = {t for *_, t in sent_b}
         assert len(terms_a) == 1 and len(terms_b) == 1 and min(terms_b) > max(terms_a)
+
+
+def _config_endpoints(path: Path, state: Path, endpoints: list[str], instance: str, *,
+                      hashprice: float) -> Path:
+    listed = ", ".join(f'"{e}"' for e in endpoints)
+    extra = (f"[cluster]\nendpoints = [{listed}]\nsite_id = \"site1\"\n"
+             f"instance_id = \"{instance}\"\nlease_ttl_s = {TTL_S}\n")
+    return write_config(path, ranges=[RANGE], hashprice=hashprice, tariff=0.07,
+                        state_dir=state, poll_interval_s=POLL_S,
+                        guards={"ramp_w_per_min": 60000.0}, extra=extra)
+
+
+def _ok_commands_after(state: Path, since: float) -> list[tuple]:
+    return journal_rows(state, "SELECT ts, ip, action FROM events WHERE kind='outcome'"
+                        " AND result='ok' AND dry_run=0 AND ts > ?", (since,))
+
+
+def test_leader_cut_off_from_etcd_stops_commanding_and_the_standby_takes_over(
+        tmp_path: Path) -> None:
+    from tests.support.tcpproxy import TcpProxy
+
+    sa, sb = tmp_path / "a", tmp_path / "b"
+    with EtcdCluster(ETCD_ONE) as etcd, \
+            TcpProxy(("127.190.1.9", 2379), (ETCD_ONE[0], 2379)) as proxy, \
+            EmulatorProcess(fleet_toml=FLEET, first_ip=FIRST, time_scale=0.01) as emu:
+        via_proxy = ["http://127.190.1.9:2379"]
+        ca = _config_endpoints(tmp_path / "a.toml", sa, via_proxy, "a", hashprice=0.045)
+        cb = _config_endpoints(tmp_path / "b.toml", sb, etcd.endpoints, "b", hashprice=0.045)
+        with DaemonProcess(ca, tmp_path / "a.log") as a:
+            wait_for(lambda: _role(sa) == "leader", 30, what="a leads")
+            with DaemonProcess(cb, tmp_path / "b.log") as b:
+                wait_for(lambda: _role(sb) == "standby", 30, what="b is a standby")
+                wait_for(lambda: all((s == "sleeping") == (ip in LOSERS)
+                                     for ip, s in _states(emu).items()), 90,
+                         what="the leader slept the losers")
+                term = _status(sa)["cluster"]["term"]
+                proxy.cut()
+                cut_at = time.time()
+                # The margin returns for both at once: a (cut off) must not act on it.
+                for cfg, state, eps, name in ((ca, sa, via_proxy, "a"),
+                                              (cb, sb, etcd.endpoints, "b")):
+                    _config_endpoints(cfg, state, eps, name, hashprice=0.09)
+                a.proc.send_signal(1)
+                b.proc.send_signal(1)
+                wait_for(lambda: "no longer leads" in a.log(), TTL_S + 3,
+                         interval=0.1, what="a stops leading within the TTL")
+                lost_s = time.time() - cut_at
+                wait_for(lambda: _role(sb) == "leader", TTL_S + 3 * POLL_S + 5,
+                         interval=0.1, what="b takes over")
+                took_over_at = time.time()
+                assert _status(sb)["cluster"]["term"] > term
+                wait_for(lambda: all(_states(emu)[ip] == "mining" for ip in LOSERS), 90,
+                         what="b woke the machines a had slept")
+                assert a.alive() and b.alive()
+                # a, cut off, sent nothing after the cut; it said why it did not.
+                assert not _ok_commands_after(sa, cut_at)
+                assert lost_s <= TTL_S + 1.0, lost_s
+                # Every command the emulator received after the cut is b's: none arrived
+                # before b journaled its first intent (which it does before sending it).
+                sent_b = _intents(sb)
+                assert sent_b
+                first_b = min(t for t, *_ in sent_b)
+                assert cut_at < first_b <= took_over_at + 2 * POLL_S + 1
+                for ip in LOSERS:
+                    for ts, _action, actor in emu.miner(ip)["changes"]:
+                        if ts > cut_at and actor == "client":
+                            assert ts >= first_b, (ip, ts, first_b)
+                assert b.stop() == 0
+                assert a.stop() == 0
