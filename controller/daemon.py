@@ -60,7 +60,12 @@ def build_reconciler(config: Config, journal: Journal,
     market = MarketInputs(build_hashprice_source(config.hashprice),
                           build_tariff_source(config.tariff),
                           pool_fee=policy.config.pool_fee)
-    driver = MinerDriver(config.fleet, poll_interval_s=config.controller.poll_interval_s)
+    from curtaild.drivers.identity_cache import CACHE_FILE, IdentityCache
+
+    identities = (IdentityCache(Path(config.controller.state_dir) / CACHE_FILE)
+                  if journal.marker is not None else None)  # warm start (issue 19)
+    driver = MinerDriver(config.fleet, poll_interval_s=config.controller.poll_interval_s,
+                         identities=identities)
     return Reconciler(config, journal, driver, market, policy, directives=directives)
 
 
