@@ -10,6 +10,8 @@ command of the deposed leader comes after the successor's first one.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -133,6 +135,15 @@ def test_standby_never_commands_and_takes_over_after_kill9(tmp_path: Path) -> No
                 time.sleep(3 * POLL_S)
                 assert _states(emu)[OPERATOR_SLEPT] == "sleeping"
                 assert not _client_changes_after(emu, OPERATOR_SLEPT, operator_at)
+                # The operator's view: `status --json` and `status` name the role and term.
+                cli = [sys.executable, "-m", "curtaild.controller.cli", "--config", str(cb),
+                       "status"]
+                shown = json.loads(subprocess.run([*cli, "--json"], capture_output=True,
+                                                  text=True, check=True).stdout)["cluster"]
+                assert shown["role"] == "leader" and shown["leader"] == "b"
+                assert shown["term"] > term and shown["shard"] is None
+                text = subprocess.run(cli, capture_output=True, text=True, check=True).stdout
+                assert f"cluster: leader (term {shown['term']}, leader b)" in text
                 assert b.alive()
                 assert b.stop() == 0
         sent_a, sent_b = _intents(sa), _intents(sb)
