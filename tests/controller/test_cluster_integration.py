@@ -223,3 +223,81 @@ def test_leader_cut_off_from_etcd_stops_commanding_and_the_standby_takes_over(
                             assert ts >= first_b, (ip, ts, first_b)
                 assert b.stop() == 0
                 assert a.stop() == 0
+
+
+DR_FLEET = """
+[[miner]]
+model = "S19j Pro"
+count = 2
+[[miner]]
+model = "S21"
+count = 2
+[[miner]]
+model = "M30S"
+"""
+DR_RANGE = "127.191.2.1-127.191.2.5"
+
+
+def test_leader_killed_during_a_demand_response_event(tmp_path: Path) -> None:
+    """The event the leader received over MQTT is shared through etcd: the successor keeps
+    the fleet under target until the event's end, then restores it; its MQTT bridge
+    publishes the event in force."""
+    from datetime import UTC, datetime
+
+    from tests.support.mosquitto import PREFIX, Client, MosquittoProcess
+
+    def iso(ts: float) -> str:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+            "+00:00", "Z")
+
+    def power_w() -> float:
+        return sum(m["power_w"] for m in emu.miners())
+
+    sa, sb = tmp_path / "a", tmp_path / "b"
+    with EtcdCluster(ETCD_ONE) as etcd, MosquittoProcess() as broker, \
+            EmulatorProcess(fleet_toml=DR_FLEET, first_ip="127.191.2.1", time_scale=0.01) as emu, \
+            Client(broker) as ems:
+        endpoints = ", ".join(f'"{e}"' for e in etcd.endpoints)
+        paths = {}
+        for name, state in (("a", sa), ("b", sb)):
+            state.mkdir()
+            extra = broker.mqtt_toml(state) + (
+                f"[cluster]\nendpoints = [{endpoints}]\nsite_id = \"dr\"\n"
+                f"instance_id = \"{name}\"\nlease_ttl_s = {TTL_S}\n")
+            # every machine earns: only the event sheds
+            paths[name] = write_config(tmp_path / f"{name}.toml", ranges=[DR_RANGE],
+                                       hashprice=0.09, tariff=0.03, state_dir=state,
+                                       poll_interval_s=POLL_S,
+                                       guards={"ramp_w_per_min": 60000.0}, extra=extra)
+        with DaemonProcess(paths["a"], tmp_path / "a.log") as a:
+            wait_for(lambda: _role(sa) == "leader", 30, what="a leads")
+            with DaemonProcess(paths["b"], tmp_path / "b.log") as b:
+                wait_for(lambda: _role(sb) == "standby", 30, what="b is a standby")
+                wait_for(lambda: all(m["state"] == "mining" for m in emu.miners()), 60,
+                         what="fleet mining")
+                target = round(power_w() * 0.45)
+                end = time.time() + 25.0
+                ems.publish(f"{PREFIX}/cmd/curtail", json.dumps(
+                    {"id": "dr-1", "target_power_w": target, "end": iso(end)}))
+                wait_for(lambda: power_w() < target, 20, what="a shed under target")
+                time.sleep(2 * POLL_S)  # the event and the sheds shared
+                a.kill9()
+                killed_at = time.time()
+                wait_for(lambda: _role(sb) == "leader", TTL_S + 3 * POLL_S + 5,
+                         interval=0.1, what="b takes over")
+                ems.clear()
+                got = wait_for(lambda: ems.last(f"{PREFIX}/state"), 15,
+                               what="b's bridge publishes")
+                assert json.loads(got)["active_event"]["id"] == "dr-1"
+                # Held under target by the successor until the end of the event ...
+                while time.time() < end - 1.0:
+                    assert power_w() < target * 1.05, "b restored machines during the event"
+                    time.sleep(0.5)
+                # ... then released and restored.
+                wait_for(lambda: all(m["state"] == "mining" for m in emu.miners()), 60,
+                         what="b restored the fleet after the event")
+                assert time.time() - killed_at > TTL_S
+                assert b.stop() == 0
+        restored = journal_rows(sb, "SELECT ip FROM events WHERE kind='intent' AND"
+                                " action='run' AND ts > ?", (end - 1.0,))
+        assert restored, "the successor restored nothing after the event"
