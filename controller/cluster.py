@@ -144,9 +144,16 @@ class ClusterStatus:
     leader: str | None
     shard: str | None
 
+    budget_w: float | None = None
+    budget_source: str = ""
+
     def as_json(self) -> dict:
-        return {"role": self.role, "term": self.term, "leader": self.leader,
-                "shard": self.shard}
+        out: dict = {"role": self.role, "term": self.term, "leader": self.leader,
+                     "shard": self.shard}
+        if self.budget_source:
+            out["budget_w"] = self.budget_w
+            out["budget_source"] = self.budget_source
+        return out
 
 
 class ClusterMember(Fence):
@@ -169,12 +176,20 @@ class ClusterMember(Fence):
         self.losses = 0
         self._last_error: str | None = None
         self._task: asyncio.Task | None = None
+        # site allocation across shards ([cluster] site_power_cap_w; controller/site_allocator)
+        self.allocator = False
+        self.allocator_term = 0
+        self.budget_w: float | None = None  # this shard's budget as last read
+        self.budget_at = 0.0  # unix time the allocator wrote it
+        self.budgets: dict[str, float] = {}  # the allocator's last division (for status)
         #: called on a change of role (the daemon then ticks at once, not at the next interval)
         self.on_change: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------------ status
     def status(self) -> ClusterStatus:
-        return ClusterStatus(self.role, self.term, self.leader, self.config.shard)
+        budget, source = self.budget_in_force()
+        return ClusterStatus(self.role, self.term, self.leader, self.config.shard, budget,
+                             source)
 
     @property
     def margin_s(self) -> float:
@@ -264,6 +279,8 @@ class ClusterMember(Fence):
                 elif held is not None:
                     self.term = held.create_revision
                     self.leader = _instance(held.value)
+            if self.config.site_power_cap_w is not None:
+                await self._campaign_allocator()
             if self._last_error is not None:
                 log.info("etcd reachable again (%s)", ", ".join(self.config.endpoints))
             self.etcd_up = True
@@ -286,6 +303,75 @@ class ClusterMember(Fence):
         sent = time.monotonic()
         self.lease_id = await self.store.grant(self.config.lease_ttl_s)
         self.deadline = sent + self.config.lease_ttl_s
+
+    # ------------------------------------------------------------ site allocation
+    async def _campaign_allocator(self) -> None:
+        key = self.config.site_scope + "allocator"
+        if self.allocator:
+            held = await self.store.get(key)
+            if held is None or held.create_revision != self.allocator_term:
+                self.allocator = False
+                log.warning("cluster: %s no longer allocates the site's power",
+                            self.config.instance_id)
+            return
+        value = json.dumps({"instance_id": self.config.instance_id}).encode()
+        created, held = await self.store.create(key, value, self.lease_id)
+        if created and held is not None:
+            self.allocator, self.allocator_term = True, held.create_revision
+            log.warning("cluster: %s allocates the site's power cap (%.0f W) across shards",
+                        self.config.instance_id, self.config.site_power_cap_w or 0.0)
+
+    async def share_site(self, summary: dict | None) -> None:
+        """After a tick: publish this shard's summary (leader only), divide the cap (the
+        allocator only), read this shard's budget. Never raises for etcd."""
+        if self.config.site_power_cap_w is None:
+            return
+        from curtaild.controller.site_allocator import Summary, allocate
+
+        scope = self.config.site_scope
+        shard = self.config.shard or "_site"
+        try:
+            if summary is not None and self.may_command():
+                await self.store.put(scope + "summary/" + shard, json.dumps(summary).encode(),
+                                     lease_id=self.lease_id)
+            if self.allocator:
+                held = await self.store.get_prefix(scope + "summary/")
+                summaries = {}
+                for key, value in held.items():
+                    try:
+                        summaries[key.rsplit("/", 1)[-1]] = Summary.from_json(json.loads(value))
+                    except (ValueError, KeyError, TypeError):
+                        log.warning("cluster: unreadable summary %s ignored", key)
+                self.budgets = allocate(self.config.site_power_cap_w, summaries)
+                stamp = time.time()
+                puts = {scope + "budget/" + name: json.dumps(
+                    {"budget_w": round(w, 1), "at": stamp, "cap_w": self.config.site_power_cap_w,
+                     "allocator": self.config.instance_id}).encode()
+                    for name, w in self.budgets.items()}
+                if puts and not await self.store.fenced(scope + "allocator",
+                                                        self.allocator_term, puts):
+                    self.allocator = False
+            own = await self.store.get(scope + "budget/" + shard)
+            if own is not None:
+                data = json.loads(own.value)
+                self.budget_w, self.budget_at = float(data["budget_w"]), float(data["at"])
+        except EtcdUnavailable as exc:
+            self._etcd_down(exc)
+
+    def budget_in_force(self) -> tuple[float | None, str]:
+        """This shard's power cap from the site allocation and where it comes from: the last
+        budget the allocator wrote, held for budget_hold_s after it wrote it (an allocator that
+        died, a shard that cannot read etcd); then safe_budget_w. (None, "") without a site
+        cap."""
+        cfg = self.config
+        if cfg.site_power_cap_w is None:
+            return None, ""
+        age = time.time() - self.budget_at
+        if self.budget_w is not None and age <= cfg.budget_hold_s:
+            return self.budget_w, "site budget"
+        why = ("no budget yet" if self.budget_w is None
+               else f"the last budget is {age:.0f}s old")
+        return cfg.safe_budget_w, f"safe budget ({why})"
 
     def _etcd_down(self, exc: Exception) -> None:
         text = str(exc)

@@ -85,6 +85,16 @@ class ClusterConfig(_Strict):
             "leader cut off from etcd stops commanding within it"))
     shard: str | None = Field(None, description="shard name (instances of one shard elect a "
                               "leader); unset: the whole site is one shard")
+    site_power_cap_w: float | None = Field(
+        None, gt=0, description="the site's power cap, divided across its shards by marginal "
+        "value per watt (controller/site_allocator.py); the same value on every instance")
+    budget_hold_s: Annotated[float, at_most(
+        86400, "a shard that cannot hear the allocator keeps an old budget this long")] = Field(
+        120.0, ge=0, description="a shard that cannot read its budget keeps the last one this "
+        "long, then falls back to safe_budget_w")
+    safe_budget_w: float | None = Field(
+        None, ge=0, description="this shard's power cap once its budget is older than "
+        "budget_hold_s (etcd lost): the site cap divided by the number of shards is always safe")
     request_timeout_s: Annotated[float, at_most(
         30, "the loop waits this long on an etcd member that does not answer")] = Field(
         2.0, gt=0, description="deadline of one etcd request")
@@ -135,7 +145,18 @@ class ClusterConfig(_Strict):
             raise ValueError("a password needs a username")
         if self.username and not (self.password_file or self.password_credential):
             raise ValueError("username needs password_file or password_credential")
+        if self.site_power_cap_w is not None and self.safe_budget_w is None:
+            raise ValueError("site_power_cap_w needs safe_budget_w (this shard's cap when it "
+                             "cannot hear the allocator; site cap / number of shards is safe)")
+        if (self.safe_budget_w is not None and self.site_power_cap_w is not None
+                and self.safe_budget_w > self.site_power_cap_w):
+            raise ValueError("safe_budget_w is above site_power_cap_w")
         return self
+
+    @property
+    def site_scope(self) -> str:
+        """The etcd prefix shared by every shard of the site (allocator, summaries, budgets)."""
+        return f"/curtaild/{self.site_id}/_allocation/"
 
     @property
     def scope(self) -> str:

@@ -245,6 +245,7 @@ class Daemon:
                         self._review(result)
                     self._write_status(result)
                     self._publish_mqtt(result)
+                    await self._cluster_site(result, send)
                     status = f"{len(result.fleet.miners)} miners"
                 self._save_directives()
                 await self._cluster_share()
@@ -331,13 +332,38 @@ class Daemon:
 
     # ------------------------------------------------------------------------ MQTT
     def _directives(self, now: float) -> Directives:
-        """The Reconciler's hook: what the MQTT bridge set, none without [mqtt]."""
-        if self.config.mqtt is None:
-            return Directives()
-        d = self.directive_store.directives(now)
-        for event_id, why in self.directive_store.take_released():
-            log.info("demand-response event %s released: %s", event_id, why)
+        """The Reconciler's hook: what the MQTT bridge set, none without [mqtt]; in a sharded
+        site under a cap, this shard's budget as a power cap (the lower one wins)."""
+        d = Directives()
+        if self.config.mqtt is not None:
+            d = self.directive_store.directives(now)
+            for event_id, why in self.directive_store.take_released():
+                log.info("demand-response event %s released: %s", event_id, why)
+        if self.cluster is not None:
+            budget, source = self.cluster.budget_in_force()
+            if budget is not None and (d.power_cap_w is None or budget < d.power_cap_w):
+                from dataclasses import replace
+
+                d = replace(d, power_cap_w=budget, power_cap_until=None,
+                            power_cap_event_id=f"{source} of shard "
+                            f"{self.config.cluster.shard or '_site'}"
+                            if self.config.cluster else source)
         return d
+
+    async def _cluster_site(self, result: TickResult, sent: bool) -> None:
+        """[cluster] site_power_cap_w: publish this shard's summary, allocate (if this
+        instance is the site's allocator), read the budget (controller/site_allocator.py)."""
+        c = self.cluster
+        if c is None or c.config.site_power_cap_w is None:
+            return
+        from curtaild.controller.site_allocator import summarize
+
+        summary = summarize(result.fleet, result.market).as_json() if (
+            sent and not result.fast) else None
+        try:
+            await c.share_site(summary)
+        except Exception:
+            log.exception("cluster: the site allocation step failed")
 
     def _save_directives(self) -> None:
         if self.directive_store.dirty:

@@ -194,6 +194,8 @@ class ClusterMetrics:
     etcd_up: bool
     takeovers: int
     losses: int
+    budget_w: float | None = None  # site allocation: this shard's power cap in force
+    allocator: bool = False
 
 
 def cluster_metrics(member: Any) -> ClusterMetrics | None:
@@ -204,7 +206,8 @@ def cluster_metrics(member: Any) -> ClusterMetrics | None:
     return ClusterMetrics(instance=cfg.instance_id, shard=cfg.shard or "", leader=(
         member.role == "leader"), term=member.term,
         lease_deadline=time.time() + left if left > 0 else 0.0, etcd_up=member.etcd_up,
-        takeovers=member.takeovers, losses=member.losses)
+        takeovers=member.takeovers, losses=member.losses,
+        budget_w=member.budget_in_force()[0], allocator=member.allocator)
 
 
 def state_from_daemon(daemon: Any, stats: LoopStats) -> MetricsState:
@@ -426,6 +429,16 @@ def _cluster_families(c: ClusterMetrics | None, now: float) -> Iterator[Family]:
     ):
         f = _lf(name, help_, labels, kind)
         f.add(values, value)
+        yield f
+    if c.budget_w is not None:
+        f = _lf("curtaild_cluster_budget_watts", "This shard's power budget from the site "
+                "allocation ([cluster] site_power_cap_w; the safe budget once the last one is "
+                "older than budget_hold_s).", labels)
+        f.add(values, c.budget_w)
+        yield f
+        f = _lf("curtaild_cluster_allocator", "1 if this instance divides the site's power cap "
+                "across the shards.", labels)
+        f.add(values, float(c.allocator))
         yield f
 
 

@@ -301,3 +301,92 @@ def test_leader_killed_during_a_demand_response_event(tmp_path: Path) -> None:
         restored = journal_rows(sb, "SELECT ip FROM events WHERE kind='intent' AND"
                                 " action='run' AND ts > ?", (end - 1.0,))
         assert restored, "the successor restored nothing after the event"
+
+
+SHARD_A = """
+[[miner]]
+model = "S21"
+count = 2
+[[miner]]
+model = "S19j Pro"
+count = 2
+"""
+SHARD_B = """
+[[miner]]
+model = "S21"
+[[miner]]
+model = "S19j Pro"
+[[miner]]
+model = "S19"
+count = 2
+"""
+# Stock Antminers (they sleep, never limit: the allocator's full-or-idle blocks are exact).
+# Margin per watt at 0.09 / 0.03: S21 (17.5 J/TH) best, S19j Pro (29.5), S19 (34.2) worst.
+WORST = {"S19j Pro", "S19"}
+
+
+def test_two_shards_under_a_site_cap_shed_the_sites_worst_machines(tmp_path: Path) -> None:
+    """Two shards (one instance each, on one box), one site cap: the sum of the shards' true
+    power ends under the cap, and the machines shed are the site's worst margin per watt,
+    whichever shard they are in, and no more of them than the cap needs: both S19s and one
+    S19j Pro (split in proportion to their size, the shards would sleep both S19j Pros of
+    shard A and both S19s of shard B: one machine more than needed)."""
+    with EtcdCluster(ETCD_ONE) as etcd, \
+            EmulatorProcess(fleet_toml=SHARD_A, first_ip="127.191.4.1", time_scale=0.01) as ea, \
+            EmulatorProcess(fleet_toml=SHARD_B, first_ip="127.191.5.1", time_scale=0.01) as eb:
+        views = {m["ip"]: m for e in (ea, eb) for m in e.miners()}
+        full_w = {ip: v["nameplate_power_w"] for ip, v in views.items()}
+        worst = sorted((ip for ip, v in views.items() if v["model"] in WORST),
+                       key=lambda ip: views[ip]["model"] != "S19")
+        # room for everything but both S19 and one S19j Pro (plus some slack)
+        cap = sum(full_w.values()) - sum(full_w[ip] for ip in worst[:3]) + 800.0
+        endpoints = ", ".join(f'"{e}"' for e in etcd.endpoints)
+        daemons = []
+        for name, rng in (("A", "127.191.4.1-127.191.4.4"), ("B", "127.191.5.1-127.191.5.4")):
+            state = tmp_path / name
+            extra = (f"[cluster]\nendpoints = [{endpoints}]\nsite_id = \"big\"\n"
+                     f"instance_id = \"{name.lower()}1\"\nshard = \"{name}\"\n"
+                     f"lease_ttl_s = {TTL_S}\nsite_power_cap_w = {cap}\n"
+                     f"safe_budget_w = {cap / 2}\n"
+                     f"[metrics]\nlisten = \"127.191.6.{len(daemons) + 1}:9464\"\n")
+            cfg = write_config(tmp_path / f"{name}.toml", ranges=[rng], hashprice=0.09,
+                               tariff=0.03, state_dir=state, poll_interval_s=POLL_S,
+                               guards={"ramp_w_per_min": 1e6}, extra=extra)
+            daemons.append(DaemonProcess(cfg, tmp_path / f"{name}.log").start())
+        try:
+            def site() -> tuple[float, dict[str, dict]]:
+                now = {m["ip"]: m for e in (ea, eb) for m in e.miners()}
+                return sum(m["power_w"] for m in now.values()), now
+
+            def settled():  # type: ignore[no-untyped-def]
+                total, now = site()
+                return total <= cap and all(
+                    _status(tmp_path / n).get("cluster", {}).get("budget_source")
+                    == "site budget" for n in ("A", "B")) and (total, now)
+
+            total, now = wait_for(settled, 60, what="site power under the cap, both shards "
+                                  "on their budgets")
+            time.sleep(4 * POLL_S)  # and it stays there
+            total, now = site()
+            assert total <= cap * 1.02, (total, cap)
+            curtailed = {ip for ip, m in now.items() if m["state"] != "mining"
+                         or (m.get("power_limit_w") or full_w[ip]) < full_w[ip] - 50}
+            assert curtailed and curtailed <= set(worst), curtailed
+            assert {ip for ip in worst if views[ip]["model"] == "S19"} <= curtailed
+            assert len(curtailed) == 3, curtailed
+            budgets = {n: _status(tmp_path / n)["cluster"]["budget_w"] for n in ("A", "B")}
+            assert sum(budgets.values()) <= cap + 1.0
+            # Each shard's metrics name its role and its budget.
+            import urllib.request
+
+            for i, n in enumerate(("A", "B"), start=1):
+                with urllib.request.urlopen(f"http://127.191.6.{i}:9464/metrics") as r:
+                    text = r.read().decode()
+                labels = f'instance="{n.lower()}1",shard="{n}"'
+                assert f"curtaild_cluster_leader{{{labels}}} 1.0" in text
+                assert f"curtaild_cluster_budget_watts{{{labels}}} {budgets[n]}" in text
+            for d in daemons:
+                assert d.alive()
+        finally:
+            for d in daemons:
+                d.stop()
