@@ -142,6 +142,10 @@ class Daemon:
             self.mqtt_restart = True  # run() reconnects with the new settings
             if config.mqtt is not None:
                 self.directive_store.limits = Limits.from_config(config.mqtt)
+        if config.cluster != self.config.cluster:
+            log.warning("reload: a [cluster] change needs a restart; keeping the running "
+                        "cluster settings")
+            config = config.model_copy(update={"cluster": self.config.cluster})
         if config.metrics != self.config.metrics:
             log.warning("reload: a [metrics] change needs a restart; still serving %s",
                         self.config.metrics.listen)
