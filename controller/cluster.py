@@ -182,6 +182,7 @@ class ClusterMember(Fence):
         self.budget_w: float | None = None  # this shard's budget as last read
         self.budget_at = 0.0  # unix time the allocator wrote it
         self.budgets: dict[str, float] = {}  # the allocator's last division (for status)
+        self._identities_shared: bytes | None = None
         #: called on a change of role (the daemon then ticks at once, not at the next interval)
         self.on_change: Callable[[], None] = lambda: None
 
@@ -303,6 +304,38 @@ class ClusterMember(Fence):
         sent = time.monotonic()
         self.lease_id = await self.store.grant(self.config.lease_ttl_s)
         self.deadline = sent + self.config.lease_ttl_s
+
+    # ---------------------------------------------------------------- identities
+    async def share_identities(self, entries: dict[str, dict]) -> None:
+        """A leader shares its miner identity cache (drivers/identity_cache.py) so that a
+        standby that starts later polls at once instead of discovering every address.
+        One key, written when it changed; never raises for etcd."""
+        if not self.may_command():
+            return
+        blob = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
+        if blob == self._identities_shared:
+            return
+        try:
+            if await self.store.fenced(self.leader_key, self.term,
+                                       {self.config.scope + "identities": blob}):
+                self._identities_shared = blob
+        except EtcdUnavailable as exc:
+            self._etcd_down(exc)
+
+    async def fetch_identities(self) -> dict[str, dict]:
+        """The identities the leader shared ({} if none, or etcd is unreachable)."""
+        try:
+            held = await self.store.get(self.config.scope + "identities")
+        except EtcdUnavailable as exc:
+            self._etcd_down(exc)
+            return {}
+        if held is None:
+            return {}
+        try:
+            data = json.loads(held.value)
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
 
     # ------------------------------------------------------------ site allocation
     async def _campaign_allocator(self) -> None:

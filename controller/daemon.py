@@ -215,6 +215,7 @@ class Daemon:
                 self._start_mqtt()
             else:
                 self.cluster.start()  # the MQTT bridge runs on the leader only
+                await self._identities_from_cluster()
             next_regular = time.monotonic()
             commands_seen = 0.0
             while not self.stop.is_set():
@@ -319,6 +320,18 @@ class Daemon:
         if hasattr(driver, "attach_journal"):
             driver.attach_journal(self.journal)  # the operator's LuxOS ATM settings
 
+    async def _identities_from_cluster(self) -> None:
+        """At start: miner identities the leader shared, for the addresses this instance has
+        none cached for (drivers/identity_cache.py): its first sweep then polls at once."""
+        cache = getattr(self.reconciler.driver, "identities", None)
+        if self.cluster is None or cache is None:
+            return
+        shared = await self.cluster.fetch_identities()
+        added = cache.merge(shared)
+        if added:
+            log.info("cluster: %d miner identities from the leader (no discovery for them)",
+                     added)
+
     async def _cluster_share(self) -> None:
         """After a leader's tick: share what changed (verifications, outcomes, directives)."""
         c = self.cluster
@@ -329,6 +342,9 @@ class Daemon:
         try:
             if not await c.push():
                 c._lose("the leader key is no longer this instance's")
+            cache = getattr(self.reconciler.driver, "identities", None)
+            if cache is not None:
+                await c.share_identities(cache.entries)
         except EtcdUnavailable as exc:
             c._etcd_down(exc)
         except Exception:

@@ -153,6 +153,20 @@ class IdentityCache:
         entry = self.entries.get(ip) or {}
         return entry.get("mac"), entry.get("serial")
 
+    def merge(self, shared: dict) -> int:
+        """Entries shared by another instance (the cluster's leader) for addresses this
+        cache has none for; returns how many were added. Only pyasic's table is looked up
+        when one is built, as for the file's own entries."""
+        added = 0
+        for ip, entry in shared.items():
+            if (isinstance(ip, str) and ip not in self.entries and isinstance(entry, dict)
+                    and isinstance(entry.get("class"), str)):
+                self.entries[ip] = {"class": entry["class"]}
+                added += 1
+        if added:
+            self.dirty = True
+        return added
+
     def forget(self, ip: str) -> None:
         if self.entries.pop(ip, None) is not None:
             self.dirty = True

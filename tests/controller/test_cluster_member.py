@@ -146,3 +146,24 @@ def test_mirror_round_trip(tmp_path: Path) -> None:
     assert StateMirror(dst, "/p/").snapshot() == held
     # the local history is not replaced: dst's own intent stays in its events
     assert [e["miner"] for e in dst.events()] == ["stale"]
+
+
+async def test_identities_shared_by_the_leader(etcd: EtcdCluster, tmp_path: Path) -> None:
+    """A standby that starts later takes the leader's miner identities (warm start)."""
+    from curtaild.drivers.identity_cache import IdentityCache
+
+    a, b = _members(etcd, tmp_path)
+    await a.step()
+    await a.resume()
+    entries = {"127.190.9.1": {"class": "ANTMINER/ANTMINER S19", "mac": "02:00:00:00:00:01"},
+               "127.190.9.2": {"class": "WHATSMINER/M30SV10@v3"}}
+    await a.share_identities(entries)
+    await b.share_identities({"127.190.9.3": {"class": "ANTMINER/S21"}})  # a standby: no
+    cache = IdentityCache(tmp_path / "b-identities.json")
+    cache.entries["127.190.9.2"] = {"class": "WHATSMINER/M30SV10"}  # its own wins
+    assert cache.merge(await b.fetch_identities()) == 1
+    assert cache.entries == {"127.190.9.1": {"class": "ANTMINER/ANTMINER S19"},
+                             "127.190.9.2": {"class": "WHATSMINER/M30SV10"}}
+    assert cache.build("127.190.9.1") is not None
+    for m in (a, b):
+        await m.stop()
