@@ -177,8 +177,14 @@ def cmd_status(config_path: str, as_json: bool) -> int:
         return 0
     age = time.time() - status["at"]
     fleet, market = status["fleet"], status["market"] or {}
+    cluster = status.get("cluster")
     print(f"last tick {age:.0f}s ago, took {status['duration_s']:.2f}s"
-          f"{' (dry run)' if status['dry_run'] else ''}")
+          f"{' (dry run)' if status['dry_run'] and not cluster else ''}")
+    if cluster:  # [cluster]: a standby decides and never commands (docs/cluster.md)
+        shard = f", shard {cluster['shard']}" if cluster.get("shard") else ""
+        print(f"cluster: {cluster['role']} (term {cluster['term']}, leader "
+              f"{cluster['leader'] or 'unknown'}{shard})"
+              + ("; decides, never commands" if cluster["role"] != "leader" else ""))
     print(f"fleet: {fleet['miners']} miners, {fleet['power_w'] / 1000:.1f} kW, "
           f"{fleet['hashrate_ths']:.1f} TH/s; " +
           ", ".join(f"{k} {v}" for k, v in sorted(fleet["states"].items())))

@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
 )
 
+from curtaild.controller.cluster_config import ClusterConfig
 from curtaild.controller.guards import GuardConfig
 from curtaild.controller.mqtt_config import MqttConfig
 from curtaild.controller.site_config import (
@@ -193,6 +194,7 @@ class Config(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     site: SiteConfig = Field(default_factory=SiteConfig)
     mqtt: MqttConfig | None = None  # absent section: the MQTT bridge is off
+    cluster: ClusterConfig | None = None  # absent section: one instance, no etcd (issue 19)
     # the site's power equipment (controller/site_config.py, issue 18); all optional
     inventory: InventoryConfig = Field(default_factory=InventoryConfig)
     pdu: list[PduConfig] = Field(default_factory=list)

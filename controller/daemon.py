@@ -60,7 +60,12 @@ def build_reconciler(config: Config, journal: Journal,
     market = MarketInputs(build_hashprice_source(config.hashprice),
                           build_tariff_source(config.tariff),
                           pool_fee=policy.config.pool_fee)
-    driver = MinerDriver(config.fleet, poll_interval_s=config.controller.poll_interval_s)
+    from curtaild.drivers.identity_cache import CACHE_FILE, IdentityCache
+
+    identities = (IdentityCache(Path(config.controller.state_dir) / CACHE_FILE)
+                  if journal.marker is not None else None)  # warm start (issue 19)
+    driver = MinerDriver(config.fleet, poll_interval_s=config.controller.poll_interval_s,
+                         identities=identities)
     return Reconciler(config, journal, driver, market, policy, directives=directives,
                       site=build_site(config, journal))
 
@@ -93,10 +98,18 @@ class Daemon:
         for line in problems:
             log.warning("%s", line)
         self.mqtt = None  # the MQTT bridge (controller/mqtt.py), started by run()
-        with config_errors(config_path):  # a source or policy that cannot be built: exit 2
-            self.reconciler = build_reconciler(config, self.journal, directives=self._directives)
         self.stop = asyncio.Event()
         self.wake = asyncio.Event()
+        with config_errors(config_path):  # a source or policy that cannot be built: exit 2
+            self.reconciler = build_reconciler(config, self.journal, directives=self._directives)
+            # [cluster] (controller/cluster.py): a standby until it wins the leader lease
+            self.cluster = None
+            if config.cluster is not None:
+                from curtaild.controller.cluster import ClusterMember
+
+                self.cluster = ClusterMember(config.cluster, self.journal)
+                self.cluster.on_change = self.wake.set
+                self.reconciler.fence = self.cluster
         self.reload_requested = False
         self.mqtt_restart = False
         self.reloads = {"ok": 0, "failed": 0}
@@ -142,6 +155,10 @@ class Daemon:
             self.mqtt_restart = True  # run() reconnects with the new settings
             if config.mqtt is not None:
                 self.directive_store.limits = Limits.from_config(config.mqtt)
+        if config.cluster != self.config.cluster:
+            log.warning("reload: a [cluster] change needs a restart; keeping the running "
+                        "cluster settings")
+            config = config.model_copy(update={"cluster": self.config.cluster})
         if config.metrics != self.config.metrics:
             log.warning("reload: a [metrics] change needs a restart; still serving %s",
                         self.config.metrics.listen)
@@ -166,8 +183,10 @@ class Daemon:
         """
         path = Path(self.config.controller.state_dir) / "status.json"
         try:
-            write_private_file(path, json.dumps(tick_summary(result, self.journal),
-                                                default=str))
+            summary = tick_summary(result, self.journal)
+            if self.cluster is not None:
+                summary["cluster"] = self.cluster.status().as_json()
+            write_private_file(path, json.dumps(summary, default=str))
         except Exception as exc:
             self.status_write_failures += 1
             kind = (errno.errorcode.get(exc.errno, str(exc.errno))
@@ -206,7 +225,11 @@ class Daemon:
                 log.error("metrics.listen %s: cannot listen: %s", self.config.metrics.listen,
                           exc.strerror or exc)
                 return 2
-            self._start_mqtt()
+            if self.cluster is None:
+                self._start_mqtt()
+            else:
+                self.cluster.start()  # the MQTT bridge runs on the leader only
+                await self._identities_from_cluster()
             next_regular = time.monotonic()
             commands_seen = 0.0
             while not self.stop.is_set():
@@ -226,8 +249,9 @@ class Daemon:
                 if not fast:
                     next_regular = started + self.config.controller.poll_interval_s
                 status = "first tick failed"
+                send = await self._cluster_turn()
                 try:
-                    result = await self._tick(fast)
+                    result = await self._tick(fast, send)
                 except TickAbandoned as exc:
                     log.info("stop: %s", exc)
                 except Exception:
@@ -236,12 +260,14 @@ class Daemon:
                 else:
                     self.metrics.stats.tick_done(result)
                     self._log_tick(result)
-                    if not result.fast:
+                    if not result.fast and send:
                         self._review(result)
                     self._write_status(result)
                     self._publish_mqtt(result)
+                    await self._cluster_site(result, send)
                     status = f"{len(result.fleet.miners)} miners"
                 self._save_directives()
+                await self._cluster_share()
                 self._export()
                 if not ready:
                     # READY after the first completed tick, even a failed one: systemd should
@@ -256,21 +282,122 @@ class Daemon:
             if self.mqtt is not None:
                 await self.mqtt.stop()  # explicit retained "offline", clean disconnect
             self._save_directives()
+            if self.cluster is not None:
+                await self._cluster_share()
+                await self.cluster.stop()  # a leader revokes its lease: a standby takes over
             self.metrics.stop()
             self.notifier.stopping()
             self.journal.close()
             log.info("curtaild stopped; fleet left as it is (journal keeps ownership)")
         return 0
 
+    # --------------------------------------------------------------------- cluster
+    async def _cluster_turn(self) -> bool:
+        """Before a tick: may this instance command? Alone, always. In a cluster, only the
+        leader, once it has resumed the shared state (controller/cluster.py); the MQTT bridge
+        follows the role (one bridge per shard, the leader's)."""
+        c = self.cluster
+        if c is None:
+            return True
+        if c.role == "leader" and c.resume_needed:
+            from curtaild.drivers.etcd import EtcdUnavailable
+
+            try:
+                await c.resume()
+            except (EtcdUnavailable, JournalError) as exc:
+                log.error("cluster: cannot resume the shared state yet (%s); not commanding",
+                          exc)
+                return False
+            self._after_resume()
+        if c.role == "leader" and self.config.mqtt is not None and self.mqtt is None:
+            self._start_mqtt()
+        elif c.role != "leader" and self.mqtt is not None:
+            await self.mqtt.stop()
+            self.mqtt = None
+        return c.may_command()
+
+    def _after_resume(self) -> None:
+        """The journal now holds the predecessor's state: reload what is kept in memory."""
+        self.directive_store, problems = self.directive_journal.load(
+            Limits.from_config(self.config.mqtt) if self.config.mqtt else Limits(), time.time())
+        for line in problems:
+            log.warning("%s", line)
+        from curtaild.controller.guards import RampBucket
+
+        saved = self.journal.get_meta("ramp_bucket")
+        if isinstance(saved, dict):
+            self.reconciler.bucket = RampBucket(
+                budget_w=float(saved.get("budget_w", 0.0)),
+                updated_at=float(saved.get("updated_at", time.time())))
+        self.reconciler.last = None  # decided by the predecessor: observe afresh
+        driver = self.reconciler.driver
+        if hasattr(driver, "attach_journal"):
+            driver.attach_journal(self.journal)  # the operator's LuxOS ATM settings
+
+    async def _identities_from_cluster(self) -> None:
+        """At start: miner identities the leader shared, for the addresses this instance has
+        none cached for (drivers/identity_cache.py): its first sweep then polls at once."""
+        cache = getattr(self.reconciler.driver, "identities", None)
+        if self.cluster is None or cache is None:
+            return
+        shared = await self.cluster.fetch_identities()
+        added = cache.merge(shared)
+        if added:
+            log.info("cluster: %d miner identities from the leader (no discovery for them)",
+                     added)
+
+    async def _cluster_share(self) -> None:
+        """After a leader's tick: share what changed (verifications, outcomes, directives)."""
+        c = self.cluster
+        if c is None or not c.may_command():
+            return
+        from curtaild.drivers.etcd import EtcdUnavailable
+
+        try:
+            if not await c.push():
+                c._lose("the leader key is no longer this instance's")
+            cache = getattr(self.reconciler.driver, "identities", None)
+            if cache is not None:
+                await c.share_identities(cache.entries)
+        except EtcdUnavailable as exc:
+            c._etcd_down(exc)
+        except Exception:
+            log.exception("cluster: sharing the state failed")
+
     # ------------------------------------------------------------------------ MQTT
     def _directives(self, now: float) -> Directives:
-        """The Reconciler's hook: what the MQTT bridge set, none without [mqtt]."""
-        if self.config.mqtt is None:
-            return Directives()
-        d = self.directive_store.directives(now)
-        for event_id, why in self.directive_store.take_released():
-            log.info("demand-response event %s released: %s", event_id, why)
+        """The Reconciler's hook: what the MQTT bridge set, none without [mqtt]; in a sharded
+        site under a cap, this shard's budget as a power cap (the lower one wins)."""
+        d = Directives()
+        if self.config.mqtt is not None:
+            d = self.directive_store.directives(now)
+            for event_id, why in self.directive_store.take_released():
+                log.info("demand-response event %s released: %s", event_id, why)
+        if self.cluster is not None:
+            budget, source = self.cluster.budget_in_force()
+            if budget is not None and (d.power_cap_w is None or budget < d.power_cap_w):
+                from dataclasses import replace
+
+                d = replace(d, power_cap_w=budget, power_cap_until=None,
+                            power_cap_event_id=f"{source} of shard "
+                            f"{self.config.cluster.shard or '_site'}"
+                            if self.config.cluster else source)
         return d
+
+    async def _cluster_site(self, result: TickResult, sent: bool) -> None:
+        """[cluster] site_power_cap_w: publish this shard's summary, allocate (if this
+        instance is the site's allocator), read the budget (controller/site_allocator.py)."""
+        c = self.cluster
+        if c is None or c.config.site_power_cap_w is None:
+            return
+        from curtaild.controller.site_allocator import summarize
+
+        summary = summarize(result.fleet, result.market).as_json() if (
+            sent and not result.fast) else None
+        try:
+            await c.share_site(summary)
+        except Exception:
+            log.exception("cluster: the site allocation step failed")
 
     def _save_directives(self) -> None:
         if self.directive_store.dirty:
@@ -355,7 +482,7 @@ class Daemon:
         self.stop.set()
         self.reconciler.driver.stop()  # no new poll, discovery or command; see _tick
 
-    async def _tick(self, fast: bool) -> TickResult:
+    async def _tick(self, fast: bool, send: bool = True) -> TickResult:
         """The reconciler's tick, bounded once a stop is requested.
 
         A hostile or hung miner must not hold SIGTERM hostage (issue 15): request_stop makes
@@ -365,7 +492,7 @@ class Daemon:
         deadline over STOP_GRACE_MAX_S) it is cancelled: each intent was journaled before its
         command, so the next start resumes as after a crash.
         """
-        tick = asyncio.ensure_future(self.reconciler.tick(fast=fast))
+        tick = asyncio.ensure_future(self.reconciler.tick(fast=fast and send, send=send))
         stop = asyncio.ensure_future(self.stop.wait())
         try:
             await asyncio.wait({tick, stop}, return_when=asyncio.FIRST_COMPLETED)

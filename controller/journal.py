@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS events (
     power_limit_w REAL,
     result TEXT,
     reason TEXT,
-    dry_run INTEGER NOT NULL DEFAULT 0
+    dry_run INTEGER NOT NULL DEFAULT 0,
+    term INTEGER                 -- [cluster]: the leader's term the command was sent under
 );
 CREATE INDEX IF NOT EXISTS events_miner ON events (miner, id);
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
@@ -336,6 +337,9 @@ class Journal:
             self.db.close()
             raise JournalError(f"journal {self.path}: {_sqlite_reason(exc)}") from None
         self.writes = 0
+        #: [cluster] (controller/cluster.py): the leader's term, written with every intent and
+        #: outcome, so that the history shows which leader sent what; None when alone
+        self.term: int | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -366,9 +370,10 @@ class Journal:
         """Write what is about to be sent, and take (or release) ownership, atomically."""
         now = time.time() if now is None else now
         stmts: list[tuple[str, tuple]] = [(
-            "INSERT INTO events (ts, miner, ip, kind, action, power_limit_w, reason, dry_run)"
-            " VALUES (?, ?, ?, 'intent', ?, ?, ?, ?)",
-            (now, cmd.key, cmd.ip, cmd.action, cmd.power_limit_w, cmd.reason, int(dry_run)),
+            "INSERT INTO events (ts, miner, ip, kind, action, power_limit_w, reason, dry_run,"
+            " term) VALUES (?, ?, ?, 'intent', ?, ?, ?, ?, ?)",
+            (now, cmd.key, cmd.ip, cmd.action, cmd.power_limit_w, cmd.reason, int(dry_run),
+             self.term),
         )]
         if dry_run:
             self._tx(stmts)
@@ -412,8 +417,9 @@ class Journal:
         now = time.time() if now is None else now
         stmts: list[tuple[str, tuple]] = [(
             "INSERT INTO events (ts, miner, ip, kind, action, power_limit_w, result, reason,"
-            " dry_run) VALUES (?, ?, ?, 'outcome', ?, ?, ?, ?, ?)",
-            (now, cmd.key, cmd.ip, cmd.action, cmd.power_limit_w, result, detail, int(dry_run)),
+            " dry_run, term) VALUES (?, ?, ?, 'outcome', ?, ?, ?, ?, ?, ?)",
+            (now, cmd.key, cmd.ip, cmd.action, cmd.power_limit_w, result, detail, int(dry_run),
+             self.term),
         )]
         if not dry_run and result in ("ok", "failed"):
             # Acknowledged is not in effect: "pending" until an observation confirms it.
@@ -784,6 +790,7 @@ _ADDED_COLUMNS = (
     ("expectations", "state", "TEXT NOT NULL DEFAULT 'sent'"),
     ("expectations", "acked_at", "REAL"),
     ("expectations", "tier", "INTEGER NOT NULL DEFAULT 0"),
+    ("events", "term", "INTEGER"),
 )
 
 

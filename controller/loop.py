@@ -154,6 +154,21 @@ def command_states(fleet: FleetSnapshot, expectations: dict[str, Expectation],
     return out
 
 
+class Fence:
+    """What a leader of a cluster checks before it commands (controller/cluster.py); alone,
+    the Reconciler has none and commands as before."""
+
+    async def confirm(self) -> str | None:
+        """Before a batch, once its intents are journaled: None to send it, else why not
+        (this instance does not hold a confirmed lease, or the state a successor needs could not
+        be shared first)."""
+        return None
+
+    def remaining_s(self) -> float:
+        """How long the lease is known to hold: no command starts after, none runs past it."""
+        return float("inf")
+
+
 def _capped(commands: list[Command], cap: int) -> list[Command]:
     """At most ``cap`` commands per tick, emergency sheds exempt (the guards' rule)."""
     out: list[Command] = []
@@ -193,6 +208,8 @@ class Reconciler:
             self.bucket = RampBucket(budget_w=float(saved.get("budget_w", 0.0)),
                                      updated_at=float(saved.get("updated_at", time.time())))
         self.last: TickResult | None = None
+        #: [cluster]: the leader's lease, checked before each batch and each command
+        self.fence: Fence | None = None
         # The driver treats silence after our own command as "transitioning" for as long as
         # the family's grace (guards.confirm_grace_s; read at each use, so a reload applies).
         setter = getattr(driver, "set_transition_grace", None)
@@ -285,8 +302,20 @@ class Reconciler:
             outcomes = await self._act(commands, fleet, dry_run=dry_run,
                                        journal_error=journal_error)
             if self.site is not None and outlet_plan is not None and site_view is not None:
-                site_view = replace(site_view, plan=outlet_plan, outcomes=await self.site.act(
-                    outlet_plan, dry_run=dry_run))
+                # A leader's outlet switches are fenced like its firmware commands: none
+                # after its lease may have lapsed (a successor may be switching already).
+                refused = (await self.fence.confirm() if self.fence is not None
+                           and not dry_run and outlet_plan.actions else None)
+                if refused is None and self.fence is not None and not dry_run \
+                        and outlet_plan.actions and self.fence.remaining_s() <= 0:
+                    refused = "the leadership lease is not confirmed"
+                if refused is None:
+                    site_view = replace(site_view, plan=outlet_plan,
+                                        outcomes=await self.site.act(outlet_plan,
+                                                                     dry_run=dry_run))
+                else:
+                    log.warning("%d outlet actions not sent: %s", len(outlet_plan.actions),
+                                refused)
             if commands and not dry_run:
                 fleet = self._with_command_states(fleet, verification)  # sent -> pending/failed
         result = TickResult(
@@ -445,20 +474,49 @@ class Reconciler:
                 log.error("%s %s (%s): outcome %s not journaled: %s", cmd.action, cmd.ip,
                           cmd.key, result, exc)
 
-        async def one(cmd: Command) -> None:
+        fence = self.fence if not dry_run else None
+        intents_ok: set[str] = set()
+
+        def journal_intent(cmd: Command) -> bool:
             nonlocal unavailable
             r = by_key.get(cmd.key)
             if unavailable is None:
                 try:
                     self.journal.record_intent(
                         cmd, observed_limit_w=r.power_limit_w if r else None, dry_run=dry_run)
+                    intents_ok.add(cmd.key)
                 except JournalError as exc:
                     unavailable = str(exc)
             if unavailable is not None:
                 outcomes[cmd.key] = f"failed: not sent, intent not journaled: {unavailable}"
                 log.error("%s %s (%s) not sent: its intent could not be journaled: %s",
                           cmd.action, cmd.ip, cmd.key, unavailable)
+                return False
+            return True
+
+        if fence is not None and commands:
+            # A leader journals every intent of the batch first, then confirms its lease and
+            # shares the new ownership (controller/cluster.py) before the first command: a
+            # successor then knows of every machine this batch may sleep, and a deposed leader
+            # sends nothing.
+            for cmd in commands:
+                if not journal_intent(cmd):
+                    break
+            refused = await fence.confirm()
+            if refused is not None:
+                for cmd in commands:
+                    outcomes[cmd.key] = f"failed: not sent: {refused}"
+                    if cmd.key in intents_ok:
+                        outcome(cmd, "failed", f"not sent: {refused}")
+                log.warning("%d commands not sent: %s", len(commands), refused)
+                return outcomes
+
+        async def one(cmd: Command) -> None:
+            r = by_key.get(cmd.key)
+            if fence is None and not journal_intent(cmd):
                 return
+            if fence is not None and cmd.key not in intents_ok:
+                return  # its intent could not be journaled: said above
             if dry_run:
                 outcomes[cmd.key] = "dry-run"
                 outcome(cmd, "dry-run", None, dry_run=True)
@@ -466,9 +524,13 @@ class Reconciler:
                 return
             async with sem:
                 try:
-                    detail = await self.driver.execute(
+                    sending = self.driver.execute(
                         cmd, observed_state=r.state if r else "unknown",
                         timeout_s=cfg.command_timeout_s, attempts=cfg.command_attempts)
+                    if fence is None:
+                        detail = await sending
+                    else:
+                        detail = await _within_lease(sending, fence)
                 except CommandFailed as exc:
                     outcomes[cmd.key] = f"failed: {exc}"
                     outcome(cmd, "failed", str(exc))
@@ -482,3 +544,17 @@ class Reconciler:
 
         await asyncio.gather(*(one(c) for c in commands))
         return outcomes
+
+
+async def _within_lease(sending, fence: Fence) -> str:  # type: ignore[no-untyped-def]
+    """A command of a leader: not started once its lease may have lapsed, and cancelled (its
+    sockets closed) when the lease runs out while it waits, so no byte of it leaves after a
+    successor may have started commanding."""
+    left = fence.remaining_s()
+    if left <= 0:
+        sending.close()
+        raise CommandFailed("not sent: the leadership lease is not confirmed")
+    try:
+        return await asyncio.wait_for(sending, timeout=left)
+    except TimeoutError:
+        raise CommandFailed("abandoned: the leadership lease ran out while sending") from None

@@ -180,6 +180,35 @@ class MetricsState:
     power_cap_w: float | None = None  # configured site cap ([site] power_cap_w)
     published_at: float = 0.0
     mqtt: MqttCounters | None = None  # None: no [mqtt] section
+    cluster: ClusterMetrics | None = None  # None: no [cluster] section
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterMetrics:
+    """[cluster] (controller/cluster.py): this instance's role and lease, at publication."""
+
+    instance: str
+    shard: str
+    leader: bool
+    term: int
+    lease_deadline: float  # unix time the lease is known to hold until (0: no lease)
+    etcd_up: bool
+    takeovers: int
+    losses: int
+    budget_w: float | None = None  # site allocation: this shard's power cap in force
+    allocator: bool = False
+
+
+def cluster_metrics(member: Any) -> ClusterMetrics | None:
+    if member is None:
+        return None
+    cfg = member.config
+    left = member.lease_remaining_s()
+    return ClusterMetrics(instance=cfg.instance_id, shard=cfg.shard or "", leader=(
+        member.role == "leader"), term=member.term,
+        lease_deadline=time.time() + left if left > 0 else 0.0, etcd_up=member.etcd_up,
+        takeovers=member.takeovers, losses=member.losses,
+        budget_w=member.budget_in_force()[0], allocator=member.allocator)
 
 
 def state_from_daemon(daemon: Any, stats: LoopStats) -> MetricsState:
@@ -209,6 +238,7 @@ def state_from_daemon(daemon: Any, stats: LoopStats) -> MetricsState:
         power_cap_w=getattr(site, "power_cap_w", None),
         published_at=time.time(),
         mqtt=daemon.mqtt.counters() if getattr(daemon, "mqtt", None) is not None else None,
+        cluster=cluster_metrics(getattr(daemon, "cluster", None)),
     )
 
 
@@ -336,6 +366,7 @@ def live_families(s: MetricsState, now: float) -> Iterator[Family]:
     keep growing while the loop is stuck, which is exactly when the alerts need them)."""
     yield Family("curtaild_build", "info", "curtaild build information.",
                  ("version", "python"), [((__version__, platform.python_version()), 1.0)])
+    yield from _cluster_families(s.cluster, now)
     t = s.tick
     if t is None:
         return
@@ -356,6 +387,43 @@ def live_families(s: MetricsState, now: float) -> Iterator[Family]:
             if isinstance(d, dict) and (a := _num(d, "age_s")) is not None:
                 sage.add(_source_labels(d, i), a + since)
         yield sage
+
+
+def _cluster_families(c: ClusterMetrics | None, now: float) -> Iterator[Family]:
+    """[cluster]: who leads (alert when no instance of a shard reports 1), the term, how long
+    this instance's lease is known to hold, whether etcd answers."""
+    if c is None:
+        return
+    labels = ("instance", "shard")
+    values = (c.instance, c.shard)
+    for name, help_, value, kind in (
+        ("curtaild_cluster_leader", "1 if this instance leads its shard (commands), 0 if it "
+         "is a standby (polls and decides, never commands).", float(c.leader), "gauge"),
+        ("curtaild_cluster_term", "The leader's term (the etcd revision that created the "
+         "leader key): it grows at every change of leader.", float(c.term), "gauge"),
+        ("curtaild_cluster_lease_remaining_seconds", "How long this instance's etcd lease is "
+         "known to hold; a leader stops commanding before it reaches 0.",
+         max(0.0, c.lease_deadline - now) if c.lease_deadline else 0.0, "gauge"),
+        ("curtaild_cluster_etcd_up", "1 if the last request to etcd succeeded.",
+         float(c.etcd_up), "gauge"),
+        ("curtaild_cluster_takeovers", "Times this instance became the leader.",
+         float(c.takeovers), "counter"),
+        ("curtaild_cluster_leadership_losses", "Times this instance stopped leading without "
+         "being asked to (lease lost, another leader).", float(c.losses), "counter"),
+    ):
+        f = _lf(name, help_, labels, kind)
+        f.add(values, value)
+        yield f
+    if c.budget_w is not None:
+        f = _lf("curtaild_cluster_budget_watts", "This shard's power budget from the site "
+                "allocation ([cluster] site_power_cap_w; the safe budget once the last one is "
+                "older than budget_hold_s).", labels)
+        f.add(values, c.budget_w)
+        yield f
+        f = _lf("curtaild_cluster_allocator", "1 if this instance divides the site's power cap "
+                "across the shards.", labels)
+        f.add(values, float(c.allocator))
+        yield f
 
 
 def _source_labels(d: dict, i: int) -> tuple[str, str]:

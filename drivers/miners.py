@@ -55,6 +55,7 @@ from curtaild.core.snapshot import Command, FleetSnapshot, MinerReading, PowerSo
 from curtaild.drivers import antminer_writes as amw
 from curtaild.drivers import bounded, luxos
 from curtaild.drivers import credentials as creds
+from curtaild.drivers.identity_cache import IdentityCache
 from curtaild.drivers.miners_config import FleetConfig
 from curtaild.drivers.secret import redact
 
@@ -340,8 +341,12 @@ def _v2_token_reuse(t: _Tracked, miner: Any) -> None:
 class MinerDriver:
     """Owns the pyasic miner objects of one fleet."""
 
-    def __init__(self, cfg: FleetConfig, *, poll_interval_s: float = 30.0):
+    def __init__(self, cfg: FleetConfig, *, poll_interval_s: float = 30.0,
+                 identities: IdentityCache | None = None):
         self.reconfigure(cfg)
+        #: warm start (drivers/identity_cache.py): miner objects built from the state
+        #: directory's cache instead of discovered; None: every miner is discovered
+        self.identities = identities
         self.poll_interval_s = poll_interval_s
         self._tracked: dict[str, _Tracked] = {}
         #: poll errors by kind since start (timeout, refused, garbage, discovery)
@@ -442,6 +447,11 @@ class MinerDriver:
                 sweep.exception()  # retrieved: it is what stop() asked for
             raise ObservationAborted("stopping: the sweep in progress was abandoned")
         readings = sweep.result()
+        if self.identities is not None:
+            for ip, t in tracked.items():
+                if t.miner is not None:
+                    self.identities.note(ip, t.mac, t.serial)
+            self.identities.save()
         return FleetSnapshot(tuple(r for r in readings if r is not None), time.time())
 
     def _rediscover_later(self, t: _Tracked) -> None:
@@ -519,6 +529,25 @@ class MinerDriver:
             t.next_discovery_at = now + backoff
             self._count("discovery")
             return False
+        if self.identities is not None:
+            self.identities.record(t.ip, miner)
+        await self._adopt(t, miner)
+        return True
+
+    async def _from_cache(self, t: _Tracked) -> bool:
+        """First sight of an address with a cached identity: its object, with no request."""
+        if self.identities is None:
+            return False
+        miner = self.identities.build(t.ip)
+        if miner is None:
+            return False
+        # MAC and serial are read again by the first poll (not taken from the file): an
+        # address may now hold another machine of the same model
+        await self._adopt(t, miner)
+        return True
+
+    async def _adopt(self, t: _Tracked, miner: Any) -> None:
+        """Take a miner object (discovered, or built from the identity cache)."""
         t.miner = miner
         t.family = family_of(miner)
         t.plate = lookup(str(getattr(miner, "raw_model", None) or miner.model or ""))
@@ -539,7 +568,6 @@ class MinerDriver:
             await self._read_presets(t, miner)
         if t.family == "luxos":
             await self._read_atm(t, miner)
-        return True
 
     def attach_journal(self, journal: luxos.MetaStore) -> None:
         """Keep the operator's LuxOS ATM settings in the journal (survives a restart)."""
@@ -651,7 +679,7 @@ class MinerDriver:
         t = self._tracked.get(ip)
         if t is None:  # first sight of this address: discover inline, once
             t = self._tracked[ip] = _Tracked(ip)
-            if not await self._discover(t):
+            if not (await self._from_cache(t) or await self._discover(t)):
                 return None
         elif t.miner is None:
             self._rediscover_later(t)

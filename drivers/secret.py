@@ -147,3 +147,28 @@ class RedactingFilter(logging.Filter):
 SecretFile = Annotated[str | None, AfterValidator(beside_config)]
 #: A config key naming a systemd credential.
 CredentialName = Annotated[str | None, AfterValidator(check_credential_name)]
+
+
+def read_secret_bytes(*, file: str | None, credential: str | None, file_key: str,
+                      credential_key: str) -> bytes | None:
+    """A whole file (a PEM certificate or key, several lines) named by ``file`` or the systemd
+    credential ``credential``; None if neither is set. The same rules and error messages as
+    :func:`read_secret` (the setting and the path are named, never the content)."""
+    if file:
+        path, source = Path(file), file_key
+    elif credential:
+        source = f"{credential_key} {credential!r}"
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ValueError(f"{source}: "
+                             "$CREDENTIALS_DIRECTORY is not set (LoadCredential= missing?)")
+        path = Path(directory) / credential
+    else:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{source}: cannot read {path}: {exc.strerror or exc}") from None
+    if not data.strip():
+        raise ValueError(f"{source}: {path} is empty")
+    return data
