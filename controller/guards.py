@@ -61,6 +61,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from curtaild.core import switching
 from curtaild.core.bounds import at_most
 from curtaild.core.snapshot import (
     Action,
@@ -79,11 +80,8 @@ IDLE_ESTIMATE_W = 40.0
 #: Full-power draw assumed for ramp accounting of a wake when nothing is known (conservative).
 UNKNOWN_FULL_POWER_W = 3500.0
 #: Default hashing lost per power-limit change, s, by firmware family (``limit_restart_s``):
-#: btminer restarts (~2 min without fast boot); LuxOS re-tunes while it ramps to the profile;
-#: Braiins OS re-tunes; VNish and ePIC restart their miner process. Stock Antminer firmware
-#: and Bitaxe take no power target here, so they need no entry.
-LIMIT_RESTART_S: dict[str, float] = {"whatsminer": 120.0, "luxos": 30.0, "braiins": 60.0,
-                                     "vnish": 120.0, "epic": 120.0}
+#: the switching-cost table's (core/switching.py), which the policy and the backtest use.
+LIMIT_RESTART_S = switching.LIMIT_RESTART_S
 #: The time a machine gets after acknowledging a command to be *seen* in the commanded state:
 #: until then its command is "pending" (or "transitioning" while it is silent), neither
 #: re-commanded nor counted as done; after it, re-commanded (at most once per grace) and
@@ -572,7 +570,8 @@ def _limit_change(r: MinerReading, c: Command, target: Desired, mem: MinerMemory
         if since < cfg.limit_dwell_s:
             return (f"limit dwell: changed {since:.0f} s ago (< {cfg.limit_dwell_s:.0f} s "
                     f"between power-limit changes)")
-    restart_s = cfg.limit_restart_s.get(r.firmware.casefold(), 0.0)
+    restart_s = (r.switching.limit_restart_s if r.switching is not None
+                 else cfg.limit_restart_s.get(r.firmware.casefold(), 0.0))
     horizon_s = max(cfg.limit_dwell_s, cfg.min_dwell_s)
     gain = new_m - hold
     gain_usd = gain * horizon_s / 86400.0

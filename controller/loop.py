@@ -28,7 +28,7 @@ from curtaild.controller.inventory import parse_group
 from curtaild.controller.journal import Expectation, Journal, JournalError
 from curtaild.controller.market import MarketInputs
 from curtaild.controller.site import Site, SiteView
-from curtaild.core import economics
+from curtaild.core import economics, switching
 from curtaild.core.snapshot import (
     Command,
     CommandState,
@@ -84,6 +84,17 @@ def matches_expectation(expect_action: str, expect_limit: float | None,
     if expect_limit is not None and r.power_limit_w is not None:
         return abs(r.power_limit_w - expect_limit) <= limit_tolerance_w(expect_limit)
     return True
+
+
+def with_switching_costs(fleet: FleetSnapshot,
+                         limit_restart_s: dict[str, float]) -> FleetSnapshot:
+    """``fleet`` with what changing each machine costs (core/switching.py, the restart
+    per family from ``[guards] limit_restart_s``): the policy weighs it before a change, the
+    same figure the guards' payback rule uses."""
+    miners = tuple(m if m.switching is not None else replace(
+        m, switching=switching.costs_for(m.firmware, m.model, limit_restart_s=limit_restart_s))
+        for m in fleet.miners)
+    return replace(fleet, miners=miners)
 
 
 def predicted(last: TickResult) -> FleetSnapshot:
@@ -258,6 +269,7 @@ class Reconciler:
         # Where each machine's last command stands, before deciding: a policy must not count
         # an unconfirmed shed as done (policies/power_cap.py), nor pick its machine again.
         fleet = self._with_command_states(fleet, verification)
+        fleet = with_switching_costs(fleet, self.config.guards.limit_restart_s)
         directives = self.directives(now)
         guard_cfg = self.config.guards
         if self.site is not None:  # "rack:R01" / "container:C1" in exclusions and overrides

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from curtaild.core.switching import SwitchingCosts
+
 #: What the controller believes a machine is doing, from the last observation.
 ObservedState = Literal["mining", "sleeping", "unreachable"]
 #: What a policy wants: hash at full power, hash under a power limit, or sleep.
@@ -63,6 +65,10 @@ class MinerReading:
     #: what that command asked for (the journal's expectation), with its power limit
     commanded_action: Action | None = None
     commanded_power_limit_w: float | None = None
+    #: what changing this machine costs (boot and ramp after a wake, restart on a new power
+    #: limit: core/switching.py), set by the loop from [guards] limit_restart_s and by
+    #: the backtest's machines; None: the table's figures for its family and model
+    switching: SwitchingCosts | None = None
 
     @property
     def efficiency_j_per_th(self) -> float | None:

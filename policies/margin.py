@@ -26,15 +26,19 @@ never asked to.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Annotated, ClassVar
 
 from pydantic import Field
 
-from curtaild.core import economics
+from curtaild.core import economics, switching
 from curtaild.core.bounds import at_most
 from curtaild.core.snapshot import Desired, FleetSnapshot, MarketSnapshot, MinerReading
 from curtaild.policies.base import PolicyConfig
+from curtaild.policies.lookahead import ASLEEP, Plan, State, plans, price_path
+
+_FULL = "full power"
 
 
 def _limit_tolerance_w(target_w: float) -> float:
@@ -64,6 +68,17 @@ class MarginConfig(PolicyConfig):
 
     min_limit_gain_usd_per_day: float = Field(0.05, ge=0.0)
     """A limit must beat both running and sleeping by at least this much to be chosen."""
+
+    switching_costs: bool = True
+    """Change a machine's state or power limit only when the gain over decision_horizon_s beats
+    what the change costs: the boot and ramp of a wake, the restart of a new limit
+    (core/switching.py; [guards] limit_restart_s). false: follow the price of the moment."""
+
+    decision_horizon_s: Annotated[float, at_most(
+        7 * 86400.0, "a change is weighed over the time it is expected to stand; prices move "
+        "within a day")] = Field(3600.0, gt=0.0)
+    """How long a change is expected to stand, s: its gain over this horizon -- on the tariff
+    forecast where the market has rows ahead, else on the price now -- must beat its cost."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +113,14 @@ class MarginPolicy:
         """One Desired per reachable miner whose full-power figures are known."""
         out: dict[str, Desired] = {}
         for r in fleet.miners:
-            d = self.decide_one(r, market)
+            d = self.decide_one(r, market, now)
             if d is not None:
                 out[r.key] = d
         return out
 
-    def decide_one(self, r: MinerReading, market: MarketSnapshot) -> Desired | None:
+    def decide_one(self, r: MinerReading, market: MarketSnapshot,
+                   now: float | None = None) -> Desired | None:
+        """``now`` (default: the reading's time) places the tariff forecast's rows."""
         if r.state == "unreachable":
             return None
         idle = self._idle_w(r)
@@ -121,10 +138,14 @@ class MarginPolicy:
         limit = self.best_limit(r, model, curve_idle, market)
         run_model = self._margin(model.power_w, model.hashrate_ths, market)
         choice = self._choose(r, run, sleep, limit, run_model)
+        weighed = ""
+        if self.config.switching_costs:
+            choice, weighed = self._weigh(r, market, r.observed_at if now is None else now,
+                                          run, sleep, choice, model, curve_idle, idle)
         ref = model if choice.action == "limit" else full  # the basis of choice's margin
         return Desired(
             action=choice.action,  # type: ignore[arg-type]
-            reason=self._reason(r, choice, run, sleep, idle, market),
+            reason=_with_weighing(self._reason(r, choice, run, sleep, idle, market), weighed),
             power_limit_w=choice.point.power_w if choice.action == "limit" and choice.point
             else None,
             margin_usd_per_day=choice.margin_usd_per_day,
@@ -281,6 +302,139 @@ class MarginPolicy:
         beats_sleep = not can_sleep or limit.margin_usd_per_day - sleep.margin_usd_per_day >= gain
         return limit if beats_run and beats_sleep else base
 
+    # -------------------------------------------------------------- switching
+    def _present(self, r: MinerReading, full: OperatingPoint, model: OperatingPoint,
+                 curve_idle_w: float, idle_w: float) -> State:
+        """Where the machine is -- or is heading, while curtaild's last command to it is
+        pending (a booting machine reads asleep: its wake is already paid for)."""
+        action, limit_w = None, None
+        if r.command_state in ("pending", "transitioning") and r.commanded_action:
+            action, limit_w = r.commanded_action, r.commanded_power_limit_w
+        elif r.state == "sleeping":
+            action = "sleep"
+        elif self.is_limited(r):
+            action, limit_w = "limit", r.power_limit_w
+        if action == "sleep":
+            return State(ASLEEP, idle_w, 0.0)
+        if limit_w is not None and limit_w < full.power_w - _limit_tolerance_w(full.power_w):
+            return self._limit_state(limit_w, model, curve_idle_w)
+        return State(_FULL, full.power_w, full.hashrate_ths)
+
+    def _limit_state(self, power_w: float, model: OperatingPoint, curve_idle_w: float) -> State:
+        h = 0.0 if power_w <= curve_idle_w else economics.hashrate_at_power_ths(
+            power_w=power_w, ref_power_w=model.power_w, ref_hashrate_ths=model.hashrate_ths,
+            idle_power_w=curve_idle_w, exponent=self.config.efficiency_exponent)
+        return State(f"limit {power_w:.0f} W", power_w, h)
+
+    def _weigh(self, r: MinerReading, market: MarketSnapshot, now: float, run: Option,
+               sleep: Option, choice: Option, model: OperatingPoint, curve_idle_w: float,
+               idle_w: float) -> tuple[Option, str]:
+        """The state the price now prefers (``choice``), weighed over the horizon against what
+        changing costs (policies/lookahead.py): the option to take now, and why in words."""
+        cfg = self.config
+        full = run.point
+        assert full is not None
+        path = price_path(market, now, cfg.decision_horizon_s)
+        costs = r.switching or switching.costs_for(r.firmware, r.model)
+        present = self._present(r, full, model, curve_idle_w, idle_w)
+        if present.label == _FULL:
+            present = State(_FULL, model.power_w, model.hashrate_ths) \
+                if self.limit_range_w(r, full) is not None else present
+        asleep = State(ASLEEP, idle_w, 0.0)
+        # Full power on the basis limits are compared on (the model, where the machine takes
+        # limits: noise in a reading must not tip run <-> limit), else as measured.
+        tunable = self.limit_range_w(r, full) is not None
+        top = model if tunable else full
+        states = [State(_FULL, top.power_w, top.hashrate_ths)]
+        if r.supports_sleep:
+            states.append(asleep)
+        if present.label not in (_FULL, ASLEEP) and tunable:
+            states.append(present)  # holding a limit: only where the policy may limit
+        # The limit worth holding over the horizon: chosen at its mean price (margins are
+        # linear in the tariff, so that is the best fixed target for the whole path).
+        lim = choice
+        if path.from_forecast:
+            mean = replace(market, tariff_usd_per_kwh=path.mean_tariff_usd_per_kwh())
+            m_limit = self.best_limit(r, model, curve_idle_w, mean)
+            m_run = Option("run", self._margin(full.power_w, full.hashrate_ths, mean), full)
+            m_sleep = Option("sleep", -self._energy(idle_w, mean))
+            lim = self._choose(r, m_run, m_sleep, m_limit,
+                               self._margin(model.power_w, model.hashrate_ths, mean))
+        if lim.action == "limit" and lim.point is not None and not any(
+                _same_power(s, lim.point.power_w) for s in states):
+            states.append(State(f"limit {lim.point.power_w:.0f} W", lim.point.power_w,
+                                lim.point.hashrate_ths))
+
+        def margin(s: State, tariff: float) -> float:
+            mk = replace(market, tariff_usd_per_kwh=tariff)
+            if s.hashrate_ths <= 0:
+                return -self._energy(s.power_w, mk)
+            return self._margin(s.power_w, s.hashrate_ths, mk)
+
+        def same(a: State, b: State) -> bool:
+            if a.asleep or b.asleep:
+                return a.asleep and b.asleep
+            return _same_power(a, b.power_w)
+
+        revenue = economics.revenue_usd_per_day(
+            hashrate_ths=full.hashrate_ths,
+            hashprice_usd_per_th_day=market.hashprice_usd_per_th_day, pool_fee=cfg.pool_fee)
+        found = plans(present, states, path, margin, costs, idle=asleep,
+                      exponent=cfg.efficiency_exponent, revenue_usd_per_day=revenue, same=same,
+                      limit_band_usd=cfg.min_limit_gain_usd_per_day * path.horizon_s / 86_400.0)
+        best = max(found.values(), key=lambda p: (p.value_usd, same(p.first, present)))
+        stay = next((p for p in found.values() if same(p.first, present)), None)
+        if stay is None:  # staying is not an option (a limit the policy may not hold)
+            return self._option_of(best.first, run, sleep, choice, margin, market), ""
+        want = next((p for p in found.values() if same(p.first, self._state_of(choice, full,
+                                                                              idle_w))), best)
+        over = (f"over the next {path.horizon_s / 3600:.1f} h"
+                + (" of forecast" if path.from_forecast else ""))
+        if same(best.first, present):
+            if same(want.first, present):
+                return self._option_of(best.first, run, sleep, choice, margin, market), ""
+            gain = want.value_usd + want.switch_cost_usd - stay.value_usd
+            return self._option_of(present, run, sleep, choice, margin, market), (
+                f"kept ({self._move(want)} would gain {gain:.4f} USD {over}, not more than "
+                f"its {self._cost(want, costs)})")
+        gain = best.value_usd + best.switch_cost_usd - stay.value_usd
+        return self._option_of(best.first, run, sleep, choice, margin, market), (
+            f"gains {gain:.4f} USD {over} > {self._cost(best, costs)}")
+
+    @staticmethod
+    def _state_of(o: Option, full: OperatingPoint, idle_w: float) -> State:
+        if o.action == "sleep":
+            return State(ASLEEP, idle_w, 0.0)
+        p = o.point if o.action == "limit" and o.point is not None else full
+        return State("", p.power_w, p.hashrate_ths)
+
+    @staticmethod
+    def _option_of(s: State, run: Option, sleep: Option, choice: Option,
+                   margin: Callable[[State, float], float], market: MarketSnapshot) -> Option:
+        """The Option that puts the machine in ``s`` (its margin at the price now)."""
+        if s.asleep:
+            return sleep
+        if s.label == _FULL:
+            return run
+        if choice.action == "limit" and choice.point is not None and \
+                _same_power(s, choice.point.power_w):
+            return choice
+        # a limit chosen on the horizon's mean price, or the machine's present limit
+        return Option("limit", margin(s, market.tariff_usd_per_kwh),
+                      OperatingPoint(s.power_w, s.hashrate_ths, "curve"))
+
+    @staticmethod
+    def _move(p: Plan) -> str:
+        s = p.first
+        return "sleep" if s.asleep else ("run at full power" if s.label == _FULL else s.label)
+
+    @staticmethod
+    def _cost(p: Plan, costs: switching.SwitchingCosts) -> str:
+        what = {"wake": costs.describe_wake(), "later wake": costs.describe_wake(),
+                "restart": f"restart {costs.limit_restart_s:.0f} s"}.get(p.cost_kind, "")
+        return (f"{p.cost_kind} cost {p.switch_cost_usd:.4f} USD ({what})" if what
+                else "cost 0.0000 USD")
+
     # ---------------------------------------------------------------- numbers
     def _margin(self, power_w: float, hashrate_ths: float, market: MarketSnapshot) -> float:
         return economics.margin_usd_per_day(
@@ -315,3 +469,18 @@ class MarginPolicy:
             fw = r.firmware or "its"
             return f"run (cannot sleep: {fw} firmware has no sleep): {at_full}, {mk}"
         return f"run: {at_full} vs {asleep}, {mk}"
+
+
+def _same_power(s: State, power_w: float) -> bool:
+    """A hashing state at ``power_w`` (within the limit tolerance)."""
+    return not s.asleep and abs(s.power_w - power_w) <= _limit_tolerance_w(
+        max(s.power_w, power_w))
+
+
+def _with_weighing(reason: str, weighed: str) -> str:
+    """``weighed`` right after the reason's action ("sleep: <weighed>; margin ..."), where a
+    reason cut to a table's width still shows it."""
+    if not weighed:
+        return reason
+    head, sep, rest = reason.partition(": ")
+    return f"{head}: {weighed}; {rest}" if sep else f"{reason}; {weighed}"

@@ -22,7 +22,7 @@ DEFAULT_STEP_S = 60.0
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prices", required=True, metavar="FILE",
                    help="CSV: timestamp,hashprice_usd_per_th_day,tariff_usd_per_kwh"
-                        "[,power_cap_w]")
+                        "[,power_cap_w][,forecast_tariff_usd_per_kwh]")
     p.add_argument("--fleet", metavar="FILE|SPEC",
                    help="emulator fleet TOML (docs/emulator.md) or MODEL=COUNT,... "
                         "(default: the demo's 16 machines, every model twice)")
@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "one row, as an ISO real-time price is published after its interval; "
                         "0: decide on each row's own price). Settlement always uses the real "
                         "price")
+    p.add_argument("--forecast-ahead-s", type=float, default=0.0, metavar="S",
+                   help="give the policy the prices file's forecast_tariff_usd_per_kwh for the "
+                        "rows starting within S seconds ahead, as a realtime tariff with rows "
+                        "ahead would (e.g. 36000: a day-ahead market is known >= 10 h ahead); "
+                        "default 0: no forecast")
     p.add_argument("--step-s", type=float, default=DEFAULT_STEP_S, metavar="S",
                    help=f"simulated seconds between ticks (default {DEFAULT_STEP_S:g}; "
                         "[controller] poll_interval_s for full fidelity, slower)")
@@ -63,6 +68,9 @@ def run(config_path: str, args: argparse.Namespace) -> int:
     lag = args.price_lag_s
     if lag is not None and not (lag >= 0 and lag < float("inf")):
         return _fail(f"--price-lag-s: must be 0 or more seconds, got {lag:g}")
+    ahead = args.forecast_ahead_s
+    if not (ahead >= 0 and ahead < float("inf")):
+        return _fail(f"--forecast-ahead-s: must be 0 or more seconds, got {ahead:g}")
     if not args.no_plot and not str(args.plot).lower().endswith(".png"):
         return _fail(f"--plot: {args.plot!r} must name a .png file")
     if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
@@ -81,7 +89,7 @@ def run(config_path: str, args: argparse.Namespace) -> int:
         guards=config.guards, pool_fee=policy.config.pool_fee, step_s=args.step_s,
         verify_grace_s=config.controller.verify_grace_s,
         flag_after_failures=config.controller.flag_after_failures,
-        idle_estimate_w=config.fleet.power.idle_w, price_lag_s=lag)
+        idle_estimate_w=config.fleet.power.idle_w, price_lag_s=lag, forecast_ahead_s=ahead)
     result = simulate(policy, machines, series, settings)
     plot_path = None if args.no_plot else str(args.plot)
     s = summary(result, policy_name=str(config.policy["name"]), prices=str(args.prices),

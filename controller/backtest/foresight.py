@@ -8,18 +8,21 @@ a state per price row -- asleep, or hashing at one of a grid of power targets --
 dynamic programming over the machine's states with the physics of
 :class:`~controller.backtest.machines.SimMachine`:
 
-- a wake hashes nothing for the model's ``boot_s`` (idle draw), then runs;
+- a wake hashes nothing for the machine's ``boot_s`` (idle draw), then, where the firmware
+  ramps, rises linearly from idle to the target over ``wake_ramp_s``, then runs;
 - a new power target on a hashing machine hashes nothing for its ``restart_s`` (the
   family's ``[guards] limit_restart_s``; none with fast boot), then runs at the new target;
 - a sleep is immediate; staying costs nothing.
 
-States change only at row starts (the prices change only there, so nothing is lost), and a
-boot or restart longer than a row is cut at the row's end (rows are minutes; boots are
-seconds). Power targets are a grid of ``LIMIT_LEVELS`` from the firmware's lowest target up to
-nameplate (tunable firmware only) plus nameplate and the machine's starting power; a controller
-choosing targets between grid points could beat it by the curve's flatness there, a fraction of
-a percent. :func:`machine_schedule` is checked against brute force over every schedule run on
-a :class:`SimMachine` (tests/controller/test_backtest_foresight.py).
+These are the machine's own figures (``core/switching.py``, the table the margin policy
+weighs). States change only at row starts (the prices change only there, so nothing is lost),
+and a boot, ramp or restart longer than a row is cut at the row's end (rows are minutes; a
+wake is at most ten): that only ever flatters the bound. Power targets are a grid of
+``LIMIT_LEVELS`` from the firmware's lowest target up to nameplate (tunable firmware only)
+plus nameplate and the machine's starting power; a controller choosing targets between grid
+points could beat it by the curve's flatness there, a fraction of a percent.
+:func:`machine_schedule` is checked against brute force over every schedule run on a
+:class:`SimMachine` (tests/controller/test_backtest_foresight.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 
 from curtaild.controller.backtest.machines import SAME_LIMIT_W, SimMachine, hashrate_at_ths
 from curtaild.controller.backtest.prices import PriceSeries
+from curtaild.core.models import ALPHA
+from curtaild.core.switching import ramp_segment
 
 #: Power targets of the grid between the firmware's lowest target and nameplate.
 LIMIT_LEVELS = 12
@@ -70,6 +75,22 @@ def _rates(m: SimMachine, p: float, hashprice: float, tariff: float,
     return kwh, ths * hashprice * (1.0 - pool_fee) / 86_400.0, kwh * tariff
 
 
+def _wake_row(m: SimMachine, p: float, hashprice: float, tariff: float, pool_fee: float,
+              dt: float) -> tuple[float, float, float]:
+    """(kWh, revenue USD, cost USD) of a row of ``dt`` s that starts with a wake into ``p``:
+    the boot at idle draw, the ramp (power linear from idle to ``p``, hashrate on the curve:
+    exactly as SimMachine.advance integrates it), then ``p``."""
+    boot = min(m.boot_s, dt)
+    ramp_end = min(dt, m.boot_s + m.wake_ramp_s)
+    idle = m.spec.idle_power_w
+    ths = hashrate_at_ths(m.spec, p)
+    load_s, hash_s = ramp_segment(0.0, ramp_end - boot, m.wake_ramp_s, ALPHA)
+    rest = dt - max(boot, ramp_end)
+    joules = idle * boot + idle * (ramp_end - boot) + (p - idle) * load_s + p * rest
+    kwh = joules / 3_600_000.0
+    return kwh, ths * (hash_s + rest) * hashprice * (1.0 - pool_fee) / 86_400.0, kwh * tariff
+
+
 def machine_schedule(m: SimMachine, series: PriceSeries, pool_fee: float) -> Schedule:
     """The best schedule for ``m`` over ``series`` (m is not changed). O(rows x states)."""
     opts = power_options(m)
@@ -88,7 +109,8 @@ def machine_schedule(m: SimMachine, series: PriceSeries, pool_fee: float) -> Sch
         margin = [r[1] - r[2] for r in rate]
         idle_m = _rates(m, ASLEEP, h, c, pool_fee)
         idle_margin = idle_m[1] - idle_m[2]
-        boot, rst = min(m.spec.boot_s, dt), min(restart, dt)
+        rst = min(restart, dt)
+        woken = [None if p == ASLEEP else _wake_row(m, p, h, c, pool_fee, dt) for p in opts]
         # best and second-best previous hashing states (to exclude "stay" in O(1))
         hashing = [(value[k], k) for k in range(n) if opts[k] != ASLEEP and value[k] > neg]
         hashing.sort(reverse=True)
@@ -103,8 +125,9 @@ def machine_schedule(m: SimMachine, series: PriceSeries, pool_fee: float) -> Sch
                           if j != k and value[j] > neg]
             else:
                 if asleep_k is not None and value[asleep_k] > neg:
-                    cands.append((value[asleep_k] + idle_margin * boot + margin[k] * (dt - boot),
-                                  asleep_k))
+                    w = woken[k]
+                    assert w is not None
+                    cands.append((value[asleep_k] + w[1] - w[2], asleep_k))
                 other = next(((v, j) for v, j in hashing if j != k), None)
                 if other is not None:
                     cands.append((other[0] + idle_margin * rst + margin[k] * (dt - rst),
@@ -136,11 +159,13 @@ def _account(m: SimMachine, series: PriceSeries, pool_fee: float, states: list[f
         lost = 0.0
         if p != prev:
             out.switches += 1
-            if p != ASLEEP:
-                lost = min(m.spec.boot_s if prev == ASLEEP else restart, dt)
+            if p != ASLEEP and prev != ASLEEP:
+                lost = min(restart, dt)
         idle = _rates(m, ASLEEP, h, c, pool_fee)
         run = _rates(m, p, h, c, pool_fee)
         parts = [a * lost + b * (dt - lost) for a, b in zip(idle, run, strict=True)]
+        if p != prev and p != ASLEEP and prev == ASLEEP:
+            parts = list(_wake_row(m, p, h, c, pool_fee, dt))
         out.energy_kwh.append(parts[0])
         out.revenue_usd.append(parts[1])
         out.energy_cost_usd.append(parts[2])
@@ -154,7 +179,8 @@ def fleet_schedules(machines: list[SimMachine], series: PriceSeries,
     cache: dict[tuple, Schedule] = {}
     out = []
     for m in machines:
-        key = (m.model, m.state, m.mining_power_w(), m.restart_s, m.fast_boot)
+        key = (m.model, m.state, m.mining_power_w(), m.restart_s, m.fast_boot, m.boot_s,
+               m.wake_ramp_s)
         if key not in cache:
             cache[key] = machine_schedule(m, series, pool_fee)
         out.append(cache[key])

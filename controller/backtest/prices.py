@@ -9,7 +9,10 @@ Format (header required, columns in any order, ``#`` lines are comments)::
 ``timestamp`` is ISO 8601 (an offset or ``Z``; a naive time is taken as UTC) or unix seconds.
 Each row's prices hold until the next row; the last row holds for the median row spacing, so
 168 hourly rows are 168 hours. The optional ``power_cap_w`` column (empty = no cap) is a
-demand-response site cap, passed to the policy stack as a directive.
+demand-response site cap, passed to the policy stack as a directive. The optional
+``forecast_tariff_usd_per_kwh`` column (empty = none) is what a forecast published ahead of
+time said the row's tariff would be (e.g. the day-ahead price plus the same adders): the
+policy sees it ahead of the row (``--forecast-ahead-s``), never the row's real price.
 
 Every error names the file, the line and the column, and why: an operator's export with one
 bad cell must say which cell, not "invalid CSV".
@@ -21,12 +24,12 @@ import csv
 import itertools
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 REQUIRED = ("timestamp", "hashprice_usd_per_th_day", "tariff_usd_per_kwh")
-OPTIONAL = ("power_cap_w",)
+OPTIONAL = ("power_cap_w", "forecast_tariff_usd_per_kwh")
 
 
 class PriceError(ValueError):
@@ -41,6 +44,9 @@ class PriceRow:
     hashprice_usd_per_th_day: float
     tariff_usd_per_kwh: float
     power_cap_w: float | None = None
+    #: what a forecast published ahead of time said this row's tariff would be (e.g. the
+    #: day-ahead market's price plus the same adders); None: no forecast for this row
+    forecast_tariff_usd_per_kwh: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +54,16 @@ class PriceSeries:
     rows: tuple[PriceRow, ...]
     end: float  # unix s: when the last row's prices stop
     source: str
+    #: every row's start, in order (for bisecting); derived from ``rows``
+    starts: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "starts", tuple(r.at for r in self.rows))
 
     @property
     def start(self) -> float:
         return self.rows[0].at
+
 
     def row_end(self, i: int) -> float:
         return self.rows[i + 1].at if i + 1 < len(self.rows) else self.end
@@ -126,9 +138,12 @@ def parse_prices_text(text: str, source: str = "prices") -> PriceSeries:
             except ValueError as exc:
                 raise PriceError(f"{source}:{n}: {name}: {exc}") from None
 
-        cap = None
+        cap = forecast = None
         if "power_cap_w" in col and cells[col["power_cap_w"]].strip():
             cap = cell("power_cap_w", lambda t: _number(t, low=0.0))
+        if "forecast_tariff_usd_per_kwh" in col and \
+                cells[col["forecast_tariff_usd_per_kwh"]].strip():
+            forecast = cell("forecast_tariff_usd_per_kwh", _number)
         row = PriceRow(
             at=cell("timestamp", _timestamp),
             hashprice_usd_per_th_day=cell("hashprice_usd_per_th_day",
@@ -136,6 +151,7 @@ def parse_prices_text(text: str, source: str = "prices") -> PriceSeries:
             # Negative energy prices happen (ERCOT, wind at night): allowed.
             tariff_usd_per_kwh=cell("tariff_usd_per_kwh", _number),
             power_cap_w=cap,
+            forecast_tariff_usd_per_kwh=forecast,
         )
         if rows and row.at <= rows[-1].at:
             raise PriceError(f"{source}:{n}: timestamp: {cells[col['timestamp']].strip()!r} is "

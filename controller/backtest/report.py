@@ -73,6 +73,9 @@ def summary(r: BacktestResult, *, policy_name: str, prices: str,
         "captured_share_of_optimum_gain": None if share is None else round(share, 4),
         "policy_vs_foresight_margin_usd": round(r.policy.margin_usd - r.foresight.margin_usd, 4),
         "captured_share_of_foresight_gain": None if share_f is None else round(share_f, 4),
+        "forecast_ahead_s": r.forecast_ahead_s,
+        "max_limit_changes_per_machine_day": max(
+            (m.max_limit_changes_per_day(r.start) for m in r.machines), default=0),
         "optimum_note": OPTIMUM_NOTE,
         "foresight_note": FORESIGHT_NOTE,
         "machines": [{
@@ -82,6 +85,7 @@ def summary(r: BacktestResult, *, policy_name: str, prices: str,
             "margin_usd": round(m.revenue_usd - m.energy_cost_usd, 4),
             "switches": m.switches, "sleeps": m.sleeps, "wakes": m.wakes,
             "limit_changes": m.limit_changes,
+            "max_limit_changes_per_day": m.max_limit_changes_per_day(r.start),
             "hours_mining": round(m.mining_s / 3600.0, 3),
             "hours_limited": round(m.limited_s / 3600.0, 3),
             "hours_asleep": round(m.sleeping_s / 3600.0, 3),
@@ -117,8 +121,10 @@ def table(s: dict) -> str:
     out += _grid(header, rows)
     share = s["captured_share_of_optimum_gain"]
     share_f = s["captured_share_of_foresight_gain"]
+    ahead = (f"; the forecast column {s['forecast_ahead_s']:g} s ahead (--forecast-ahead-s)"
+             if s["forecast_ahead_s"] else "; no forecast")
     out += ["", f"prices seen by the policy {s['price_lag_s']:g} s after each row starts "
-                "(--price-lag-s); settled on the real price",
+                f"(--price-lag-s){ahead}; settled on the real price",
             f"policy vs always-on: {s['policy_vs_always_on_margin_usd']:+,.2f} USD margin; "
             f"vs foresight: {s['policy_vs_foresight_margin_usd']:+,.2f} USD"
             + (f" ({share_f:.1%} of foresight's gain over always-on captured)"
@@ -129,9 +135,11 @@ def table(s: dict) -> str:
     per_model: dict[str, list[dict]] = {}
     for m in s["machines"]:
         per_model.setdefault(m["model"], []).append(m)
-    header = ["model", "n", "margin USD", "switches", "h asleep", "h limited", "kWh"]
+    header = ["model", "n", "margin USD", "switches", "limit chg/day max", "h asleep",
+              "h limited", "kWh"]
     rows = [[model, str(len(ms)), f"{sum(m['margin_usd'] for m in ms):,.2f}",
              str(sum(m["switches"] for m in ms)),
+             str(max(m["max_limit_changes_per_day"] for m in ms)),
              f"{sum(m['hours_asleep'] for m in ms) / len(ms):,.1f}",
              f"{sum(m['hours_limited'] for m in ms) / len(ms):,.1f}",
              f"{sum(m['energy_kwh'] for m in ms):,.1f}"] for model, ms in per_model.items()]

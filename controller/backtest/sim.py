@@ -23,9 +23,11 @@ the same rows:
   best schedule over the whole period knowing every real price, paying the same boot times
   and power-limit restarts as the simulated machines (dynamic programming).
 
-Switching costs in the model: a wake hashes nothing for the model's boot time; a new power
-limit on a hashing machine hashes nothing for its family's ``[guards] limit_restart_s`` (a
-Whatsminer with ``fast_boot`` excepted) -- the same figure the guards weigh (rule 6b).
+Switching costs in the model (``core/switching.py``, the table the margin policy and
+the guards weigh; each reading carries its machine's): a wake hashes nothing for the boot time,
+then ramps where the firmware does (Whatsminer, LuxOS); a new power limit on a hashing machine
+hashes nothing for its family's ``[guards] limit_restart_s`` (a Whatsminer with ``fast_boot``
+excepted).
 
 Market inputs are treated as fresh at every tick (the prices are the file's), so the
 stale-input fail-safe never fires; the ramp bucket starts full, as on a daemon that has been
@@ -45,6 +47,7 @@ from curtaild.controller.backtest.prices import PriceRow, PriceSeries
 from curtaild.controller.guards import GuardConfig, RampBucket, apply_guards, memory_window_s
 from curtaild.core.models import ALPHA, ModelSpec
 from curtaild.core.snapshot import Directives, FleetSnapshot, MarketSnapshot
+from curtaild.core.switching import costs_for
 from curtaild.policies.compose import decide_stack
 
 
@@ -59,6 +62,8 @@ class SimSettings:
     flag_after_failures: int = 3
     idle_estimate_w: float = 40.0  # [fleet.power] idle_w: what the driver assumes asleep
     price_lag_s: float | None = None  # when a row is published after it starts; None: one row
+    #: how far ahead the price file's forecast column is known (0: no forecast is given)
+    forecast_ahead_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -109,6 +114,7 @@ class BacktestResult:
     rows: RowSeries
     foresight: Totals = field(default_factory=Totals)
     price_lag_s: float = 0.0
+    forecast_ahead_s: float = 0.0
 
 
 # ------------------------------------------------------------------ baselines
@@ -159,15 +165,24 @@ def default_lag_s(series: PriceSeries) -> float:
     return series.end - series.rows[-1].at
 
 
-def _market(series: PriceSeries, i: int, pool_fee: float,
-            power_cap_w: float | None) -> MarketSnapshot:
-    """What the controller knows: row ``i`` (the last published), no forecast beyond it."""
+def _market(series: PriceSeries, i: int, pool_fee: float, power_cap_w: float | None,
+            now: float = 0.0, forecast_ahead_s: float = 0.0) -> MarketSnapshot:
+    """What the controller knows at ``now``: row ``i`` (the last published) and, with
+    ``forecast_ahead_s``, the forecast column of the rows starting in (now, now + ahead] --
+    never a real price it could not have seen."""
     row = series.rows[i]
+    ahead: tuple[tuple[float, float], ...] = ()
+    if forecast_ahead_s > 0:
+        starts = series.starts
+        rows = series.rows[bisect.bisect_right(starts, now):
+                           bisect.bisect_right(starts, now + forecast_ahead_s)]
+        ahead = tuple((r.at, r.forecast_tariff_usd_per_kwh) for r in rows
+                      if r.forecast_tariff_usd_per_kwh is not None)
     return MarketSnapshot(
         hashprice_usd_per_th_day=row.hashprice_usd_per_th_day, hashprice_source="backtest",
         hashprice_age_s=0.0, tariff_usd_per_kwh=row.tariff_usd_per_kwh,
         tariff_source="backtest", tariff_age_s=0.0, pool_fee=pool_fee,
-        tariff_forecast=((row.at, row.tariff_usd_per_kwh),), power_cap_w=power_cap_w)
+        tariff_forecast=((row.at, row.tariff_usd_per_kwh), *ahead), power_cap_w=power_cap_w)
 
 
 def simulate(policy, machines: list[SimMachine], series: PriceSeries,
@@ -179,9 +194,13 @@ def simulate(policy, machines: list[SimMachine], series: PriceSeries,
     lag = default_lag_s(series) if settings.price_lag_s is None else settings.price_lag_s
     if not (lag >= 0 and math.isfinite(lag)):
         raise ValueError(f"--price-lag-s: must be 0 or more seconds, got {lag}")
+    ahead = settings.forecast_ahead_s
+    if not (ahead >= 0 and math.isfinite(ahead)):
+        raise ValueError(f"--forecast-ahead-s: must be 0 or more seconds, got {ahead}")
     published_at = [r.at + lag for r in series.rows]
-    for m in machines:  # the restart the guards weigh is the one the machines pay
-        m.restart_s = cfg.limit_restart_s.get(m.spec.firmware.casefold(), 0.0)
+    for m in machines:  # the restart the guards and the policy weigh is the one they pay
+        m.restart_s = costs_for(m.spec.firmware, m.spec.model,
+                                limit_restart_s=cfg.limit_restart_s).limit_restart_s
     schedules = fleet_schedules(machines, series, settings.pool_fee)
     journal = SimJournal()
     bucket = RampBucket(budget_w=cfg.ramp_w_per_min, updated_at=series.start)
@@ -196,7 +215,8 @@ def simulate(policy, machines: list[SimMachine], series: PriceSeries,
         t = row.at
         while t < row_end:
             seen = max(0, bisect.bisect_right(published_at, t) - 1)
-            market = _market(series, seen, settings.pool_fee, row.power_cap_w)
+            market = _market(series, seen, settings.pool_fee, row.power_cap_w, t,
+                             settings.forecast_ahead_s)
             fleet = FleetSnapshot(
                 tuple(m.reading(t, settings.idle_estimate_w) for m in machines), taken_at=t)
             verification = journal.verify(fleet, t, settings.verify_grace_s,
@@ -258,4 +278,5 @@ def simulate(policy, machines: list[SimMachine], series: PriceSeries,
     return BacktestResult(start=series.start, end=series.end, step_s=settings.step_s,
                           ticks=ticks, commands=commands_sent, policy=policy_totals,
                           always_on=always_on, optimum=optimum, machines=machines, rows=rows,
-                          foresight=foresight, price_lag_s=lag)
+                          foresight=foresight, price_lag_s=lag,
+                          forecast_ahead_s=settings.forecast_ahead_s)

@@ -46,7 +46,8 @@ def test_precedence_thermal_over_override_over_cap_over_schedule_over_base() -> 
     out = decide(s, HOT, GOOD, BAD, overrides=o)
     # margin sleeps bad; schedule the rest (lead time); the overrides pin good/hot running;
     # thermal derates hot anyway; the cap (4000 W) counts the pinned ones, nothing to shed.
-    assert out["bad"].action == "sleep" and out["bad"].reason.startswith("sleep: margin")
+    assert out["bad"].action == "sleep" and out["bad"].reason.startswith("sleep: ")
+    assert "margin -0.86 USD/day at full power" in out["bad"].reason
     assert out["good"].action == "run" and out["good"].priority == "forced"
     assert "operator override run (cli" in out["good"].reason
     assert out["hot"].action == "limit" and out["hot"].priority == "emergency"

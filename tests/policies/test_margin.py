@@ -40,6 +40,9 @@ def xp(key: str = "XP", **kw: object) -> MinerReading:
 
 
 def decide(r: MinerReading, mk: MarketSnapshot | None = None, **cfg: object):
+    """The policy's ranking at the price of the moment (``switching_costs`` off unless a test
+    asks: what a change costs is weighed in tests/policies/test_margin_switching.py)."""
+    cfg.setdefault("switching_costs", False)
     policy = MarginPolicy(MarginConfig(**cfg))  # type: ignore[arg-type]
     return policy.decide(FleetSnapshot(miners=(r,), taken_at=NOW), mk or market(), NOW).get(r.key)
 

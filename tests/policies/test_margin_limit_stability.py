@@ -40,6 +40,9 @@ def m30s(**kw: object) -> MinerReading:
 
 
 def decide(r: MinerReading, mk: MarketSnapshot | None = None, **cfg: object):
+    """The target the policy weighs (``switching_costs`` off: whether a machine is moved to
+    it is tests/policies/test_margin_switching.py)."""
+    cfg.setdefault("switching_costs", False)
     policy = MarginPolicy(MarginConfig(pool_fee=0.02, **cfg))  # type: ignore[arg-type]
     return policy.decide(FleetSnapshot((r,), NOW), mk or market(), NOW)[r.key]
 
