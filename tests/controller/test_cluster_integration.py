@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import DaemonProcess, journal_rows, wait_for, write_config
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 from tests.support.etcd import EtcdCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # As tests/controller/test_run_integration.py: at 0.045 USD/TH/day and 0.07 USD/kWh the three
 # S19j Pro and the M30S lose money (slept by curtaild), the S21s and the S19 XP earn.
-FLEET = """
+FLEET = f"""
 [[miner]]
 model = "S21"
 count = 2
@@ -36,6 +36,7 @@ model = "S19j Pro"
 count = 3
 [[miner]]
 model = "M30S"
+password = "{SITE_WHATSMINER_PASSWORD}"
 """
 FIRST = "127.191.0.1"
 RANGE = "127.191.0.1-127.191.0.7"
