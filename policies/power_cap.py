@@ -44,7 +44,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from curtaild.core import economics
+from curtaild.core import economics, phases
 from curtaild.core.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot, MinerReading
 from curtaild.core.timewindow import TimeWindow, check_timezone, window_matches
 from curtaild.policies import layer
@@ -200,22 +200,77 @@ class PowerCapPolicy:
         scored = [(self._order(r, out.get(r.key), market), r) for r in fleet.miners
                   if r.key not in pinned and r.state != "unreachable"
                   and r.command_state not in UNCONFIRMED]
-        for order, r in sorted(scored, key=lambda x: x[0]):
-            if excess <= 0:
-                break
+        groups: dict[str, list[MinerReading]] = {}
+        for r in fleet.miners:
+            if r.outlet is not None:
+                groups.setdefault(r.outlet, []).append(r)
+        limit_w = fleet.max_phase_imbalance_w
+        loads = phases.phase_loads(fleet.miners, lambda m: counted_w(m, out.get(m.key)))
+        shed_keys: set[str] = set()
+
+        def attempt(order: tuple[float, float], r: MinerReading, balance: bool) -> bool:
+            """Shed ``r`` (or its outlet) if that helps; False when held for phase balance."""
+            nonlocal excess
+            if r.key in shed_keys:
+                return True
             d = out.get(r.key)
             shed = self._shed(r, layer.power_under_w(r, d), excess)
+            members = [r]
+            if shed is None and not r.supports_sleep and r.outlet is not None:
+                # its outlet is its only curtailment (hard power-down tier): every machine on
+                # it goes off together, each then drawing nothing
+                members = groups.get(r.outlet, [r])
+                if any(m.key in pinned or m.command_state in UNCONFIRMED for m in members):
+                    return True
+                saved = sum(counted_w(m, out.get(m.key)) for m in members)
+                if saved <= 0:
+                    return True
+                shed = _Shed("outlet", None, saved)
             if shed is None:
-                continue
-            what = (f"limit to {shed.power_limit_w:.0f} W" if shed.action == "limit"
-                    else "sleep")
+                return True
+            held = phases.balance_hold(loads, r.phase, -shed.saved_w, limit_w) \
+                if balance else None
+            if held is not None:
+                return False
+            if shed.action == "outlet":
+                what = f"outlet {r.outlet} off ({r.key} cannot sleep"
+                what += f"; with {', '.join(m.key for m in members if m is not r)})" \
+                    if len(members) > 1 else ")"
+            elif shed.action == "limit":
+                what = f"limit to {shed.power_limit_w:.0f} W"
+            else:
+                what = "sleep"
+            unbalanced = ""
+            if not balance and limit_w is not None:
+                unbalanced = ("; beyond max_phase_imbalance_w: no shed within the phase "
+                              "balance is left, and the cap is the harder limit")
             reason = (f"power cap {cap.cap_w:.0f} W ({cap.source}): site ~{total:.0f} W under "
                       f"the base decision ({fleet.site_power_source}), budget {budget:.0f} W; "
                       f"{what} sheds "
-                      f"{shed.saved_w:.0f} W ({self._order_text(order, market)})")
-            out[r.key] = layer.curtailing(reason, d, action=shed.action,
-                                          power_limit_w=shed.power_limit_w, priority=priority)
+                      f"{shed.saved_w:.0f} W ({self._order_text(order, market)}){unbalanced}")
+            for m in members:
+                action = "sleep" if shed.action == "outlet" else shed.action
+                out[m.key] = layer.curtailing(reason, out.get(m.key), action=action,
+                                              power_limit_w=shed.power_limit_w,
+                                              priority=priority)
+                shed_keys.add(m.key)
+            phases.admit(loads, r.phase, -shed.saved_w)
             excess -= shed.saved_w
+            return True
+
+        # worst first; a shed that would unbalance the phases is passed over for the next
+        # worst, retried once the others are shed, and taken anyway if the cap still needs it
+        waiting = [(o, r) for o, r in sorted(scored, key=lambda x: x[0])]
+        for balance in (True, True, False):
+            left = []
+            for order, r in waiting:
+                if excess <= 0:
+                    break
+                if not attempt(order, r, balance):
+                    left.append((order, r))
+            waiting = left
+            if excess <= 0 or not waiting:
+                break
         return out
 
     # --------------------------------------------------------------- ordering
