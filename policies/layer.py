@@ -50,6 +50,12 @@ def idle_w(r: MinerReading) -> float:
     return IDLE_W
 
 
+def outlet_off(r: MinerReading) -> bool:
+    """Read as behind an outlet switched off: asleep at 0 W measured at its PDU outlet (how
+    controller/site.py presents a machine whose outlet curtaild owns)."""
+    return r.state == "sleeping" and r.power_source == "pdu" and r.power_w <= 0
+
+
 def full_power_w(r: MinerReading) -> float:
     """Full-power draw: nameplate, else the firmware's top target, else what it draws now."""
     return r.nameplate_power_w or r.max_power_limit_w or r.power_w

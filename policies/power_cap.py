@@ -122,6 +122,12 @@ def counted_w(r: MinerReading, d: Desired | None) -> float:
     return layer.power_under_w(r, d)
 
 
+def _wants_power(d: Desired | None) -> bool:
+    """Whether decision ``d`` needs its machine powered (None: held as it is: an outlet that
+    is off stays off)."""
+    return d is not None and d.action != "sleep"
+
+
 def measured_gap_w(fleet: FleetSnapshot) -> float:
     """Measured site power (meter, else PDU totals: ``fleet.site_power_w``) minus the sum of
     the machines' present draws; 0 without a measurement (then estimates alone are judged)."""
@@ -175,9 +181,24 @@ class PowerCapPolicy:
         if cap is None:
             return out
         budget = cap.cap_w - self.config.headroom_w
+        groups: dict[str, list[MinerReading]] = {}
+        for r in fleet.miners:
+            if r.outlet is not None:
+                groups.setdefault(r.outlet, []).append(r)
+
+        def counted(r: MinerReading) -> float:
+            """counted_w, with the hard power-down tier: behind an outlet curtaild switched
+            off, a machine draws nothing only while the outlet stays off, and it comes back on
+            when any machine on it is wanted running (controller/outlets.py)."""
+            d = out.get(r.key)
+            if (r.outlet is not None and layer.outlet_off(r) and (d is None or d.action == "sleep")
+                    and any(_wants_power(out.get(m.key)) for m in groups[r.outlet])):
+                return layer.IDLE_W if r.supports_sleep else layer.full_power_w(r)
+            return counted_w(r, d)
+
         # judged on the meter when there is one (issue 18): what the machines' own figures
         # miss (facility overhead, estimate error) is added to every estimate below
-        total = sum(counted_w(r, out.get(r.key)) for r in fleet.miners) + measured_gap_w(fleet)
+        total = sum(counted(r) for r in fleet.miners) + measured_gap_w(fleet)
         excess = total - budget
         if excess <= 0:
             return out
@@ -200,12 +221,8 @@ class PowerCapPolicy:
         scored = [(self._order(r, out.get(r.key), market), r) for r in fleet.miners
                   if r.key not in pinned and r.state != "unreachable"
                   and r.command_state not in UNCONFIRMED]
-        groups: dict[str, list[MinerReading]] = {}
-        for r in fleet.miners:
-            if r.outlet is not None:
-                groups.setdefault(r.outlet, []).append(r)
         limit_w = fleet.max_phase_imbalance_w
-        loads = phases.phase_loads(fleet.miners, lambda m: counted_w(m, out.get(m.key)))
+        loads = phases.phase_loads(fleet.miners, counted)
         shed_keys: set[str] = set()
 
         def attempt(order: tuple[float, float], r: MinerReading, balance: bool) -> bool:
@@ -214,15 +231,17 @@ class PowerCapPolicy:
             if r.key in shed_keys:
                 return True
             d = out.get(r.key)
-            shed = self._shed(r, layer.power_under_w(r, d), excess)
             members = [r]
-            if shed is None and not r.supports_sleep and r.outlet is not None:
-                # its outlet is its only curtailment (hard power-down tier): every machine on
-                # it goes off together, each then drawing nothing
-                members = groups.get(r.outlet, [r])
+            shed = None if layer.outlet_off(r) and r.outlet is not None else \
+                self._shed(r, layer.power_under_w(r, d), excess)
+            if shed is None and r.outlet is not None \
+                    and (not r.supports_sleep or layer.outlet_off(r)):
+                # its outlet is its curtailment (hard power-down tier): switched off, or kept
+                # off, with every machine on it, each then drawing nothing
+                members = groups[r.outlet]
                 if any(m.key in pinned or m.command_state in UNCONFIRMED for m in members):
                     return True
-                saved = sum(counted_w(m, out.get(m.key)) for m in members)
+                saved = sum(counted(m) for m in members)
                 if saved <= 0:
                     return True
                 shed = _Shed("outlet", None, saved)
@@ -233,9 +252,10 @@ class PowerCapPolicy:
             if held is not None:
                 return False
             if shed.action == "outlet":
-                what = f"outlet {r.outlet} off ({r.key} cannot sleep"
-                what += f"; with {', '.join(m.key for m in members if m is not r)})" \
-                    if len(members) > 1 else ")"
+                others = ", ".join(m.key for m in members if m is not r)
+                what = (f"outlet {r.outlet} {'kept ' if layer.outlet_off(r) else ''}off "
+                        f"({r.key} {'cannot sleep' if not r.supports_sleep else 'behind it'}"
+                        + (f"; with {others})" if others else ")"))
             elif shed.action == "limit":
                 what = f"limit to {shed.power_limit_w:.0f} W"
             else:
@@ -260,7 +280,7 @@ class PowerCapPolicy:
 
         # worst first; a shed that would unbalance the phases is passed over for the next
         # worst, retried once the others are shed, and taken anyway if the cap still needs it
-        waiting = [(o, r) for o, r in sorted(scored, key=lambda x: x[0])]
+        waiting = sorted(scored, key=lambda x: x[0])
         for balance in (True, True, False):
             left = []
             for order, r in waiting:

@@ -125,3 +125,29 @@ def test_cap_sheds_keep_the_phases_balanced_while_they_can() -> None:
     assert len(asleep) == 4
     assert "beyond max_phase_imbalance_w" in out["A"].reason
     assert "beyond" not in out["C"].reason  # C alone kept the balance (6000 W vs 6040 W)
+
+
+def test_a_machine_behind_an_outlet_kept_off_counts_what_it_draws_once_powered() -> None:
+    """An S19 slept by its firmware shares outlet 3 with a Bitaxe; curtaild switched it off.
+    Counting the S19 asleep at 0 W while the Bitaxe is wanted running would restore the outlet
+    and bring the S19 back at its 40 W idle draw: over the target on the next tick, cut again
+    (flapping). The cap counts that, and keeps the outlet off with both machines on it."""
+    s19 = dataclasses.replace(miner("S19", power_w=3068.0, hashrate_ths=104.0),
+                              state="sleeping", power_w=0.0, hashrate_ths=0.0,
+                              power_source="pdu", outlet="pdu-a/3")
+    axe4 = axe("AXE4", outlet="pdu-a/3", off=True)
+    s21 = miner("S21", power_w=3500.0, hashrate_ths=200.0, state="sleeping")
+    s21 = dataclasses.replace(s21, power_w=45.0)
+    f = dataclasses.replace(fleet(s19, axe4, s21), site_power_w=145.0, site_power_source="meter")
+    out = shed(f, event(170.0))  # 45 W + 100 W of facility load: room for 25 W more
+    assert {k: d.action for k, d in out.items()} == {"S19": "sleep", "AXE4": "sleep",
+                                                      "S21": "sleep"}
+    assert "outlet pdu-a/3 kept off" in out["AXE4"].reason
+    # the base keeps both Antminers asleep and wants the Bitaxe running: its outlet comes back
+    # on, the S19 with it at 40 W -- 202 W in all, counted as such
+    base = {"S19": Desired("sleep", "loses"), "S21": Desired("sleep", "loses"),
+            "AXE4": Desired("run", "earns")}
+    assert shed(f, event(210.0), base=base)["AXE4"].action == "run"
+    out = shed(f, event(195.0), base=base)
+    assert (out["S19"].action, out["AXE4"].action) == ("sleep", "sleep")
+    assert "outlet pdu-a/3 kept off (AXE4 cannot sleep; with S19)" in out["AXE4"].reason
