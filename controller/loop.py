@@ -254,7 +254,9 @@ class Reconciler:
             # which machines that cannot sleep the power cap may shed at their outlet
             fleet = self.site.mark_outlets(fleet, site_view, now, dr_active=dr_active,
                                            excluded=excluded)
-        desired = decide_stack(self.policy, fleet, market, directives, now)
+        site, marked = self.site, fleet
+        hook = None if site is None else (lambda d: site.wishes(marked, market, d))
+        desired = decide_stack(self.policy, fleet, market, directives, now, base_hook=hook)
         if market is None and not desired:
             guarded = GuardResult(commands=[], held={m.key: "no market inputs yet"
                                                      for m in fleet.miners},
@@ -274,7 +276,7 @@ class Reconciler:
             # curtaild switches or keeps off (controller/outlets.py)
             outlet_plan = self.site.plan(
                 fleet, desired, site_view, now, dr_active=dr_active, excluded=excluded,
-                fast=fast, market=market)
+                fast=fast)
             commands = [c for c in commands if c.key not in outlet_plan.suppressed]
             # phase balance ([inventory] max_phase_imbalance_w): firmware sleeps and wakes too
             commands, waiting = self.site.balance_commands(commands, fleet, outlet_plan)

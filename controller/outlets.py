@@ -104,7 +104,10 @@ def _needs_cut(r: MinerReading, d: Desired | None, cfg: HardPowerConfig,
     if d is None or d.action != "sleep":
         return None
     if r.state == "mining" and not r.supports_sleep:
-        return "cannot sleep (firmware has no sleep)"
+        why = "cannot sleep (firmware has no sleep)"
+        if d.priority == "emergency" and d.reason.startswith("power cap"):
+            why += f", shed for the {d.reason.partition(':')[0]}"
+        return why
     if r.command_state == "lying" and r.commanded_action == "sleep":
         return "ignored its firmware sleep past its grace (flagged)"
     if cfg.emergency_skips_sleep and d.priority == "emergency" and dr_active \

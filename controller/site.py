@@ -231,16 +231,24 @@ class Site:
                 out += [r.key for r in self.inventory.members(name, fleet.miners)]
         return out
 
+    def wishes(self, fleet: FleetSnapshot, market: MarketSnapshot | None,
+               desired: dict[str, Desired]) -> dict[str, Desired]:
+        """The tier's economics for opted-in machines that cannot sleep (running against
+        *off*: controller/outlets.py ``outlet_wishes``), added to the base policy's decision
+        before the layers (policies/compose.py ``base_hook``), so the power cap counts and
+        sheds what the tier would otherwise switch on or off behind its back."""
+        return outlet_wishes(fleet, desired, market, self.inventory, self.config.hard_power,
+                             self.config.guards.hysteresis_usd_per_day)
+
     def plan(self, fleet: FleetSnapshot, desired: dict[str, Desired], view: SiteView,
              now: float, *, dr_active: bool, excluded: frozenset[str],
-             fast: bool = False, market: MarketSnapshot | None = None) -> OutletPlan:
-        """The tier's plan. A fast tick (decided on the last observation) switches nothing
-        and releases nothing: its outlet states predate the last switches; it only keeps
+             fast: bool = False) -> OutletPlan:
+        """The tier's plan for ``desired`` (the stack's decision, the tier's economics in it:
+        :meth:`wishes`). A fast tick (decided on the last observation) switches nothing and
+        releases nothing: its outlet states predate the last switches; it only keeps
         firmware commands away from machines behind an outlet curtaild owns."""
         observed = view.observed()
         owned = self.outlets.owned()
-        desired = outlet_wishes(fleet, desired, market, self.inventory, self.config.hard_power,
-                                self.config.guards.hysteresis_usd_per_day)
         plan = plan_outlets(fleet, desired, self.inventory, observed, owned,
                             self.outlets.cycles(now), self.outlets.last_on_at(),
                             self.config.hard_power, now, dr_active=dr_active,

@@ -94,6 +94,8 @@ def power_under_w(r: MinerReading, d: Desired | None) -> float:
     if d is None or r.state == "unreachable":
         return present_w(r)
     if d.action == "sleep":
+        if not r.supports_sleep and r.outlet is None and r.state == "mining":
+            return present_w(r)  # no sleep and no outlet to switch: it keeps drawing
         return idle_w(r)
     if d.action == "limit" and d.power_limit_w is not None:
         return d.power_limit_w

@@ -278,9 +278,13 @@ class PowerCapPolicy:
             excess -= shed.saved_w
             return True
 
-        # worst first; a shed that would unbalance the phases is passed over for the next
-        # worst, retried once the others are shed, and taken anyway if the cap still needs it
-        waiting = sorted(scored, key=lambda x: x[0])
+        # outlets already off first: keeping one off switches nothing and spends none of its
+        # cycles, where trading it for another (a restore here, a cut there) would spend two
+        # and flap the site. Then worst first; a shed that would unbalance the phases is
+        # passed over for the next worst, retried once the others are shed, and taken anyway
+        # if the cap still needs it.
+        waiting = sorted(scored, key=lambda x: (not (x[1].outlet is not None
+                                                     and layer.outlet_off(x[1])), x[0]))
         for balance in (True, True, False):
             left = []
             for order, r in waiting:

@@ -17,7 +17,8 @@ CFG = HardPowerConfig(enabled=True, racks=["R1"], min_off_s=0, max_cycles_per_da
                       max_on_per_pdu=5, max_on_per_phase=5, on_interval_s=0)
 NOW = 1_000_000.0
 SLEEP = Desired("sleep", "loses money")
-CAP = Desired("sleep", "power cap", priority="emergency")
+CAP = Desired("sleep", "power cap 170 W (demand-response event dr-1): site ~253 W",
+              priority="emergency")
 RUN = Desired("run", "earns")
 
 
@@ -87,6 +88,8 @@ def test_a_cap_shed_of_a_machine_that_cannot_sleep_switches_its_outlet() -> None
     p = plan_outlets(f, {"a": CAP, "s": CAP}, i, {("p", 1): True}, {}, {}, {}, CFG, NOW)
     assert [(a.outlet, a.on, a.miners) for a in p.actions] == [(1, False, ("a", "s"))]
     assert p.suppressed == {"a", "s"}
+    assert p.actions[0].reason == ("cannot sleep (firmware has no sleep), shed for the power "
+                                   "cap 170 W (demand-response event dr-1)")
 
 
 # ------------------------------------------------------------------------- phase balance

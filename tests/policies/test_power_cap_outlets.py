@@ -151,3 +151,45 @@ def test_a_machine_behind_an_outlet_kept_off_counts_what_it_draws_once_powered()
     out = shed(f, event(195.0), base=base)
     assert (out["S19"].action, out["AXE4"].action) == ("sleep", "sleep")
     assert "outlet pdu-a/3 kept off (AXE4 cannot sleep; with S19)" in out["AXE4"].reason
+
+
+def test_an_outlet_already_off_is_kept_off_before_another_is_cut() -> None:
+    """Two Bitaxes, one behind an outlet curtaild switched off; the target needs one of them
+    off. Keeping the off one off switches nothing; trading it for the other (a restore and a
+    cut) would spend a cycle on each outlet and flap. Which one is worse per watt does not
+    matter here."""
+    off = axe("OFF", outlet="pdu-a/1", off=True)
+    on = dataclasses.replace(axe("ON", outlet="pdu-a/2"), hashrate_ths=1.0)  # the worse one
+    out = shed(fleet(off, on), event(20.0))
+    assert (out["OFF"].action, out["ON"].action) == ("sleep", "run")
+    # both running: the worse one per watt goes
+    out = shed(fleet(dataclasses.replace(axe("A", outlet="pdu-a/1")), on), event(20.0))
+    assert (out["A"].action, out["ON"].action) == ("run", "sleep")
+
+
+def test_the_controllers_base_hook_is_what_the_cap_counts_and_is_off_while_paused() -> None:
+    """The hard power-down tier's own economics (run against off) join the base decision
+    before the cap: a Bitaxe the base has no opinion on but the tier wants running counts at
+    its full draw, so the cap keeps its outlet off instead of letting the tier restore it."""
+    from curtaild.policies.compose import decide_stack
+    from curtaild.policies.margin import MarginPolicy
+
+    off = axe("A", outlet="pdu-a/1", off=True)
+    f = dataclasses.replace(fleet(off), site_power_w=100.0, site_power_source="meter")
+    mk = market(hashprice=0.09, tariff=0.03)
+    wants = {"A": Desired("run", "tier: earns")}
+    calls: list[dict] = []
+
+    def hook(d: dict) -> dict:
+        calls.append(d)
+        return {**d, **wants}
+
+    policy = MarginPolicy()
+    assert "A" not in decide_stack(policy, f, mk, event(110.0), NOW)  # no opinion, held off
+    out = decide_stack(policy, f, mk, event(110.0), NOW, base_hook=hook)
+    assert out["A"].action == "sleep" and "kept off" in out["A"].reason
+    assert decide_stack(policy, f, mk, event(200.0), NOW, base_hook=hook)["A"].action == "run"
+    calls.clear()
+    paused = dataclasses.replace(event(110.0), automation_paused=True)
+    decide_stack(policy, f, mk, paused, NOW, base_hook=hook)
+    assert calls == []
