@@ -26,6 +26,16 @@ command is already out (re-sent at most once per grace) or it does not obey. The
 another machine instead. A machine silent right after our own command ("transitioning") counts
 as any unreachable one (its draw is unknown: ``headroom_w``).
 
+A machine that cannot sleep (a Bitaxe) is shed at its PDU outlet where the controller marked
+it (``MinerReading.outlet``: the hard power-down tier would switch that outlet off now, every
+safety rule met; controller/outlets.py), together with every machine on the outlet, each then
+counted at 0 W. Outlets already off are kept off before any other is cut (no switch, no cycle
+spent). Behind an outlet curtaild switched off a machine counts 0 W only while the outlet stays
+off: when a machine on it is wanted running, the others count what they draw once powered.
+With ``FleetSnapshot.max_phase_imbalance_w`` (site map phases), a shed that would leave the
+phases further apart than that is passed over for the next worst, and taken only if the cap
+still needs it (core/phases.py).
+
 Every shed has priority "emergency" (it acts at once, ahead of the ramp and the command cap,
 with no dwell or hysteresis, and through stale market inputs): a cap is a physical or
 contractual limit -- a feeder, a transformer, a demand-response obligation -- not an economic
