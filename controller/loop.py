@@ -249,7 +249,7 @@ class Reconciler:
                 guard_cfg = guard_cfg.model_copy(update={"exclude": self.site.expand_groups(
                     list(guard_cfg.exclude), fleet)})
         dr_active = directives.power_cap_w is not None
-        excluded = frozenset(k.casefold() for k in guard_cfg.exclude)
+        excluded = frozenset(k.strip().casefold() for k in guard_cfg.exclude)
         if self.site is not None and site_view is not None:
             # which machines that cannot sleep the power cap may shed at their outlet
             fleet = self.site.mark_outlets(fleet, site_view, now, dr_active=dr_active,

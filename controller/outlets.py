@@ -177,6 +177,13 @@ def _placed(fleet: FleetSnapshot, inv: Inventory) -> tuple[
     return by_outlet, placed, phase_of
 
 
+def _excluded(r: MinerReading, excluded: frozenset[str]) -> bool:
+    """``[guards] exclude`` as the guards read it: key, IP, MAC or serial, any case
+    (``excluded`` holds the names casefolded)."""
+    return any(i is not None and i.casefold() in excluded
+               for i in (r.key, r.ip, r.mac, r.serial))
+
+
 def _sleep_tried(r: MinerReading, cfg: HardPowerConfig, dr_active: bool) -> bool:
     """Rule 2 for a power-cap shed: not hashing, cannot sleep, flagged for ignoring a sleep, or
     an emergency demand-response shed where the operator allowed skipping the firmware."""
@@ -212,7 +219,7 @@ def sheddable_outlets(fleet: FleetSnapshot, inv: Inventory,
             continue
         if cycles.get(key, 0) >= cfg.max_cycles_per_day:
             continue
-        if all(r.key not in excluded and r.state != "unreachable" and opted_in(r, inv, cfg)
+        if all(not _excluded(r, excluded) and r.state != "unreachable" and opted_in(r, inv, cfg)
                and _sleep_tried(r, cfg, dr_active) for r in machines):
             out.add(key)
     return out
@@ -284,7 +291,7 @@ def _cuts(plan: OutletPlan, by_outlet: dict[OutletKey, list[MinerReading]],
             d = desired.get(r.key)
             if blocked:
                 break
-            if r.key in excluded:
+            if _excluded(r, excluded):
                 blocked = f"{r.key} is excluded (guards.exclude)"
             elif not opted_in(r, inv, cfg):
                 blocked = f"{r.key} is not opted in ([hard_power] racks/containers/models)"

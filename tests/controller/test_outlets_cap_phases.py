@@ -57,6 +57,11 @@ def test_outlets_a_cap_may_shed_follow_every_rule_of_the_tier() -> None:
     assert sheddable(fleet(axe), i, {("p", 1): False}) == set()  # the operator's: off
     assert sheddable(fleet(axe), i, on, cycles={("p", 1): 2}) == set()  # cycle cap
     assert sheddable(fleet(axe), i, on, excluded=frozenset({"a"})) == set()
+    # excluded by its MAC, as [guards] exclude names it (any case), though keyed otherwise
+    mac = dataclasses.replace(axe, mac="AA:BB:CC:00:00:01")
+    assert sheddable(fleet(mac), i, on, excluded=frozenset({"aa:bb:cc:00:00:01"})) == set()
+    assert plan_outlets(fleet(mac), {"a": CAP}, i, on, {}, {}, {}, CFG, NOW,
+                        excluded=frozenset({"aa:bb:cc:00:00:01"})).actions == []
     gone = dataclasses.replace(axe, state="unreachable")
     assert sheddable(fleet(gone), i, on) == set()
     # ours and off (or unknown): a shed keeps it off; ours and seen on: released, not ours
