@@ -248,7 +248,14 @@ class Reconciler:
             if any(parse_group(x) for x in guard_cfg.exclude):
                 guard_cfg = guard_cfg.model_copy(update={"exclude": self.site.expand_groups(
                     list(guard_cfg.exclude), fleet)})
-        dr_active = directives.power_cap_w is not None
+        # a demand-response event is the cap in force (not merely active above a lower
+        # fixed cap): only then may hard_power.emergency_skips_sleep cut a hashing machine
+        cap = getattr(self.policy, "power_cap", None)
+        if cap is not None:
+            in_force = cap.cap_in_force(now, directives)
+            dr_active = in_force is not None and in_force.demand_response
+        else:
+            dr_active = directives.power_cap_w is not None
         excluded = frozenset(k.strip().casefold() for k in guard_cfg.exclude)
         if self.site is not None and site_view is not None:
             # which machines that cannot sleep the power cap may shed at their outlet

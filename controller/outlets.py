@@ -320,7 +320,8 @@ def _cuts(plan: OutletPlan, by_outlet: dict[OutletKey, list[MinerReading]],
                                          tuple(r.key for r in machines), ph))
         for r in machines:
             plan.suppressed.add(r.key)
-            plan.held[r.key] = f"outlet {key[1]} of {key[0]} switched off: {why[0]}"
+            own = _needs_cut(r, desired.get(r.key), cfg, dr_active) or why[0]
+            plan.held[r.key] = f"outlet {key[1]} of {key[0]} switched off: {own}"
 
 
 def _phase_loads(fleet: FleetSnapshot, inv: Inventory) -> dict[str, float]:
