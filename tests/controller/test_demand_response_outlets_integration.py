@@ -173,7 +173,8 @@ def test_event_met_on_the_meter_with_outlet_cuts_then_restored_outlets_first(
             # outlets of the opted-in rack off, the S21's (not opted in) on
             seen = outlets(emu)
             assert (seen[2], seen[3], seen[4]) == ("off", "off", "on"), seen
-            assert states(emu)[S21] == "sleeping"  # slept by its firmware
+            wait_for(lambda: states(emu)[S21] == "sleeping" or None, 30,
+                     what="S21 slept by its firmware")
             assert {states(emu)[ip] for ip in (AXE2, AXE3, AXE4, S19)} == {"off"}
             # firmware first: the S19j Pro was asleep before its shared outlet went off
             s19_sleep = [c[0] for c in emu.miner(S19)["changes"]
@@ -215,7 +216,9 @@ def test_event_met_on_the_meter_with_outlet_cuts_then_restored_outlets_first(
                      if c[1] == "wake" and c[2] == "client"]
             assert wakes and wakes[-1] > on3, (wakes, on3)
             assert not journal_rows(tmp_path / "state", "SELECT * FROM outlets")  # released
-            assert daemon.stop() == 0
+            # a stop waits for a command in flight (up to command_timeout_s + 2 s, then 5 s
+            # more): an Antminer restarting into its sleep may not answer one meanwhile
+            assert daemon.stop(timeout=40.0) == 0
     print(f"meter under {TARGET_W:.0f} W {met_s:.1f} s after the event was published")
 
 
@@ -242,8 +245,11 @@ def test_an_emergency_event_may_cut_a_hashing_machine_when_the_operator_allows_i
             s19 = emu.miner(S19)
             assert not [c for c in s19["changes"] if c[1] == "sleep" and c[2] == "client"], \
                 s19["changes"]  # cut at its outlet, never asked to sleep
-            assert states(emu)[S21] == "sleeping"  # not opted in: its firmware, as ever
+            # not opted in: its firmware, as ever (a stock Antminer restarts into its sleep)
+            wait_for(lambda: states(emu)[S21] == "sleeping" or None, 30, what="S21 asleep")
             held = {m["ip"]: m.get("held") or "" for m in json.loads(
                 (tmp_path / "state" / "status.json").read_text())["miners"]}
             assert held[S19].startswith("outlet 3 of pdu-a") and " off" in held[S19], held
-            assert daemon.stop() == 0
+            # a stop waits for a command in flight (up to command_timeout_s + 2 s, then 5 s
+            # more): an Antminer restarting into its sleep may not answer one meanwhile
+            assert daemon.stop(timeout=40.0) == 0
