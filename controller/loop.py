@@ -277,7 +277,22 @@ class Reconciler:
             if any(parse_group(x) for x in guard_cfg.exclude):
                 guard_cfg = guard_cfg.model_copy(update={"exclude": self.site.expand_groups(
                     list(guard_cfg.exclude), fleet)})
-        desired = decide_stack(self.policy, fleet, market, directives, now)
+        # a demand-response event is the cap in force (not merely active above a lower
+        # fixed cap): only then may hard_power.emergency_skips_sleep cut a hashing machine
+        cap = getattr(self.policy, "power_cap", None)
+        if cap is not None:
+            in_force = cap.cap_in_force(now, directives)
+            dr_active = in_force is not None and in_force.demand_response
+        else:
+            dr_active = directives.power_cap_w is not None
+        excluded = frozenset(k.strip().casefold() for k in guard_cfg.exclude)
+        if self.site is not None and site_view is not None:
+            # which machines that cannot sleep the power cap may shed at their outlet
+            fleet = self.site.mark_outlets(fleet, site_view, now, dr_active=dr_active,
+                                           excluded=excluded)
+        site, marked = self.site, fleet
+        hook = None if site is None else (lambda d: site.wishes(marked, market, d))
+        desired = decide_stack(self.policy, fleet, market, directives, now, base_hook=hook)
         if market is None and not desired:
             guarded = GuardResult(commands=[], held={m.key: "no market inputs yet"
                                                      for m in fleet.miners},
@@ -296,11 +311,12 @@ class Reconciler:
             # the hard power-down tier: no firmware command to a machine behind an outlet
             # curtaild switches or keeps off (controller/outlets.py)
             outlet_plan = self.site.plan(
-                fleet, desired, site_view, now, dr_active=directives.power_cap_w is not None,
-                excluded=frozenset(k.casefold() for k in guard_cfg.exclude), fast=fast,
-                market=market)
+                fleet, desired, site_view, now, dr_active=dr_active, excluded=excluded,
+                fast=fast)
             commands = [c for c in commands if c.key not in outlet_plan.suppressed]
-            held = {**guarded.held, **outlet_plan.held}
+            # phase balance ([inventory] max_phase_imbalance_w): firmware sleeps and wakes too
+            commands, waiting = self.site.balance_commands(commands, fleet, outlet_plan)
+            held = {**guarded.held, **outlet_plan.held, **waiting}
         dry_run = self.config.controller.dry_run or not send
         outcomes: dict[str, str] = {}
         if send:

@@ -436,12 +436,14 @@ def snapshot_families(s: MetricsState) -> Iterator[Family]:
     """Everything that depends only on the published state (cached per state)."""
     yield from _controller(s)
     t = s.tick
-    caps = [c for c in (s.power_cap_w, t.market.power_cap_w if t and t.market else None)
+    caps = [c for c in (s.power_cap_w, t.market.power_cap_w if t and t.market else None,
+                        t.directives.power_cap_w if t and t.directives else None)
             if c is not None]
     if caps:
         yield from _gauge("curtaild_site_power_cap_watts",
-                          "Site power cap in force: the lower of [site] power_cap_w and an "
-                          "active demand-response cap, watts.", min(caps))
+                          "Site power cap in force: the lowest of [site] power_cap_w and an "
+                          "active demand-response cap (an MQTT event or the market's), watts.",
+                          min(caps))
     yield from _gauge("curtaild_site_fixed_costs_usd_per_day",
                       "Configured fixed costs of the site ([site] fixed_costs_usd_per_day), "
                       "USD per day.", s.fixed_costs_usd_per_day)

@@ -24,11 +24,16 @@ inrush when it comes back), so the rules are strict, and each is a test:
    boot (a stock Antminer into the sleep its firmware stored), and the usual guards wake them
    on the next ticks. Switch-ons are staggered against inrush: at most ``max_on_per_pdu`` per
    PDU and ``max_on_per_phase`` per phase per tick, ``on_interval_s`` apart on one PDU.
-7. Phase balance: switch-ons go to the least-loaded phase first, and with
-   ``max_phase_imbalance_w`` one that would leave the phases further apart than that waits for
-   a later tick when another switch-on was already admitted in this one (the first of a tick
-   always goes: a restore is never stranded by balance).
-   Sheds are never held back for balance: they lower the load.
+7. Phase balance (core/phases.py): switch-ons go to the least-loaded phase first; with
+   ``[inventory] max_phase_imbalance_w`` a switch-on or an economic switch-off that would
+   leave the phases further apart than that, and further apart than they are, waits for a
+   later tick. A change that keeps or improves the balance always goes (never stranded in an
+   imbalance). Emergency (power cap, demand response, thermal) and operator switch-offs are
+   never held: the power cap already chose its sheds with the balance in mind.
+8. Power cap and demand response (policies/power_cap.py): :func:`sheddable_outlets` names
+   the outlets every rule above would let go off now (or stay off); the controller marks
+   their machines (``MinerReading.outlet``) so the cap can shed a machine that cannot sleep
+   -- with every machine on its outlet -- where firmware cannot.
 
 Machines behind an outlet curtaild owns are read as asleep (state "sleeping", 0 W, power
 source "pdu": controller/site.py) so that the policy decides on them like on any sleeping
@@ -42,8 +47,8 @@ from dataclasses import dataclass, field
 
 from curtaild.controller.inventory import Inventory
 from curtaild.controller.site_config import HardPowerConfig
-from curtaild.core import economics
-from curtaild.core.snapshot import Desired, FleetSnapshot, MarketSnapshot, MinerReading
+from curtaild.core import economics, phases
+from curtaild.core.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
 
 OutletKey = tuple[str, int]  # (PDU key, outlet number)
 
@@ -77,6 +82,9 @@ class OutletPlan:
     released: list[OutletKey] = field(default_factory=list)
     #: outlet -> what curtaild intends ("on" | "off") for the disagreement metric
     intent: dict[OutletKey, str] = field(default_factory=dict)
+    #: load per phase (W) with this plan's switches counted: where firmware commands are
+    #: balanced from (controller/site.py)
+    phase_loads: dict[str, float] = field(default_factory=dict)
 
 
 def opted_in(r: MinerReading, inv: Inventory, cfg: HardPowerConfig) -> bool:
@@ -96,7 +104,10 @@ def _needs_cut(r: MinerReading, d: Desired | None, cfg: HardPowerConfig,
     if d is None or d.action != "sleep":
         return None
     if r.state == "mining" and not r.supports_sleep:
-        return "cannot sleep (firmware has no sleep)"
+        why = "cannot sleep (firmware has no sleep)"
+        if d.priority == "emergency" and d.reason.startswith("power cap"):
+            why += f", shed for the {d.reason.partition(':')[0]}"
+        return why
     if r.command_state == "lying" and r.commanded_action == "sleep":
         return "ignored its firmware sleep past its grace (flagged)"
     if cfg.emergency_skips_sleep and d.priority == "emergency" and dr_active \
@@ -149,13 +160,9 @@ def outlet_wishes(fleet: FleetSnapshot, desired: Mapping[str, Desired],
     return out
 
 
-def plan_outlets(fleet: FleetSnapshot, desired: Mapping[str, Desired], inv: Inventory,
-                 observed: Mapping[OutletKey, bool | None], owned: Mapping[OutletKey, Owned],
-                 cycles: Mapping[OutletKey, int], last_on_at: Mapping[str, float],
-                 cfg: HardPowerConfig, now: float, *, dr_active: bool = False,
-                 excluded: frozenset[str] = frozenset()) -> OutletPlan:
-    """The tier's decisions for one tick; see the module docstring for the rules."""
-    plan = OutletPlan()
+def _placed(fleet: FleetSnapshot, inv: Inventory) -> tuple[
+        dict[OutletKey, list[MinerReading]], dict[OutletKey, int], dict[OutletKey, str | None]]:
+    """Machines seen on each outlet, how many the site map places there, and its phase."""
     by_outlet: dict[OutletKey, list[MinerReading]] = {}
     phase_of: dict[OutletKey, str | None] = {}
     placed: dict[OutletKey, int] = {}
@@ -167,7 +174,68 @@ def plan_outlets(fleet: FleetSnapshot, desired: Mapping[str, Desired], inv: Inve
         p = inv.of(r)
         if p is not None and p.outlet_key is not None:
             by_outlet.setdefault(p.outlet_key, []).append(r)
-    # ---- outlets curtaild owns: keep off, or restore (staggered)
+    return by_outlet, placed, phase_of
+
+
+def _excluded(r: MinerReading, excluded: frozenset[str]) -> bool:
+    """``[guards] exclude`` as the guards read it: key, IP, MAC or serial, any case
+    (``excluded`` holds the names casefolded)."""
+    return any(i is not None and i.casefold() in excluded
+               for i in (r.key, r.ip, r.mac, r.serial))
+
+
+def _sleep_tried(r: MinerReading, cfg: HardPowerConfig, dr_active: bool) -> bool:
+    """Rule 2 for a power-cap shed: not hashing, cannot sleep, flagged for ignoring a sleep, or
+    an emergency demand-response shed where the operator allowed skipping the firmware."""
+    return (r.state != "mining" or not r.supports_sleep
+            or (r.command_state == "lying" and r.commanded_action == "sleep")
+            or (cfg.emergency_skips_sleep and dr_active))
+
+
+def sheddable_outlets(fleet: FleetSnapshot, inv: Inventory,
+                      observed: Mapping[OutletKey, bool | None],
+                      owned: Mapping[OutletKey, Owned], cycles: Mapping[OutletKey, int],
+                      cfg: HardPowerConfig, *, dr_active: bool = False,
+                      excluded: frozenset[str] = frozenset()) -> set[OutletKey]:
+    """Outlets a power-cap (or demand-response) shed may switch off now, or keep off.
+
+    The same rules as :func:`plan_outlets`, asked before the policy decides: an outlet
+    curtaild owns and has not seen on (kept off); or one seen on this tick, whose machines are
+    all seen, opted in, reachable and not excluded, each past its firmware sleep (rule 2),
+    with switch-offs left today. The cap then sheds every machine on it together, so the
+    shared-outlet rule holds by construction.
+    """
+    if not cfg.enabled:
+        return set()
+    by_outlet, placed, _ = _placed(fleet, inv)
+    out: set[OutletKey] = set()
+    for key, machines in by_outlet.items():
+        seen = observed.get(key)
+        if key in owned:
+            if seen is not True:
+                out.add(key)  # ours and off: a shed keeps it off
+            continue
+        if seen is not True or len(machines) < placed.get(key, 0):
+            continue
+        if cycles.get(key, 0) >= cfg.max_cycles_per_day:
+            continue
+        if all(not _excluded(r, excluded) and r.state != "unreachable" and opted_in(r, inv, cfg)
+               and _sleep_tried(r, cfg, dr_active) for r in machines):
+            out.add(key)
+    return out
+
+
+def plan_outlets(fleet: FleetSnapshot, desired: Mapping[str, Desired], inv: Inventory,
+                 observed: Mapping[OutletKey, bool | None], owned: Mapping[OutletKey, Owned],
+                 cycles: Mapping[OutletKey, int], last_on_at: Mapping[str, float],
+                 cfg: HardPowerConfig, now: float, *, dr_active: bool = False,
+                 excluded: frozenset[str] = frozenset(),
+                 max_phase_imbalance_w: float | None = None) -> OutletPlan:
+    """The tier's decisions for one tick; see the module docstring for the rules."""
+    plan = OutletPlan()
+    by_outlet, placed, phase_of = _placed(fleet, inv)
+    loads = _phase_loads(fleet, inv)
+    # ---- outlets curtaild owns: keep off, or restore (staggered, after the switch-offs)
     restores: list[tuple[OutletKey, list[MinerReading]]] = []
     for key, own in owned.items():
         machines = by_outlet.get(key, [])
@@ -192,11 +260,25 @@ def plan_outlets(fleet: FleetSnapshot, desired: Mapping[str, Desired], inv: Inve
                                     f"time, {left:.0f} s left")
             continue
         restores.append((key, machines))
-    _stagger(plan, restores, fleet, inv, last_on_at, cfg, now)
     # ---- outlets to switch off
-    if not cfg.enabled:
-        return plan
-    for key, machines in by_outlet.items():
+    if cfg.enabled:
+        _cuts(plan, by_outlet, placed, phase_of, desired, inv, observed, owned, cycles, cfg,
+              loads, dr_active=dr_active, excluded=excluded, limit_w=max_phase_imbalance_w)
+    _stagger(plan, restores, inv, last_on_at, cfg, now, loads, max_phase_imbalance_w)
+    plan.phase_loads = loads
+    return plan
+
+
+def _cuts(plan: OutletPlan, by_outlet: dict[OutletKey, list[MinerReading]],
+          placed: dict[OutletKey, int], phase_of: dict[OutletKey, str | None],
+          desired: Mapping[str, Desired], inv: Inventory,
+          observed: Mapping[OutletKey, bool | None], owned: Mapping[OutletKey, Owned],
+          cycles: Mapping[OutletKey, int], cfg: HardPowerConfig, loads: dict[str, float], *,
+          dr_active: bool, excluded: frozenset[str], limit_w: float | None) -> None:
+    # heaviest phase first: an economic switch-off there narrows the spread
+    for key, machines in sorted(by_outlet.items(),
+                                key=lambda kv: (-loads.get(phase_of.get(kv[0]) or "", 0.0),
+                                                kv[0])):
         if key in owned or observed.get(key) is not True:
             continue  # ours already, or off/unknown: an outlet found off is the operator's
         why = [w for r in machines if (w := _needs_cut(r, desired.get(r.key), cfg, dr_active))]
@@ -209,7 +291,7 @@ def plan_outlets(fleet: FleetSnapshot, desired: Mapping[str, Desired], inv: Inve
             d = desired.get(r.key)
             if blocked:
                 break
-            if r.key in excluded:
+            if _excluded(r, excluded):
                 blocked = f"{r.key} is excluded (guards.exclude)"
             elif not opted_in(r, inv, cfg):
                 blocked = f"{r.key} is not opted in ([hard_power] racks/containers/models)"
@@ -222,26 +304,34 @@ def plan_outlets(fleet: FleetSnapshot, desired: Mapping[str, Desired], inv: Inve
         if blocked is None and cycles.get(key, 0) >= cfg.max_cycles_per_day:
             blocked = (f"switched off {cycles.get(key, 0)} times in 24 h "
                        f"(hard_power.max_cycles_per_day {cfg.max_cycles_per_day})")
+        ph = phase_of.get(key)
+        drop = -sum(max(0.0, r.power_w) for r in machines)
+        if blocked is None and all((d := desired.get(r.key)) is not None
+                                   and d.priority == "normal" for r in machines):
+            blocked = phases.balance_hold(loads, ph, drop, limit_w)
         if blocked is not None:
             for r in machines:
                 if _needs_cut(r, desired.get(r.key), cfg, dr_active):
                     plan.held[r.key] = f"outlet {key[1]} of {key[0]} not switched off: {blocked}"
             continue
+        phases.admit(loads, ph, drop)
         plan.intent[key] = "off"
         plan.actions.append(OutletAction(key[0], key[1], False, why[0],
-                                         tuple(r.key for r in machines), phase_of.get(key)))
+                                         tuple(r.key for r in machines), ph))
         for r in machines:
             plan.suppressed.add(r.key)
-            plan.held[r.key] = f"outlet {key[1]} of {key[0]} switched off: {why[0]}"
-    return plan
+            own = _needs_cut(r, desired.get(r.key), cfg, dr_active) or why[0]
+            plan.held[r.key] = f"outlet {key[1]} of {key[0]} switched off: {own}"
 
 
 def _phase_loads(fleet: FleetSnapshot, inv: Inventory) -> dict[str, float]:
-    loads = {"L1": 0.0, "L2": 0.0, "L3": 0.0}
+    """What each phase the site map uses carries now (the machines' present draw), W."""
+    loads = {p.phase: 0.0 for p in inv.placements if p.phase}
     for r in fleet.miners:
         p = inv.of(r)
-        if p is not None and p.phase in loads:
-            loads[p.phase] += max(0.0, r.power_w)
+        ph = r.phase or (p.phase if p is not None else None)
+        if ph and r.state != "unreachable":
+            loads[ph] = loads.get(ph, 0.0) + max(0.0, r.power_w)
     return loads
 
 
@@ -250,16 +340,14 @@ def _full_w(machines: list[MinerReading]) -> float:
 
 
 def _stagger(plan: OutletPlan, restores: list[tuple[OutletKey, list[MinerReading]]],
-             fleet: FleetSnapshot, inv: Inventory, last_on_at: Mapping[str, float],
-             cfg: HardPowerConfig, now: float) -> None:
+             inv: Inventory, last_on_at: Mapping[str, float], cfg: HardPowerConfig,
+             now: float, loads: dict[str, float], limit_w: float | None) -> None:
     """Switch-ons this tick: least-loaded phase first, limited per PDU and phase."""
-    loads = _phase_loads(fleet, inv)
-    phase = {key: (inv.of(ms[0]).phase if ms and inv.of(ms[0]) else None)
+    phase = {key: (p.phase if ms and (p := inv.of(ms[0])) is not None else None)
              for key, ms in restores}
     per_pdu: dict[str, int] = {}
     per_phase: dict[str, int] = {}
     order = sorted(restores, key=lambda kv: (loads.get(phase[kv[0]] or "", 0.0), kv[0]))
-    admitted = 0
     for key, machines in order:
         ph = phase[key]
         reason = None
@@ -269,27 +357,52 @@ def _stagger(plan: OutletPlan, restores: list[tuple[OutletKey, list[MinerReading
             reason = f"staggered: {cfg.max_on_per_phase} outlet(s) on {ph} per tick"
         elif now - last_on_at.get(key[0], 0.0) < cfg.on_interval_s:
             reason = (f"staggered: {cfg.on_interval_s:g} s between switch-ons on {key[0]}")
-        elif cfg.max_phase_imbalance_w is not None and ph in loads:
-            after = dict(loads)
-            after[ph] += _full_w(machines)
-            spread = max(after.values()) - min(after.values())
-            if spread > cfg.max_phase_imbalance_w and admitted:
-                reason = (f"phase balance: {ph} would be {spread:.0f} W from the lightest "
-                          f"phase (hard_power.max_phase_imbalance_w "
-                          f"{cfg.max_phase_imbalance_w:g})")
+        else:
+            reason = phases.balance_hold(loads, ph, _full_w(machines), limit_w)
         if reason is not None:
             plan.intent[key] = "off"
             for r in machines:
                 plan.held[r.key] = f"outlet {key[1]} of {key[0]} off by curtaild: {reason}"
             continue
-        admitted += 1
         per_pdu[key[0]] = per_pdu.get(key[0], 0) + 1
         if ph:
             per_phase[ph] = per_phase.get(ph, 0) + 1
-            loads[ph] = loads.get(ph, 0.0) + _full_w(machines)
+        phases.admit(loads, ph, _full_w(machines))
         plan.intent[key] = "on"
         plan.actions.append(OutletAction(key[0], key[1], True, "restore: the policy wants "
                                          "its machines running; firmware wake follows",
                                          tuple(r.key for r in machines), ph))
         for r in machines:
             plan.held[r.key] = f"outlet {key[1]} of {key[0]} switched on: booting"
+
+
+def balance_firmware(commands: list[Command], fleet: FleetSnapshot,
+                     loads: Mapping[str, float], limit_w: float | None
+                     ) -> tuple[list[Command], dict[str, str]]:
+    """Firmware sleeps, limits and wakes of normal priority that would leave the phases
+    further apart than ``limit_w`` (and further than they are) wait for a later tick
+    (core/phases.py); ``loads``: each phase's load with this tick's outlet switches counted
+    (``OutletPlan.phase_loads``; empty: the machines' present draw). Emergency sheds and
+    operator commands always go. Returns the commands kept, in their order, and why the others
+    wait. A held command is proposed again next tick (level-triggered); the ramp budget it was
+    admitted with is not refunded, so balance can only slow a restore, never speed one."""
+    if limit_w is None:
+        return commands, {}
+    by_key = fleet.by_key()
+    work = dict(loads) if loads else phases.phase_loads(
+        (r for r in fleet.miners if r.state != "unreachable"), lambda r: r.power_w)
+    kept: set[int] = set()
+    held: dict[str, str] = {}
+    # sheds before wakes: a shed on a heavy phase makes room for a wake on a light one
+    for i, c in sorted(enumerate(commands),
+                       key=lambda ic: (ic[1].priority == "normal", ic[1].delta_power_w, ic[0])):
+        r = by_key.get(c.key)
+        phase = r.phase if r is not None else None
+        why = phases.balance_hold(work, phase, c.delta_power_w, limit_w) \
+            if c.priority == "normal" else None
+        if why is not None:
+            held[c.key] = f"{c.action} waits: {why}"
+            continue
+        phases.admit(work, phase, c.delta_power_w)
+        kept.add(i)
+    return [c for i, c in enumerate(commands) if i in kept], held

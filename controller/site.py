@@ -30,11 +30,13 @@ from curtaild.controller.outlets import (
     OutletAction,
     OutletKey,
     OutletPlan,
+    balance_firmware,
     outlet_wishes,
     plan_outlets,
+    sheddable_outlets,
 )
 from curtaild.controller.site_config import load_inventory
-from curtaild.core.snapshot import Desired, FleetSnapshot, MarketSnapshot, MinerReading
+from curtaild.core.snapshot import Command, Desired, FleetSnapshot, MarketSnapshot, MinerReading
 from curtaild.drivers.meter import MeterReading, SunSpecMeter
 from curtaild.drivers.pdu import PduError, PduReading
 from curtaild.drivers.pdu.build import build_pdus
@@ -157,11 +159,16 @@ class Site:
             if p is not None and p.outlet_key is not None:
                 by_outlet.setdefault(p.outlet_key, []).append(r)
         replaced: dict[str, MinerReading] = {}
+        for r in fleet.miners:  # the phase feeding it, for phase-balanced sheds and restores
+            p = self.inventory.of(r)
+            if p is not None and p.phase and r.phase != p.phase:
+                replaced[r.key] = replace(r, phase=p.phase)
         for key, machines in by_outlet.items():
             if key in owned and observed.get(key) is not True:
                 for r in machines:  # off by curtaild: asleep, drawing nothing
-                    replaced[r.key] = replace(r, state="sleeping", power_w=0.0,
-                                              power_source="pdu", hashrate_ths=0.0, error=None)
+                    replaced[r.key] = replace(replaced.get(r.key, r), state="sleeping",
+                                              power_w=0.0, power_source="pdu",
+                                              hashrate_ths=0.0, error=None)
                 continue
             pdu = view.pdus.get(key[0])
             if pdu is None or key[0] not in view.fresh:
@@ -175,13 +182,43 @@ class Site:
             weights = [max(r.power_w, 1.0) for r in live]
             total = sum(weights)
             for r, w in zip(live, weights, strict=True):
-                replaced[r.key] = replace(r, power_w=o.power_w * w / total, power_source="pdu")
+                replaced[r.key] = replace(replaced.get(r.key, r),
+                                          power_w=o.power_w * w / total, power_source="pdu")
         miners = tuple(replaced.get(r.key, r) for r in fleet.miners)
         out = replace(fleet, miners=miners) if replaced else fleet
         if view.site_power_w is not None:
             out = replace(out, site_power_w=view.site_power_w,
                           site_power_source=view.site_power_source)
+        limit = self.config.inventory.max_phase_imbalance_w
+        if out.max_phase_imbalance_w != limit:
+            out = replace(out, max_phase_imbalance_w=limit)
         return out
+
+    def mark_outlets(self, fleet: FleetSnapshot, view: SiteView, now: float, *,
+                     dr_active: bool, excluded: frozenset[str]) -> FleetSnapshot:
+        """``MinerReading.outlet`` on every machine whose outlet the tier would switch off (or
+        keep off) for a power-cap shed now (controller/outlets.py ``sheddable_outlets``): how
+        the cap learns it can shed a machine that cannot sleep. Called after exclusions and
+        command states are known, before the policy decides."""
+        keys = sheddable_outlets(fleet, self.inventory, view.observed(), self.outlets.owned(),
+                                 self.outlets.cycles(now), self.config.hard_power,
+                                 dr_active=dr_active, excluded=excluded)
+        miners = []
+        changed = False
+        for r in fleet.miners:
+            p = self.inventory.of(r)
+            key = p.outlet_key if p is not None else None
+            mark = f"{key[0]}/{key[1]}" if key is not None and key in keys else None
+            changed |= mark != r.outlet
+            miners.append(replace(r, outlet=mark) if mark != r.outlet else r)
+        return replace(fleet, miners=tuple(miners)) if changed else fleet
+
+    def balance_commands(self, commands: list[Command], fleet: FleetSnapshot,
+                         plan: OutletPlan | None) -> tuple[list[Command], dict[str, str]]:
+        """Firmware commands within ``[inventory] max_phase_imbalance_w``, counted after this
+        tick's outlet switches (controller/outlets.py ``balance_firmware``)."""
+        return balance_firmware(commands, fleet, plan.phase_loads if plan is not None else {},
+                                self.config.inventory.max_phase_imbalance_w)
 
     # ------------------------------------------------------------------- plan
     def expand_groups(self, names: list[str], fleet: FleetSnapshot) -> list[str]:
@@ -194,20 +231,29 @@ class Site:
                 out += [r.key for r in self.inventory.members(name, fleet.miners)]
         return out
 
+    def wishes(self, fleet: FleetSnapshot, market: MarketSnapshot | None,
+               desired: dict[str, Desired]) -> dict[str, Desired]:
+        """The tier's economics for opted-in machines that cannot sleep (running against
+        *off*: controller/outlets.py ``outlet_wishes``), added to the base policy's decision
+        before the layers (policies/compose.py ``base_hook``), so the power cap counts and
+        sheds what the tier would otherwise switch on or off behind its back."""
+        return outlet_wishes(fleet, desired, market, self.inventory, self.config.hard_power,
+                             self.config.guards.hysteresis_usd_per_day)
+
     def plan(self, fleet: FleetSnapshot, desired: dict[str, Desired], view: SiteView,
              now: float, *, dr_active: bool, excluded: frozenset[str],
-             fast: bool = False, market: MarketSnapshot | None = None) -> OutletPlan:
-        """The tier's plan. A fast tick (decided on the last observation) switches nothing
-        and releases nothing: its outlet states predate the last switches; it only keeps
+             fast: bool = False) -> OutletPlan:
+        """The tier's plan for ``desired`` (the stack's decision, the tier's economics in it:
+        :meth:`wishes`). A fast tick (decided on the last observation) switches nothing and
+        releases nothing: its outlet states predate the last switches; it only keeps
         firmware commands away from machines behind an outlet curtaild owns."""
         observed = view.observed()
         owned = self.outlets.owned()
-        desired = outlet_wishes(fleet, desired, market, self.inventory, self.config.hard_power,
-                                self.config.guards.hysteresis_usd_per_day)
         plan = plan_outlets(fleet, desired, self.inventory, observed, owned,
                             self.outlets.cycles(now), self.outlets.last_on_at(),
                             self.config.hard_power, now, dr_active=dr_active,
-                            excluded=excluded)
+                            excluded=excluded,
+                            max_phase_imbalance_w=self.config.inventory.max_phase_imbalance_w)
         if fast:
             plan.actions, plan.released = [], []
         return plan

@@ -153,6 +153,11 @@ class InventoryConfig(_Strict):
     file: SecretFile = Field(None, description="CSV (id,container,rack,pdu,outlet,phase) or "
                              "TOML ([[miner]]) site map; relative: beside the config file")
     miner: list[InventoryRow] = Field(default_factory=list)
+    max_phase_imbalance_w: float | None = Field(
+        None, gt=0, description="the most W the most loaded phase may carry above the least "
+        "loaded one: sheds and restores (power cap, outlets, firmware) that would leave the "
+        "phases further apart than this, and further than they are, wait or go elsewhere "
+        "(core/phases.py); needs the site map's phases")
 
 
 class HardPowerConfig(_Strict):
@@ -184,9 +189,14 @@ class HardPowerConfig(_Strict):
     emergency_skips_sleep: bool = Field(
         False, description="an emergency demand-response shed may cut a hashing machine "
         "without trying its firmware sleep first (for events measured in seconds)")
-    max_phase_imbalance_w: float | None = Field(
-        None, gt=0, description="switch-ons that would leave the phases further apart than "
-        "this (max - min, W) wait while another phase can take the load")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_phase_imbalance_w" in data:
+            raise ValueError("max_phase_imbalance_w: set it in [inventory] (it balances every "
+                             "shed and restore, firmware and power cap too, not only outlets)")
+        return data
 
     @field_validator("racks", "containers", "models")
     @classmethod
@@ -259,6 +269,10 @@ def check_site(pdu: list[PduConfig], inventory: InventoryConfig,
         if not (hard_power.racks or hard_power.containers or hard_power.models):
             problems.append("hard_power.enabled: name the racks, containers or models whose "
                             "outlets curtaild may switch off (nothing is opted in)")
+    if inventory.max_phase_imbalance_w is not None and not more \
+            and not any(p.phase for p in inv.placements):
+        problems.append("inventory.max_phase_imbalance_w: no inventory row gives a phase, so "
+                        "there is nothing to balance")
     racks = {p.rack for p in inv.placements if p.rack}
     containers = {p.container for p in inv.placements if p.container}
     for i, r in enumerate(hard_power.racks):

@@ -75,6 +75,17 @@ def site_families(t) -> Iterator[Family]:
     yield from (up, errors, on, power, owned, mismatch)
     yield Family("curtaild_pdu_switch_failures", "counter", "Outlet switches a PDU refused or "
                  "did not answer, since start.", (), [((), float(v.switch_failures))])
+    loads: dict[str, float] = {}
+    for r in t.fleet.miners:  # what phase balance is judged on (core/phases.py)
+        if r.phase and r.state != "unreachable":
+            loads[r.phase] = loads.get(r.phase, 0.0) + max(0.0, r.power_w)
+    if loads:
+        ph = Family("curtaild_site_phase_power_watts", "gauge", "The machines' draw per "
+                    "electrical phase of the site map, watts: what sheds and restores balance "
+                    "([inventory] max_phase_imbalance_w).", ("phase",))
+        for phase, w in sorted(loads.items()):
+            ph.add((phase,), w)
+        yield ph
     info = Family("curtaild_miner_site", "info", "Where each miner is (site map): "
                   "container, rack, pdu, outlet, phase; join on miner.",
                   ("miner", "container", "rack", "pdu", "outlet", "phase"))

@@ -69,6 +69,15 @@ class MinerReading:
     #: limit: core/switching.py), set by the loop from [guards] limit_restart_s and by
     #: the backtest's machines; None: the table's figures for its family and model
     switching: SwitchingCosts | None = None
+    #: the electrical phase feeding it ("L1" | "L2" | "L3"; site map), None when not placed:
+    #: sheds and restores keep the phases within ``FleetSnapshot.max_phase_imbalance_w``
+    phase: str | None = None
+    #: the PDU outlet ("<pdu>/<n>") the hard power-down tier would switch off (or keep off) if
+    #: every machine on it were shed, set by the controller only where every rule of the tier
+    #: allows it now (opted in, outlet state known, cycles left, nothing unseen on it, firmware
+    #: sleep tried first: controller/outlets.py); None: its outlet is not a way to shed it.
+    #: Machines sharing the outlet carry the same value and are shed together.
+    outlet: str | None = None
 
     @property
     def efficiency_j_per_th(self) -> float | None:
@@ -88,6 +97,9 @@ class FleetSnapshot:
     #: only the machines' own figures are known. The power cap judges compliance on it.
     site_power_w: float | None = None
     site_power_source: str = "estimate"  # "meter" | "pdu" | "estimate"
+    #: the site's limit on the spread between its most and least loaded phase, W
+    #: ([inventory] max_phase_imbalance_w); None: phases are not balanced
+    max_phase_imbalance_w: float | None = None
 
     def by_key(self) -> dict[str, MinerReading]:
         return {m.key: m for m in self.miners}

@@ -23,7 +23,7 @@ cap still act, because none of them depends on prices.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -36,6 +36,9 @@ from curtaild.policies.overrides import override_decisions
 from curtaild.policies.power_cap import PowerCapConfig, PowerCapPolicy
 from curtaild.policies.schedule import SchedulePolicy
 from curtaild.policies.thermal import ThermalPolicy
+
+#: Applied to the base's decisions before the layers (see PolicyStack.decide_stack).
+BaseHook = Callable[[dict[str, Desired]], dict[str, Desired]]
 
 #: Sub-tables of ``[policy]`` that add a layer, in the order they are applied (lowest first).
 LAYERS: dict[str, Any] = {
@@ -100,7 +103,13 @@ class PolicyStack:
         return self.decide_stack(fleet, market, dr, now)
 
     def decide_stack(self, fleet: FleetSnapshot, market: MarketSnapshot | None,
-                     directives: Directives, now: float) -> dict[str, Desired]:
+                     directives: Directives, now: float, *,
+                     base_hook: BaseHook | None = None) -> dict[str, Desired]:
+        """``base_hook``: the controller's own economic wishes added to the base's (and the
+        schedule's) before the layers above it -- the hard power-down tier weighs running
+        against *off* for machines that cannot sleep (controller/outlets.py), and the power
+        cap must count what that tier will do. Not called while automation is paused or
+        without market inputs, like the base."""
         economics = market is not None and not directives.automation_paused
         decisions: dict[str, Desired] = {}
         if economics:
@@ -110,6 +119,8 @@ class PolicyStack:
             decisions = dict(self.base.decide(fleet, base_market, now))
             if self.schedule is not None:
                 decisions = self.schedule.apply(decisions, fleet, market, directives, now)
+            if base_hook is not None:
+                decisions = base_hook(decisions)
         # Higher layers first, so the cap counts what they pin but never sheds it.
         forced = override_decisions(fleet, directives, now)
         top = {**decisions, **{k: layer.overriding(v, decisions.get(k))
@@ -123,14 +134,17 @@ class PolicyStack:
 
 
 def decide_stack(policy: Any, fleet: FleetSnapshot, market: MarketSnapshot | None,
-                 directives: Directives, now: float) -> dict[str, Desired]:
+                 directives: Directives, now: float, *,
+                 base_hook: BaseHook | None = None) -> dict[str, Desired]:
     """Desired state per miner key. A policy object with its own ``decide_stack`` method
-    (a composed stack) gets everything; a plain policy is wrapped in a stack of its own."""
+    (a composed stack) gets everything; a plain policy is wrapped in a stack of its own.
+    ``base_hook``: see :meth:`PolicyStack.decide_stack`."""
     own = getattr(policy, "decide_stack", None)
     if callable(own):
-        desired: dict[str, Desired] = own(fleet, market, directives, now)
+        extra = {} if base_hook is None else {"base_hook": base_hook}
+        desired: dict[str, Desired] = own(fleet, market, directives, now, **extra)
         return desired
-    return PolicyStack(policy).decide_stack(fleet, market, directives, now)
+    return PolicyStack(policy).decide_stack(fleet, market, directives, now, base_hook=base_hook)
 
 
 def _layer_config(name: str, value: Any, problems: list[str]) -> BaseModel | None:

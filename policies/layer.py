@@ -38,8 +38,22 @@ def everything_runs(fleet: FleetSnapshot) -> dict[str, Desired]:
 
 
 def idle_w(r: MinerReading) -> float:
-    """A sleeping machine's draw: its own reading when asleep and reported, else IDLE_W."""
-    return r.power_w if r.state == "sleeping" and r.power_w > 0 else IDLE_W
+    """A sleeping machine's draw: its own reading when asleep and reported, else IDLE_W.
+
+    Power measured at its PDU outlet counts as measured even at 0 W (its outlet is off: it
+    draws nothing; IDLE_W would add phantom watts to a cap judged on the meter). A machine
+    that cannot sleep and is shed at its outlet (``r.outlet``) draws nothing either."""
+    if r.state == "sleeping" and (r.power_w > 0 or r.power_source == "pdu"):
+        return max(0.0, r.power_w)
+    if not r.supports_sleep and r.outlet is not None:
+        return 0.0
+    return IDLE_W
+
+
+def outlet_off(r: MinerReading) -> bool:
+    """Read as behind an outlet switched off: asleep at 0 W measured at its PDU outlet (how
+    controller/site.py presents a machine whose outlet curtaild owns)."""
+    return r.state == "sleeping" and r.power_source == "pdu" and r.power_w <= 0
 
 
 def full_power_w(r: MinerReading) -> float:
@@ -80,6 +94,8 @@ def power_under_w(r: MinerReading, d: Desired | None) -> float:
     if d is None or r.state == "unreachable":
         return present_w(r)
     if d.action == "sleep":
+        if not r.supports_sleep and r.outlet is None and r.state == "mining":
+            return present_w(r)  # no sleep and no outlet to switch: it keeps drawing
         return idle_w(r)
     if d.action == "limit" and d.power_limit_w is not None:
         return d.power_limit_w

@@ -26,6 +26,16 @@ command is already out (re-sent at most once per grace) or it does not obey. The
 another machine instead. A machine silent right after our own command ("transitioning") counts
 as any unreachable one (its draw is unknown: ``headroom_w``).
 
+A machine that cannot sleep (a Bitaxe) is shed at its PDU outlet where the controller marked
+it (``MinerReading.outlet``: the hard power-down tier would switch that outlet off now, every
+safety rule met; controller/outlets.py), together with every machine on the outlet, each then
+counted at 0 W. Outlets already off are kept off before any other is cut (no switch, no cycle
+spent). Behind an outlet curtaild switched off a machine counts 0 W only while the outlet stays
+off: when a machine on it is wanted running, the others count what they draw once powered.
+With ``FleetSnapshot.max_phase_imbalance_w`` (site map phases), a shed that would leave the
+phases further apart than that is passed over for the next worst, and taken only if the cap
+still needs it (core/phases.py).
+
 Every shed has priority "emergency" (it acts at once, ahead of the ramp and the command cap,
 with no dwell or hysteresis, and through stale market inputs): a cap is a physical or
 contractual limit -- a feeder, a transformer, a demand-response obligation -- not an economic
@@ -44,7 +54,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from curtaild.core import economics
+from curtaild.core import economics, phases
 from curtaild.core.snapshot import Desired, Directives, FleetSnapshot, MarketSnapshot, MinerReading
 from curtaild.core.timewindow import TimeWindow, check_timezone, window_matches
 from curtaild.policies import layer
@@ -122,6 +132,12 @@ def counted_w(r: MinerReading, d: Desired | None) -> float:
     return layer.power_under_w(r, d)
 
 
+def _wants_power(d: Desired | None) -> bool:
+    """Whether decision ``d`` needs its machine powered (None: held as it is: an outlet that
+    is off stays off)."""
+    return d is not None and d.action != "sleep"
+
+
 def measured_gap_w(fleet: FleetSnapshot) -> float:
     """Measured site power (meter, else PDU totals: ``fleet.site_power_w``) minus the sum of
     the machines' present draws; 0 without a measurement (then estimates alone are judged)."""
@@ -175,9 +191,24 @@ class PowerCapPolicy:
         if cap is None:
             return out
         budget = cap.cap_w - self.config.headroom_w
+        groups: dict[str, list[MinerReading]] = {}
+        for r in fleet.miners:
+            if r.outlet is not None:
+                groups.setdefault(r.outlet, []).append(r)
+
+        def counted(r: MinerReading) -> float:
+            """counted_w, with the hard power-down tier: behind an outlet curtaild switched
+            off, a machine draws nothing only while the outlet stays off, and it comes back on
+            when any machine on it is wanted running (controller/outlets.py)."""
+            d = out.get(r.key)
+            if (r.outlet is not None and layer.outlet_off(r) and (d is None or d.action == "sleep")
+                    and any(_wants_power(out.get(m.key)) for m in groups[r.outlet])):
+                return layer.IDLE_W if r.supports_sleep else layer.full_power_w(r)
+            return counted_w(r, d)
+
         # judged on the meter when there is one (issue 18): what the machines' own figures
         # miss (facility overhead, estimate error) is added to every estimate below
-        total = sum(counted_w(r, out.get(r.key)) for r in fleet.miners) + measured_gap_w(fleet)
+        total = sum(counted(r) for r in fleet.miners) + measured_gap_w(fleet)
         excess = total - budget
         if excess <= 0:
             return out
@@ -200,22 +231,80 @@ class PowerCapPolicy:
         scored = [(self._order(r, out.get(r.key), market), r) for r in fleet.miners
                   if r.key not in pinned and r.state != "unreachable"
                   and r.command_state not in UNCONFIRMED]
-        for order, r in sorted(scored, key=lambda x: x[0]):
-            if excess <= 0:
-                break
+        limit_w = fleet.max_phase_imbalance_w
+        loads = phases.phase_loads(fleet.miners, counted)
+        shed_keys: set[str] = set()
+
+        def attempt(order: tuple[float, float], r: MinerReading, balance: bool) -> bool:
+            """Shed ``r`` (or its outlet) if that helps; False when held for phase balance."""
+            nonlocal excess
+            if r.key in shed_keys:
+                return True
             d = out.get(r.key)
-            shed = self._shed(r, layer.power_under_w(r, d), excess)
+            members = [r]
+            shed = None if layer.outlet_off(r) and r.outlet is not None else \
+                self._shed(r, layer.power_under_w(r, d), excess)
+            if shed is None and r.outlet is not None \
+                    and (not r.supports_sleep or layer.outlet_off(r)):
+                # its outlet is its curtailment (hard power-down tier): switched off, or kept
+                # off, with every machine on it, each then drawing nothing
+                members = groups[r.outlet]
+                if any(m.key in pinned or m.command_state in UNCONFIRMED for m in members):
+                    return True
+                saved = sum(counted(m) for m in members)
+                if saved <= 0:
+                    return True
+                shed = _Shed("outlet", None, saved)
             if shed is None:
-                continue
-            what = (f"limit to {shed.power_limit_w:.0f} W" if shed.action == "limit"
-                    else "sleep")
+                return True
+            held = phases.balance_hold(loads, r.phase, -shed.saved_w, limit_w) \
+                if balance else None
+            if held is not None:
+                return False
+            if shed.action == "outlet":
+                others = ", ".join(m.key for m in members if m is not r)
+                what = (f"outlet {r.outlet} {'kept ' if layer.outlet_off(r) else ''}off "
+                        f"({r.key} {'cannot sleep' if not r.supports_sleep else 'behind it'}"
+                        + (f"; with {others})" if others else ")"))
+            elif shed.action == "limit":
+                what = f"limit to {shed.power_limit_w:.0f} W"
+            else:
+                what = "sleep"
+            unbalanced = ""
+            if not balance and limit_w is not None:
+                unbalanced = ("; beyond max_phase_imbalance_w: no shed within the phase "
+                              "balance is left, and the cap is the harder limit")
             reason = (f"power cap {cap.cap_w:.0f} W ({cap.source}): site ~{total:.0f} W under "
                       f"the base decision ({fleet.site_power_source}), budget {budget:.0f} W; "
                       f"{what} sheds "
-                      f"{shed.saved_w:.0f} W ({self._order_text(order, market)})")
-            out[r.key] = layer.curtailing(reason, d, action=shed.action,
-                                          power_limit_w=shed.power_limit_w, priority=priority)
+                      f"{shed.saved_w:.0f} W ({self._order_text(order, market)}){unbalanced}")
+            for m in members:
+                action = "sleep" if shed.action == "outlet" else shed.action
+                out[m.key] = layer.curtailing(reason, out.get(m.key), action=action,
+                                              power_limit_w=shed.power_limit_w,
+                                              priority=priority)
+                shed_keys.add(m.key)
+            phases.admit(loads, r.phase, -shed.saved_w)
             excess -= shed.saved_w
+            return True
+
+        # outlets already off first: keeping one off switches nothing and spends none of its
+        # cycles, where trading it for another (a restore here, a cut there) would spend two
+        # and flap the site. Then worst first; a shed that would unbalance the phases is
+        # passed over for the next worst, retried once the others are shed, and taken anyway
+        # if the cap still needs it.
+        waiting = sorted(scored, key=lambda x: (not (x[1].outlet is not None
+                                                     and layer.outlet_off(x[1])), x[0]))
+        for balance in (True, True, False):
+            left = []
+            for order, r in waiting:
+                if excess <= 0:
+                    break
+                if not attempt(order, r, balance):
+                    left.append((order, r))
+            waiting = left
+            if excess <= 0 or not waiting:
+                break
         return out
 
     # --------------------------------------------------------------- ordering

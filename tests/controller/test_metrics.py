@@ -421,7 +421,10 @@ def _full_state() -> MetricsState:
 
     from tests.support.site_view import full_site_view  # PDUs, meter (issue 18)
 
-    return state(replace(s.tick, site=full_site_view()), counters=stats.snapshot(), mqtt=mqtt)
+    first, *rest = s.tick.fleet.miners  # placed on a phase of the site map (issue 18)
+    fleet = replace(s.tick.fleet, miners=(replace(first, phase="L1"), *rest))
+    return state(replace(s.tick, site=full_site_view(), fleet=fleet), counters=stats.snapshot(),
+                 mqtt=mqtt)
 
 
 def test_promtool_check_metrics_on_generated_exposition() -> None:

@@ -117,7 +117,7 @@ def test_owned_outlets_stay_off_for_min_off_s_then_restore_staggered() -> None:
 
 def test_restores_go_to_the_lightest_phase_first_and_wait_for_balance() -> None:
     cfg = HardPowerConfig(enabled=True, racks=["R1"], min_off_s=0, max_on_per_pdu=5,
-                          max_on_per_phase=5, on_interval_s=0, max_phase_imbalance_w=4000)
+                          max_on_per_phase=5, on_interval_s=0)
     i = Inventory([Placement("a", rack="R1", pdu="p", outlet=1, phase="L1"),
                    Placement("b", rack="R1", pdu="q", outlet=1, phase="L2"),
                    Placement("x", rack="R9", phase="L1")])
@@ -125,7 +125,8 @@ def test_restores_go_to_the_lightest_phase_first_and_wait_for_balance() -> None:
               reading("b", state="sleeping", sleep=False, power_w=0),
               reading("x", power_w=6000))
     owned = {("p", 1): Owned(NOW - 10), ("q", 1): Owned(NOW - 10)}
-    p = plan(f, {"a": RUN, "b": RUN}, i, {("p", 1): False, ("q", 1): False}, owned, cfg=cfg)
+    p = plan(f, {"a": RUN, "b": RUN}, i, {("p", 1): False, ("q", 1): False}, owned, cfg=cfg,
+             max_phase_imbalance_w=4000)
     # L1 already carries 6 kW: L2's outlet first; L1's would leave L1 9 kW vs L3 0 kW
     assert [(a.pdu, a.on) for a in p.actions] == [("q", True)]
     assert "phase balance" in p.held["a"]

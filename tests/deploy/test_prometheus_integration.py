@@ -67,9 +67,11 @@ def _site_tables(tmp_path: Path) -> str:
     """The --count fleet's emulated APC PDU and meter (emulator/pdu/plan.py: at the first
     miner's address), so the PDU and meter panels and alerts have series (issue 18)."""
     (tmp_path / "pdu-community").write_text("public\n")
+    placed = "".join(f'[[inventory.miner]]\nid = "127.30.0.{i}"\nphase = "L{1 + i % 3}"\n'
+                     for i in range(1, COUNT + 1))  # phases: the phase balance series
     return (f'[[pdu]]\naddress = "{FIRST}"\nmib = "apc"\nversion = "v2c"\n'
             f'community_file = "{tmp_path / "pdu-community"}"\n'
-            f'[meter]\naddress = "{FIRST}"\n')
+            f'[meter]\naddress = "{FIRST}"\n' + placed)
 
 
 def _config(tmp_path: Path, api_a: FakeApi, api_b: FakeApi, metrics_port: int,
