@@ -56,6 +56,22 @@ def beside_config(value: str | None, info: Any) -> str | None:
     return os.path.normpath(os.path.join(base, value))
 
 
+def _locate(file: str | None, credential: str | None, file_key: str,
+            credential_key: str) -> tuple[Path, str] | None:
+    """The path a secret setting names and the setting's name for errors: a file, else a
+    systemd credential in $CREDENTIALS_DIRECTORY; None when neither is set."""
+    if file:
+        return Path(file), file_key
+    if credential:
+        source = f"{credential_key} {credential!r}"
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ValueError(f"{source}: "
+                             "$CREDENTIALS_DIRECTORY is not set (LoadCredential= missing?)")
+        return Path(directory) / credential, source
+    return None
+
+
 def read_secret(*, file: str | None, credential: str | None, file_key: str,
                 credential_key: str) -> SecretStr | None:
     """The secret named by ``file`` or ``credential`` (None if neither is set), read now.
@@ -65,18 +81,10 @@ def read_secret(*, file: str | None, credential: str | None, file_key: str,
     One trailing newline is dropped (``echo`` and editors add one); an empty secret is an
     error, not "no password".
     """
-    if file:
-        path = Path(file)
-        source = file_key
-    elif credential:
-        source = f"{credential_key} {credential!r}"
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise ValueError(f"{source}: "
-                             "$CREDENTIALS_DIRECTORY is not set (LoadCredential= missing?)")
-        path = Path(directory) / credential
-    else:
+    located = _locate(file, credential, file_key, credential_key)
+    if located is None:
         return None
+    path, source = located
     try:
         text = path.read_text(encoding="utf-8").strip("\r\n")
     except UnicodeDecodeError:
@@ -154,17 +162,10 @@ def read_secret_bytes(*, file: str | None, credential: str | None, file_key: str
     """A whole file (a PEM certificate or key, several lines) named by ``file`` or the systemd
     credential ``credential``; None if neither is set. The same rules and error messages as
     :func:`read_secret` (the setting and the path are named, never the content)."""
-    if file:
-        path, source = Path(file), file_key
-    elif credential:
-        source = f"{credential_key} {credential!r}"
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise ValueError(f"{source}: "
-                             "$CREDENTIALS_DIRECTORY is not set (LoadCredential= missing?)")
-        path = Path(directory) / credential
-    else:
+    located = _locate(file, credential, file_key, credential_key)
+    if located is None:
         return None
+    path, source = located
     try:
         data = path.read_bytes()
     except OSError as exc:
