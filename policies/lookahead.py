@@ -118,51 +118,54 @@ def plans(present: State, candidates: Sequence[State], path: PricePath, margin: 
     unknown), once: a plan that wakes it again within the path pays nothing more."""
     lost_wake_s = costs.wake_hashing_lost_s(exponent)
     later_wake_usd = max(0.0, revenue_usd_per_day) * lost_wake_s / 86_400.0
+    segs = path.segments
     # A node is a state, and for "asleep" whether the plan put it to sleep (its wake prepaid).
     nodes = [(st, False) for st in candidates if not st.asleep] + [
         (st, prepaid) for st in candidates if st.asleep for prepaid in (False, True)]
+    rate = [[margin(st, g.tariff_usd_per_kwh) for g in segs] for st, _ in nodes]  # USD/day
+    idle_rate = [margin(idle, g.tariff_usd_per_kwh) for g in segs]
 
-    def change(a: tuple[State, bool], b: tuple[State, bool], tariff: float) -> float | None:
-        """USD a change from node a to node b costs; None: not a move a plan can make."""
-        (sa, paid_a), (sb, paid_b) = a, b
+    def change(a: tuple[State, bool], j: int, k: int) -> float | None:
+        """USD the change from node ``a`` to node ``j`` at segment ``k`` costs; None: not a
+        move a plan can make."""
+        (sa, paid_a), (sb, paid_b) = a, nodes[j]
         if sa.asleep and sb.asleep:
             return 0.0 if paid_a == paid_b else None
         if sb.asleep:  # a sleep: the later wake, paid now
             return later_wake_usd if paid_b else None
         if same(sa, sb):
             return 0.0
-        gain_rate = max(0.0, margin(sb, tariff) - margin(idle, tariff)) / 86_400.0
+        gain_rate = max(0.0, rate[j][k] - idle_rate[k]) / 86_400.0
         if sa.asleep:
             return 0.0 if paid_a else gain_rate * lost_wake_s
         return gain_rate * costs.limit_restart_s + limit_band_usd
 
-    start = (present, False)
-    t0 = path.segments[0].tariff_usd_per_kwh
+    # value[j]: the best margin from segment k to the end, in node j during segment k
+    # (backwards, so one pass serves every first state)
+    k_last = len(segs) - 1
+    value: list[float | None] = [rate[j][k_last] * segs[k_last].duration_s / 86_400.0
+                                 for j in range(len(nodes))]
+    for k in range(k_last - 1, -1, -1):
+        nxt: list[float | None] = []
+        for i, a in enumerate(nodes):
+            best = None
+            for j, v in enumerate(value):
+                cost = None if v is None else change(a, j, k + 1)
+                if v is not None and cost is not None and (best is None or v - cost > best):
+                    best = v - cost
+            nxt.append(None if best is None
+                       else best + rate[i][k] * segs[k].duration_s / 86_400.0)
+        value = nxt
     out: dict[str, Plan] = {}
-    for first in nodes:
-        cost_now = change(start, first, t0)
-        if cost_now is None:
+    for j, first in enumerate(nodes):
+        cost_now = change((present, False), j, 0)
+        v = value[j]
+        if cost_now is None or v is None:
             continue
-        value: list[float | None] = [None] * len(nodes)
-        value[nodes.index(first)] = (-cost_now + margin(first[0], t0)
-                                     * path.segments[0].duration_s / 86_400.0)
-        for seg in path.segments[1:]:
-            c = seg.tariff_usd_per_kwh
-            nxt: list[float | None] = []
-            for b in nodes:
-                best = None
-                for a, v in zip(nodes, value, strict=True):
-                    cost = None if v is None else change(a, b, c)
-                    if v is not None and cost is not None and (best is None or v - cost > best):
-                        best = v - cost
-                nxt.append(None if best is None
-                           else best + margin(b[0], c) * seg.duration_s / 86_400.0)
-            value = nxt
         st = first[0]
         kind = ("" if cost_now == 0.0 and not (st.asleep and first[1])
                 else "later wake" if st.asleep else "wake" if present.asleep else "restart")
-        plan = Plan(first=st, value_usd=max(v for v in value if v is not None),
-                    switch_cost_usd=cost_now, cost_kind=kind)
+        plan = Plan(first=st, value_usd=v - cost_now, switch_cost_usd=cost_now, cost_kind=kind)
         if st.label not in out or plan.value_usd > out[st.label].value_usd:
             out[st.label] = plan
     return out

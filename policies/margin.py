@@ -365,11 +365,12 @@ class MarginPolicy:
             states.append(State(f"limit {lim.point.power_w:.0f} W", lim.point.power_w,
                                 lim.point.hashrate_ths))
 
+        revenue_per_ths = market.hashprice_usd_per_th_day * (1.0 - cfg.pool_fee)
+
         def margin(s: State, tariff: float) -> float:
-            mk = replace(market, tariff_usd_per_kwh=tariff)
-            if s.hashrate_ths <= 0:
-                return -self._energy(s.power_w, mk)
-            return self._margin(s.power_w, s.hashrate_ths, mk)
+            """USD/day in ``s`` at ``tariff`` (economics.margin_usd_per_day, inlined: this runs
+            for every state, segment and machine on every tick)."""
+            return s.hashrate_ths * revenue_per_ths - s.power_w / 1000.0 * 24.0 * tariff
 
         def same(a: State, b: State) -> bool:
             if a.asleep or b.asleep:

@@ -16,7 +16,7 @@ OPTIMUM_NOTE = ("optimum = per price row and machine the best of run, sleep and 
                 "target on the row's real price, with no guards, no boot time and no switching "
                 "cost -- a loose upper bound no controller reaches")
 FORESIGHT_NOTE = ("foresight = per machine the best schedule knowing every real price, paying "
-                  "the same boot times and power-limit restarts -- the tight upper bound")
+                  "the same boots, ramps and power-limit restarts -- the tight upper bound")
 
 
 def _iso(ts: float) -> str:
