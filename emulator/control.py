@@ -89,6 +89,10 @@ def miner_view(endpoint: MinerEndpoint) -> dict:
     # Antminer's silent_reboot fault), so the truth below includes it.
     family_view = getattr(endpoint.family, "control_view", None)
     family = family_view(miner) if family_view is not None else {}
+    # The sockets follow the boot clock through a timer, which a loaded machine runs late:
+    # catch them up first, so "network" below is what a connect meets now, not what it
+    # should meet once the timer fires.
+    endpoint.sync_listening()
     view = miner.truth()
     view.update({
         "fault_delay_s": miner.fault.delay_s,
