@@ -207,7 +207,7 @@ class SimMachine:
     def advance(self, start: float, end: float, hashprice_usd_per_th_day: float,
                 tariff_usd_per_kwh: float, pool_fee: float) -> None:
         """Integrate energy, revenue and cost over [start, end), splitting at a boot's end and
-        a ramp's end (a ramp integrated exactly: controller.switching.ramp_segment)."""
+        a ramp's end (a ramp integrated exactly: core.switching.ramp_segment)."""
         t = start
         while t < end:
             self.settle(t)
