@@ -92,8 +92,9 @@ def _at_least(miner: EmulatedMiner, since: tuple[int, int, int]) -> bool:
 
 def _mark(miner: EmulatedMiner) -> tuple[float, str]:
     """(when this boot began, physical state): what a firmware flag is true of."""
-    r = miner.read()
-    return miner.clock() - r.uptime_s * miner.time_scale, r.state
+    # the boot's own instant (as whatsminer.belief): clock() - uptime from two clock reads
+    # drifts by a context switch, and one boot looked like two on a loaded machine
+    return miner.board_up_at, miner.read().state
 
 
 def _paused(miner: EmulatedMiner) -> bool:
@@ -103,7 +104,7 @@ def _paused(miner: EmulatedMiner) -> bool:
     if mark is None:
         return False
     boot, state = _mark(miner)
-    if abs(boot - mark[0]) > 1e-4 or state != mark[1]:
+    if boot != mark[0] or state != mark[1]:
         miner.firmware_state.pop(PAUSED_KEY, None)
         return False
     return True
