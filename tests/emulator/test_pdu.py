@@ -32,6 +32,7 @@ from pysnmp.proto.rfc1902 import Integer32
 
 from curtaild.emulator.fleet import FleetError, plan_fleet_text
 from tests.support.emulator import EmulatorProcess
+from tests.support.tools import missing
 
 pytestmark = pytest.mark.integration
 
@@ -191,8 +192,9 @@ async def test_wrong_credentials_are_not_answered_or_refused(emu: EmulatorProces
 NET_SNMP = shutil.which("snmpget") and shutil.which("snmpset")
 
 
-@pytest.mark.skipif(not NET_SNMP, reason="Debian's snmp package (scripts/setup.sh installs it)")
 def test_net_snmp_cli_gets_and_sets_the_real_oids(emu: EmulatorProcess) -> None:
+    if not NET_SNMP:  # skipped locally, a failure under CI=true
+        missing("Debian's snmp package (snmpget, snmpset; scripts/setup.sh installs it)")
     def run(*args: str) -> str:
         done = subprocess.run(args, capture_output=True, text=True, timeout=20)
         assert done.returncode == 0, done.stderr
