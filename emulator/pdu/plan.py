@@ -116,16 +116,23 @@ def _string(where: str, value: object, *, min_len: int = 1) -> str:
     return value
 
 
-def _pdu(where: str, table: object) -> PduPlan:
+def _device_table(where: str, table: object, keys: set[str], header: str,
+                  device: str) -> tuple[dict, str]:
+    """A [[pdu]] or [meter] table checked for shape, unknown keys and its address."""
     if not isinstance(table, dict):
-        raise SiteError(f"{where}: expected a table ([[pdu]])")
-    unknown = set(table) - PDU_KEYS
+        raise SiteError(f"{where}: expected a table ({header})")
+    unknown = set(table) - keys
     if unknown:
         raise SiteError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
-                        f"{', '.join(sorted(PDU_KEYS))}")
+                        f"{', '.join(sorted(keys))}")
     if "address" not in table:
-        raise SiteError(f"{where}.address: missing (the PDU's loopback address)")
-    plan = PduPlan(address=_loopback(f"{where}.address", table["address"]))
+        raise SiteError(f"{where}.address: missing (the {device}'s loopback address)")
+    return table, _loopback(f"{where}.address", table["address"])
+
+
+def _pdu(where: str, table: object) -> PduPlan:
+    table, address = _device_table(where, table, PDU_KEYS, "[[pdu]]", "PDU")
+    plan = PduPlan(address=address)
     mib = table.get("mib", "apc")
     if mib not in MIBS:
         raise SiteError(f"{where}.mib: expected one of {', '.join(MIBS)}, got {mib!r}")
@@ -158,15 +165,8 @@ def _pdu(where: str, table: object) -> PduPlan:
 
 
 def _meter(where: str, table: object) -> MeterPlan:
-    if not isinstance(table, dict):
-        raise SiteError(f"{where}: expected a table ([meter])")
-    unknown = set(table) - METER_KEYS
-    if unknown:
-        raise SiteError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
-                        f"{', '.join(sorted(METER_KEYS))}")
-    if "address" not in table:
-        raise SiteError(f"{where}.address: missing (the meter's loopback address)")
-    plan = MeterPlan(address=_loopback(f"{where}.address", table["address"]))
+    table, address = _device_table(where, table, METER_KEYS, "[meter]", "meter")
+    plan = MeterPlan(address=address)
     plan.port = _int(f"{where}.port", table.get("port", DEFAULT_MODBUS_PORT), 1, 65535)
     plan.unit_id = _int(f"{where}.unit_id", table.get("unit_id", 1), 1, 247)
     if table.get("map", "sunspec") not in MAPS:
