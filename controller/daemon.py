@@ -326,9 +326,7 @@ class Daemon:
 
         saved = self.journal.get_meta("ramp_bucket")
         if isinstance(saved, dict):
-            self.reconciler.bucket = RampBucket(
-                budget_w=float(saved.get("budget_w", 0.0)),
-                updated_at=float(saved.get("updated_at", time.time())))
+            self.reconciler.bucket = RampBucket.from_meta(saved, time.time())
         self.reconciler.last = None  # decided by the predecessor: observe afresh
         driver = self.reconciler.driver
         if hasattr(driver, "attach_journal"):

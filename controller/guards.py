@@ -32,9 +32,16 @@ Rules, in the order they are checked for each machine:
    ``limit_dwell_s`` of curtaild's last change to the machine; and only when the margin gained
    over that horizon exceeds what the restart forgoes. Wishes without the policy's
    ``hold_margin_usd_per_day`` (layers' curtailments, overrides) and fail-safe releases skip it.
-7. Ramp: one token bucket of |delta W| for shedding and restoring, shedding worst-first then
-   restoring most-efficient-first, in strict order (a command that does not fit blocks the
-   ones behind it, so a big machine is never starved by small ones).
+6c. At most ``max_limit_changes_per_day`` power-limit changes for margin per machine in any
+   24 h (0: no cap): past it, a hashing machine keeps its limit until the oldest change leaves
+   the window. Wakes and a return to full power are never held by it (curtaild does not keep a
+   machine curtailed to save a change), and neither are the wishes 6b does not judge.
+7. Ramp: a token bucket of |delta W|, shedding worst-first then restoring most-efficient-first,
+   in strict order (a command that does not fit blocks the ones behind it, so a big machine is
+   never starved by small ones). One bucket for both directions, unless
+   ``shed_ramp_w_per_min`` gives sheds a bucket of their own (restores keep
+   ``ramp_w_per_min``: the in-rush of machines booting together is what a restore staggers,
+   while a shed follows a price that is already costing money).
 8. At most ``max_commands_per_tick`` commands.
 
 Priority (``Desired.priority``) lets some wishes through rules made for economic decisions:
@@ -113,6 +120,41 @@ def memory_window_s(cfg: GuardConfig) -> float:
     return max(cfg.min_dwell_s, cfg.limit_dwell_s)
 
 
+#: How long the journal keeps power-limit change times (rule 6c looks back one day).
+LIMIT_CHANGES_KEPT_S = 2 * 86400.0
+LIMIT_CHANGE_WINDOW_S = 86400.0
+
+
+def limit_window_s(cfg: GuardConfig) -> float:
+    """How far back the journal's ``memory(limit_window_s=...)`` must count power-limit
+    changes: a day with a cap (rule 6c), else not at all (no query)."""
+    return LIMIT_CHANGE_WINDOW_S if cfg.max_limit_changes_per_day > 0 else 0.0
+
+
+def is_limit_change(cmd: Command, observed_limit_w: float | None,
+                    expected: tuple[str, float | None] | None) -> bool:
+    """Whether sending ``cmd`` changes the machine's power limit (what rule 6c counts): it sets
+    a limit other than the one the firmware reports, and it is not a re-send of the command
+    still awaited (``expected``: the last command's action and limit)."""
+    if cmd.power_limit_w is None or cmd.action == "sleep":
+        return False
+    if expected is not None and expected == (cmd.action, cmd.power_limit_w):
+        return False
+    return observed_limit_w is None or \
+        abs(cmd.power_limit_w - observed_limit_w) > limit_tolerance_w(cmd.power_limit_w)
+
+
+def attach_limit_changes(memory: dict[str, MinerMemory],
+                         changes: dict[str, tuple[float, ...]]) -> None:
+    """Add each machine's recent power-limit changes to its memory (a machine curtaild no
+    longer tracks gets a memory of its own: the count outlives a release)."""
+    for key, times in changes.items():
+        mem = memory.get(key)
+        memory[key] = (replace(mem, limit_changes_at=times) if mem is not None else MinerMemory(
+            key=key, curtailed_by_us=False, curtailed_action=None, restore_power_limit_w=None,
+            last_change_at=None, flagged=False, limit_changes_at=times))
+
+
 def limit_tolerance_w(target_w: float) -> float:
     """How far an observed power limit may be from a target and still count as reached."""
     return max(LIMIT_TOLERANCE_W, LIMIT_TOLERANCE_FRACTION * abs(target_w))
@@ -146,8 +188,16 @@ class GuardConfig(BaseModel):
     and hashboards from cycling; also stops re-sending a command while the machine boots)."""
 
     ramp_w_per_min: float = Field(50_000.0, gt=0.0)
-    """Largest change of site power per minute, W, shedding and restoring alike. A token bucket
-    refilled at ramp/60 W per second, holding at most max(ramp, the largest single step)."""
+    """Largest change of site power per minute, W: restoring, and shedding too unless
+    shed_ramp_w_per_min is set. A token bucket refilled at ramp/60 W per second, holding at
+    most max(ramp, the largest single step)."""
+
+    shed_ramp_w_per_min: float | None = Field(None, gt=0.0)
+    """Largest economic shed per minute, W, from a bucket of its own; unset: sheds share
+    ramp_w_per_min's bucket with restores. Restores are what a site staggers (PSU in-rush,
+    breakers, a utility's load pick-up limit); a shed follows a price that is already costing
+    money, so a site whose utility does not limit load drops can shed faster than it restores.
+    Demand-response and thermal sheds are never ramped (rule 7)."""
 
     max_commands_per_tick: Annotated[int, at_most(
         100_000, "more than the largest fleet curtaild manages (fleet addresses are capped "
@@ -191,6 +241,12 @@ class GuardConfig(BaseModel):
     """Minimum time, s, after curtaild last changed a machine before it changes that machine's
     power limit for margin again, and the horizon over which such a change must earn back the
     hashing its restart costs (rule 6b)."""
+
+    max_limit_changes_per_day: Annotated[int, at_most(
+        1440, "one a minute is no cap", unit="")] = Field(0, ge=0)
+    """Power-limit changes for margin per machine in any 24 h, at most (rule 6c); 0: no cap.
+    Each costs hashing and cycles the hash boards; the policy prices the first, this bounds
+    how many a day of prices hovering at a machine's breakeven can buy."""
 
     limit_restart_s: dict[str, float] = Field(default_factory=lambda: dict(LIMIT_RESTART_S))
     """Hashing lost, s, each time a firmware family applies a new power limit, by family
@@ -293,14 +349,36 @@ class MinerMemory:
     #: flagged, and its last try is ``[controller] flag_retry_s`` old: commanded once more if
     #: the policy still wants it (shown unflagged, and the last command is not "awaited")
     retry_due: bool = False
+    #: when curtaild changed this machine's power limit within the last day (rule 6c)
+    limit_changes_at: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class RampBucket:
-    """Ramp tokens (W) left, and when they were counted; carried between ticks."""
+    """Ramp tokens (W) left, and when they were counted; carried between ticks.
+    ``shed_budget_w``: the sheds' own bucket (``shed_ramp_w_per_min``), None without one."""
 
     budget_w: float
     updated_at: float
+    shed_budget_w: float | None = None
+
+    def to_meta(self) -> dict[str, float]:
+        """The journal's ``ramp_bucket`` meta value (and etcd's, through the state mirror)."""
+        out = {"budget_w": self.budget_w, "updated_at": self.updated_at}
+        if self.shed_budget_w is not None:
+            out["shed_budget_w"] = self.shed_budget_w
+        return out
+
+    @classmethod
+    def from_meta(cls, saved: object, now: float) -> RampBucket:
+        """The bucket a restart (or a successor) resumes: never more than was left, so a
+        restart does not reset the ramp; an empty one when nothing was saved."""
+        if not isinstance(saved, dict):
+            return cls(budget_w=0.0, updated_at=now)
+        shed = saved.get("shed_budget_w")
+        return cls(budget_w=float(saved.get("budget_w", 0.0)),
+                   updated_at=float(saved.get("updated_at", now)),
+                   shed_budget_w=None if shed is None else float(shed))
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,6 +648,13 @@ def _limit_change(r: MinerReading, c: Command, target: Desired, mem: MinerMemory
         if since < cfg.limit_dwell_s:
             return (f"limit dwell: changed {since:.0f} s ago (< {cfg.limit_dwell_s:.0f} s "
                     f"between power-limit changes)")
+    cap = cfg.max_limit_changes_per_day
+    if cap > 0 and mem is not None and c.action == "limit":
+        recent = [t for t in mem.limit_changes_at if t > now - LIMIT_CHANGE_WINDOW_S]
+        if len(recent) >= cap:
+            free_in = recent[-cap] + LIMIT_CHANGE_WINDOW_S - now
+            return (f"limit changes: {len(recent)} in the last 24 h (max_limit_changes_per_day "
+                    f"= {cap}); kept at {present_w:.0f} W for {free_in / 60:.0f} min more")
     restart_s = (r.switching.limit_restart_s if r.switching is not None
                  else cfg.limit_restart_s.get(r.firmware.casefold(), 0.0))
     horizon_s = max(cfg.limit_dwell_s, cfg.min_dwell_s)
@@ -641,19 +726,32 @@ def _plan(r: MinerReading, want: Desired | None, mem: MinerMemory | None,
     return _Step(c, target, shedding, _order(r, target, shedding))
 
 
-def refill(bucket: RampBucket, cfg: GuardConfig, capacity_w: float, now: float) -> RampBucket:
-    """Add ramp/60 W per elapsed second, up to capacity (a clock going back adds nothing)."""
+def refill(bucket: RampBucket, cfg: GuardConfig, capacity_w: float, now: float,
+           shed_capacity_w: float | None = None) -> RampBucket:
+    """Add ramp/60 W per elapsed second, up to capacity (a clock going back adds nothing); the
+    sheds' bucket likewise at shed_ramp/60, when there is one."""
     elapsed = max(0.0, now - bucket.updated_at)
     budget = min(capacity_w, bucket.budget_w + cfg.ramp_w_per_min / 60.0 * elapsed)
-    return RampBucket(budget_w=max(0.0, budget), updated_at=now)
+    shed: float | None = None
+    if cfg.shed_ramp_w_per_min is not None:
+        cap = shed_capacity_w if shed_capacity_w is not None else cfg.shed_ramp_w_per_min
+        held = bucket.shed_budget_w if bucket.shed_budget_w is not None else 0.0
+        shed = max(0.0, min(cap, held + cfg.shed_ramp_w_per_min / 60.0 * elapsed))
+    return RampBucket(budget_w=max(0.0, budget), updated_at=now, shed_budget_w=shed)
 
 
 def _admit(steps: list[_Step], bucket: RampBucket, cfg: GuardConfig,
            now: float) -> tuple[list[_Step], dict[str, str], RampBucket]:
-    """Spend the bucket in order; stop at the first that does not fit; cap the count."""
-    capacity = max([cfg.ramp_w_per_min, *(abs(s.command.delta_power_w) for s in steps)])
-    bucket = refill(bucket, cfg, capacity, now)
+    """Spend the bucket(s) in order; stop at the first that does not fit; cap the count."""
+    own_shed = cfg.shed_ramp_w_per_min is not None
+    restores = [abs(s.command.delta_power_w) for s in steps if not (own_shed and s.shedding)]
+    sheds = [abs(s.command.delta_power_w) for s in steps if s.shedding]
+    capacity = max([cfg.ramp_w_per_min, *restores])
+    shed_capacity = (max([cfg.shed_ramp_w_per_min, *sheds])
+                     if cfg.shed_ramp_w_per_min is not None else None)
+    bucket = refill(bucket, cfg, capacity, now, shed_capacity)
     budget = bucket.budget_w
+    shed_budget = bucket.shed_budget_w
     sent: list[_Step] = []
     held: dict[str, str] = {}
     blocked = False
@@ -665,17 +763,23 @@ def _admit(steps: list[_Step], bucket: RampBucket, cfg: GuardConfig,
             # a demand-response event or an overheating fleet must be shed in one tick.
             sent.append(s)
             continue
-        if need > 0 and (blocked or need > budget):
+        from_shed = own_shed and s.shedding
+        have = shed_budget if from_shed and shed_budget is not None else budget
+        rate = cfg.shed_ramp_w_per_min if from_shed else cfg.ramp_w_per_min
+        if need > 0 and (blocked or need > have):
             blocked = True
-            held[s.command.key] = (f"ramp limit: needs {need:.0f} W, {budget:.0f} W available "
-                                   f"({cfg.ramp_w_per_min:.0f} W/min)")
+            held[s.command.key] = (f"ramp limit: needs {need:.0f} W, {have:.0f} W available "
+                                   f"({rate:.0f} W/min{' for sheds' if from_shed else ''})")
         elif counted >= cfg.max_commands_per_tick:
             held[s.command.key] = f"command cap: {cfg.max_commands_per_tick} per tick"
         else:
-            budget -= need
+            if from_shed and shed_budget is not None:
+                shed_budget -= need
+            else:
+                budget -= need
             counted += 1
             sent.append(s)
-    return sent, held, replace(bucket, budget_w=budget)
+    return sent, held, replace(bucket, budget_w=budget, shed_budget_w=shed_budget)
 
 
 def apply_guards(

@@ -31,7 +31,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from curtaild.controller.guards import MinerMemory
+from curtaild.controller.guards import (
+    LIMIT_CHANGES_KEPT_S,
+    MinerMemory,
+    attach_limit_changes,
+    is_limit_change,
+)
 from curtaild.core.snapshot import Command
 
 SCHEMA = """
@@ -73,6 +78,11 @@ CREATE TABLE IF NOT EXISTS expectations (
     tier INTEGER NOT NULL DEFAULT 0  -- 1: the next tier sent to a flagged machine ([guards])
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS limit_changes (  -- curtaild's power-limit changes ([guards] rule 6c)
+    miner TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS limit_changes_ts ON limit_changes (ts);
 CREATE TABLE IF NOT EXISTS sightings (  -- machines seen reachable during a review
     miner TEXT PRIMARY KEY,
     first_seen REAL NOT NULL
@@ -390,6 +400,10 @@ class Journal:
             ))
         else:
             stmts.append(("UPDATE curtailed SET releasing=1 WHERE miner=?", (cmd.key,)))
+        if is_limit_change(cmd, observed_limit_w, self._expected(cmd.key)):
+            stmts.append(("INSERT INTO limit_changes (miner, ts) VALUES (?, ?)", (cmd.key, now)))
+            stmts.append(("DELETE FROM limit_changes WHERE ts < ?",
+                          (now - LIMIT_CHANGES_KEPT_S,)))
         stmts.append((
             "INSERT INTO expectations (miner, action, power_limit_w, since, last_change_at,"
             " failures, flagged, state, acked_at, tier) VALUES (?, ?, ?, ?, ?, 0, 0, 'sent',"
@@ -491,6 +505,21 @@ class Journal:
         return {r[0]: Expectation(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8],
                                   r[9]) for r in rows}
 
+    def _expected(self, key: str) -> tuple[str, float | None] | None:
+        """The last command's (action, power limit) for ``key``, if it is still expected."""
+        row = self.db.execute("SELECT action, power_limit_w FROM expectations WHERE miner=?",
+                              (key,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def limit_changes_since(self, since: float) -> dict[str, tuple[float, ...]]:
+        """Per machine, when curtaild changed its power limit at or after ``since`` (rule 6c:
+        at most ``max_limit_changes_per_day`` a day)."""
+        out: dict[str, list[float]] = {}
+        for miner, ts in self.db.execute(
+                "SELECT miner, ts FROM limit_changes WHERE ts >= ? ORDER BY ts", (since,)):
+            out.setdefault(miner, []).append(ts)
+        return {k: tuple(v) for k, v in out.items()}
+
     def recent_changes(self, since: float) -> dict[str, float]:
         """Per machine, the last command that went through (outcome ok, not a dry run) at or
         after ``since``: what minimum dwell needs once a machine's rows are gone (a verified
@@ -501,7 +530,7 @@ class Journal:
         return {miner: ts for miner, ts in rows}
 
     def memory(self, *, dwell_s: float = 0.0, now: float | None = None,
-               flag_retry_s: float = 0.0) -> dict[str, MinerMemory]:
+               flag_retry_s: float = 0.0, limit_window_s: float = 0.0) -> dict[str, MinerMemory]:
         """What the guards need to know per machine, from both tables; with ``dwell_s``, also
         machines curtaild changed within the last ``dwell_s`` seconds and no longer tracks
         (e.g. just woken and released), so minimum dwell still holds for them.
@@ -537,6 +566,8 @@ class Journal:
                 expected_action=e.action if e else None,  # type: ignore[arg-type]
                 expected_power_limit_w=e.power_limit_w if e else None,
             )
+        if limit_window_s > 0:
+            attach_limit_changes(out, self.limit_changes_since(now - limit_window_s))
         return out
 
     def events(self, limit: int = 100, miner: str | None = None) -> list[dict]:

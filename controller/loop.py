@@ -21,6 +21,7 @@ from curtaild.controller.guards import (
     apply_guards,
     confirm_grace_s,
     limit_tolerance_w,
+    limit_window_s,
     memory_window_s,
     next_tier,
 )
@@ -212,12 +213,7 @@ class Reconciler:
             driver.attach_journal(journal)
         self.market = market
         self.policy = policy
-        saved = journal.get_meta("ramp_bucket")
-        self.bucket = RampBucket(budget_w=0.0, updated_at=time.time())
-        if isinstance(saved, dict):
-            # Never start with more than was left: a restart must not reset the ramp.
-            self.bucket = RampBucket(budget_w=float(saved.get("budget_w", 0.0)),
-                                     updated_at=float(saved.get("updated_at", time.time())))
+        self.bucket = RampBucket.from_meta(journal.get_meta("ramp_bucket"), time.time())
         self.last: TickResult | None = None
         #: [cluster]: the leader's lease, checked before each batch and each command
         self.fence: Fence | None = None
@@ -300,7 +296,8 @@ class Reconciler:
         else:
             memory = self.journal.memory(dwell_s=memory_window_s(self.config.guards),
                                          now=now,
-                                         flag_retry_s=self.config.controller.flag_retry_s)
+                                         flag_retry_s=self.config.controller.flag_retry_s,
+                                         limit_window_s=limit_window_s(self.config.guards))
             guarded = apply_guards(fleet, market, desired, memory, self.bucket,
                                    guard_cfg, now)
         commands = self._with_recommands(guarded.commands, fleet, verification, guarded.held)
@@ -323,8 +320,7 @@ class Reconciler:
             self.bucket = guarded.bucket
             journal_error: str | None = None
             try:
-                self.journal.set_meta("ramp_bucket", {"budget_w": self.bucket.budget_w,
-                                                      "updated_at": self.bucket.updated_at})
+                self.journal.set_meta("ramp_bucket", self.bucket.to_meta())
             except JournalError as exc:
                 journal_error = str(exc)  # then no intent can be written either: send nothing
             outcomes = await self._act(commands, fleet, dry_run=dry_run,

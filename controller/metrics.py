@@ -176,6 +176,7 @@ class MetricsState:
     stale_market_after_s: float | None = None
     stale_reading_after_s: float | None = None
     ramp_budget_w: float | None = None
+    shed_ramp_budget_w: float | None = None  # [guards] shed_ramp_w_per_min's own bucket
     fixed_costs_usd_per_day: float | None = None
     power_cap_w: float | None = None  # configured site cap ([site] power_cap_w)
     published_at: float = 0.0
@@ -234,6 +235,7 @@ def state_from_daemon(daemon: Any, stats: LoopStats) -> MetricsState:
         stale_market_after_s=cfg.guards.stale_market_after_s,
         stale_reading_after_s=cfg.guards.stale_reading_after_s,
         ramp_budget_w=rec.bucket.budget_w,
+        shed_ramp_budget_w=rec.bucket.shed_budget_w,
         fixed_costs_usd_per_day=getattr(site, "fixed_costs_usd_per_day", None),
         power_cap_w=getattr(site, "power_cap_w", None),
         published_at=time.time(),
@@ -511,6 +513,9 @@ def _controller(s: MetricsState) -> Iterator[Family]:
     yield from _gauge("curtaild_ramp_budget_watts",
                       "Site power change the ramp limit allowed after the last tick, watts.",
                       s.ramp_budget_w)
+    yield from _gauge("curtaild_shed_ramp_budget_watts",  # only with a shed ramp of its own
+                      "Economic shed the sheds' own ramp ([guards] shed_ramp_w_per_min) "
+                      "allowed after the last tick, watts.", s.shed_ramp_budget_w)
     lim = _lf("curtaild_input_max_age_seconds", "Age beyond which the guards treat an input "
               "as stale ([guards] stale_market_after_s, stale_reading_after_s), seconds.",
               ["input"])

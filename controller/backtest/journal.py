@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from curtaild.controller.guards import MinerMemory
+from curtaild.controller.guards import MinerMemory, attach_limit_changes, is_limit_change
 from curtaild.controller.loop import matches_expectation
 from curtaild.core.snapshot import Command, FleetSnapshot
 
@@ -40,9 +40,14 @@ class SimJournal:
         self.curtailed: dict[str, _Owned] = {}
         self.expect: dict[str, _Expect] = {}
         self.changed_at: dict[str, float] = {}  # last command sent (every one succeeds here)
+        self.limit_changes: dict[str, list[float]] = {}  # as Journal's limit_changes table
 
     def record_intent(self, cmd: Command, observed_limit_w: float | None, now: float) -> None:
         self.changed_at[cmd.key] = now
+        e0 = self.expect.get(cmd.key)
+        if is_limit_change(cmd, observed_limit_w,
+                           None if e0 is None else (e0.action, e0.power_limit_w)):
+            self.limit_changes.setdefault(cmd.key, []).append(now)
         if cmd.action in ("sleep", "limit"):
             row = self.curtailed.get(cmd.key)
             if row is None:
@@ -63,7 +68,8 @@ class SimJournal:
                 e.last_change_at = now
             e.action, e.power_limit_w, e.since = cmd.action, cmd.power_limit_w, now
 
-    def memory(self, *, dwell_s: float = 0.0, now: float = 0.0) -> dict[str, MinerMemory]:
+    def memory(self, *, dwell_s: float = 0.0, now: float = 0.0,
+               limit_window_s: float = 0.0) -> dict[str, MinerMemory]:
         """As ``Journal.memory``: machines no longer tracked but changed within ``dwell_s``
         are remembered for minimum dwell."""
         out: dict[str, MinerMemory] = {}
@@ -83,6 +89,15 @@ class SimJournal:
                 flagged=bool(e and e.flagged),
                 expected_action=e.action if e else None,  # type: ignore[arg-type]
                 expected_power_limit_w=e.power_limit_w if e else None)
+        if limit_window_s > 0:
+            since = now - limit_window_s
+            recent = {}
+            for key, times in self.limit_changes.items():
+                while times and times[0] < since:
+                    times.pop(0)
+                if times:
+                    recent[key] = tuple(times)
+            attach_limit_changes(out, recent)
         return out
 
     def verify(self, fleet: FleetSnapshot, now: float, grace_s: float,

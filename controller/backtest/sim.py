@@ -44,7 +44,13 @@ from curtaild.controller.backtest.foresight import fleet_schedules
 from curtaild.controller.backtest.journal import SimJournal
 from curtaild.controller.backtest.machines import SimMachine, hashrate_at_ths
 from curtaild.controller.backtest.prices import PriceRow, PriceSeries
-from curtaild.controller.guards import GuardConfig, RampBucket, apply_guards, memory_window_s
+from curtaild.controller.guards import (
+    GuardConfig,
+    RampBucket,
+    apply_guards,
+    limit_window_s,
+    memory_window_s,
+)
 from curtaild.core.models import ALPHA, ModelSpec
 from curtaild.core.snapshot import Directives, FleetSnapshot, MarketSnapshot
 from curtaild.core.switching import costs_for
@@ -203,7 +209,8 @@ def simulate(policy, machines: list[SimMachine], series: PriceSeries,
                                 limit_restart_s=cfg.limit_restart_s).limit_restart_s
     schedules = fleet_schedules(machines, series, settings.pool_fee)
     journal = SimJournal()
-    bucket = RampBucket(budget_w=cfg.ramp_w_per_min, updated_at=series.start)
+    bucket = RampBucket(budget_w=cfg.ramp_w_per_min, updated_at=series.start,
+                        shed_budget_w=cfg.shed_ramp_w_per_min)
     rows = RowSeries()
     always_on, optimum = Totals(), Totals()
     ticks = commands_sent = 0
@@ -223,7 +230,8 @@ def simulate(policy, machines: list[SimMachine], series: PriceSeries,
                                           settings.flag_after_failures)
             desired = decide_stack(policy, fleet, market, directives, t)
             guarded = apply_guards(fleet, market, desired,
-                                   journal.memory(dwell_s=memory_window_s(cfg), now=t),
+                                   journal.memory(dwell_s=memory_window_s(cfg), now=t,
+                                                  limit_window_s=limit_window_s(cfg)),
                                    bucket, cfg, t)
             bucket = guarded.bucket
             commands = journal.recommands(guarded.commands, fleet, verification)
