@@ -451,21 +451,22 @@ def _cluster_families(c: ClusterMetrics | None, now: float) -> Iterator[Family]:
 
 
 def _site_families(s: SiteMetrics | None) -> Iterator[Family]:
-    """The site as a whole, from its allocator only (one instance of the site exports them:
-    sum or alert on them without adding up copies)."""
+    """The sharded site as a whole (curtaild_site_* are this instance's own fleet), from its
+    allocator only: one instance of the site exports them, so sums and alerts need no
+    de-duplication."""
     if s is None:
         return
-    yield from _gauge("curtaild_site_power_watts", "Site power: the sum of the shards' "
-                      "observed power in their last summaries.", s.power_w)
-    yield from _gauge("curtaild_site_target_watts", "The site power target the allocator "
-                      "divides: the tighter of [cluster] site_power_cap_w and a site "
+    yield from _gauge("curtaild_cluster_site_power_watts", "Sharded site power: the sum of "
+                      "the shards' observed power in their last summaries.", s.power_w)
+    yield from _gauge("curtaild_cluster_site_target_watts", "The site power target the "
+                      "allocator divides: the tighter of [cluster] site_power_cap_w and a site "
                       "demand-response event.", s.target_w)
-    yield from _gauge("curtaild_site_demand_response_active", "1 while a site "
+    yield from _gauge("curtaild_cluster_site_demand_response_active", "1 while a site "
                       "demand-response event sets the site target.", float(s.event))
-    power = _lf("curtaild_site_shard_power_watts", "Each shard's observed power in its last "
-                "summary.", ["shard"])
-    budget = _lf("curtaild_site_budget_watts", "Each shard's budget in the allocator's last "
-                 "division of the site target.", ["shard"])
+    power = _lf("curtaild_cluster_site_shard_power_watts", "Each shard's observed power in "
+                "its last summary.", ["shard"])
+    budget = _lf("curtaild_cluster_site_budget_watts", "Each shard's budget in the "
+                 "allocator's last division of the site target.", ["shard"])
     for name, p, b in s.shards:
         power.add((name,), p)
         budget.add((name,), b)

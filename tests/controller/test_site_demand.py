@@ -155,14 +155,14 @@ def test_the_site_record_and_the_allocators_site_metrics() -> None:
                 etcd_up=True, takeovers=1, losses=0, budget_w=3100.0, allocator=True)
     text = _render(MetricsState(None, cluster=ClusterMetrics(**base, site=site_metrics(
         json.loads(json.dumps(record))))))
-    assert "curtaild_site_power_watts 15000.0" in text
-    assert "curtaild_site_target_watts 6300.0" in text
-    assert "curtaild_site_demand_response_active 1.0" in text
-    assert 'curtaild_site_budget_watts{shard="A"} 3200.0' in text
-    assert 'curtaild_site_shard_power_watts{shard="B"} 6000.0' in text
+    assert "curtaild_cluster_site_power_watts 15000.0" in text
+    assert "curtaild_cluster_site_target_watts 6300.0" in text
+    assert "curtaild_cluster_site_demand_response_active 1.0" in text
+    assert 'curtaild_cluster_site_budget_watts{shard="A"} 3200.0' in text
+    assert 'curtaild_cluster_site_shard_power_watts{shard="B"} 6000.0' in text
     # an instance that does not allocate exports no site families (no copies to add up)
     other = _render(MetricsState(None, cluster=ClusterMetrics(**{**base, "allocator": False})))
-    assert "curtaild_site_" not in other and "curtaild_cluster_budget_watts" in other
+    assert "curtaild_cluster_site_" not in other and "curtaild_cluster_budget_watts" in other
 
 
 def _render(state: MetricsState) -> str:
@@ -225,3 +225,23 @@ async def test_the_bridge_counts_rejected_site_commands_and_sheds_a_flood() -> N
     last = json.loads(b._responses[-1][1])
     assert last["id"] == "f-1" and last["reason"].startswith("busy: ")
     assert b.commands[("site/curtail", "busy")] == 1
+
+
+def test_the_site_families_fit_a_full_scrape_with_the_instances_own_families() -> None:
+    """The allocator's exposition also carries its own fleet's curtaild_site_* families: no
+    family may appear twice (a duplicate is an invalid exposition), and promtool accepts it."""
+    from tests.controller.test_metrics import exposition, state
+    from tests.support.prometheus import promtool
+
+    record = {"power_w": 15000.0, "target_w": 6300.0, "target": "site event dr-1",
+              "shards": {"A": {"power_w": 9000.0, "budget_w": 3200.0},
+                         "B": {"power_w": 6000.0, "budget_w": 3100.0}}}
+    cluster = ClusterMetrics(instance="b1", shard="B", leader=True, term=7, lease_deadline=0.0,
+                             etcd_up=True, takeovers=1, losses=0, budget_w=3100.0,
+                             allocator=True, site=site_metrics(record))
+    text = exposition(state(cluster=cluster)).decode()
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types)), sorted(t for t in types if types.count(t) > 1)
+    assert "curtaild_site_power_watts" in types and "curtaild_cluster_site_power_watts" in types
+    checked = promtool("check", "metrics", stdin=text.encode())
+    assert checked.returncode == 0, checked.stdout + checked.stderr
