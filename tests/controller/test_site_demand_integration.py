@@ -15,16 +15,19 @@ still caps that shard alone.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.daemon import DaemonProcess, wait_for, write_config
 from tests.support.emulator import EmulatorProcess
 from tests.support.etcd import EtcdCluster
 from tests.support.mosquitto import Client, MosquittoProcess
+from tests.support.prometheus import RULES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -189,6 +192,12 @@ def test_a_site_target_sent_to_one_shard_is_split_across_both(tmp_path: Path) ->
             for n in SHARDS:
                 assert f'curtaild_cluster_site_budget_watts{{shard="{n}"}}' in text
             assert "curtaild_cluster_site_" not in texts[other]
+            # the shipped alert on the sharded site reads series the allocator exports
+            rules = yaml.safe_load(RULES.read_text())
+            expr = next(r["expr"] for g in rules["groups"] for r in g["rules"]
+                        if r.get("alert") == "CurtaildShardedSiteOverTarget")
+            for name in re.findall(r"\bcurtaild_[a-z0-9_]+", expr):
+                assert f"\n{name} " in text, name
             assert 'curtaild_mqtt_commands_total{topic="site/curtail",result="accepted"} 1.0' \
                 in texts[other]
             assert 'curtaild_mqtt_commands_total{topic="site/curtail",result="rejected"} 1.0' \
