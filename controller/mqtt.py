@@ -14,6 +14,10 @@ writer task drains the outbox while connected.
 Inbound commands are validated and applied by :class:`controller.directives.DirectiveStore`
 (pure); the bridge answers on ``<topic>/response``, saves the store in the journal, and wakes
 the loop so a command takes effect at once rather than at the next poll interval.
+In a sharded site the bridge also takes the site's demand-response target on
+``<prefix>/site/<site_id>/cmd/curtail`` (:class:`SiteCommands`, controller/site_demand.py):
+validated by the same store code but saved in etcd, one command at a time, and publishes the
+allocator's site record on ``<prefix>/site/<site_id>/state``.
 
 **A flood is answered, never allowed to drop the session.** Commands are taken in batches:
 every command waiting (up to ``BATCH_MAX``, or ``BATCH_S``) is applied, the rows they changed
