@@ -271,10 +271,14 @@ async def handle_command(member: ClusterMember, kind: str, body: bytes, now: flo
 
 async def read_state(member: ClusterMember) -> dict | None:
     """The site record for this shard's bridge: the allocator's own, or as etcd holds it
-    (None if there is none yet or it is unreadable). Raises EtcdUnavailable."""
+    (None if there is none yet, it is unreadable, or etcd is unreachable)."""
     if member.allocator and member.site.state is not None:
         return member.site.state
-    held = await member.store.get(member.config.site_scope + "site")
+    try:
+        held = await member.store.get(member.config.site_scope + "site")
+    except EtcdUnavailable as exc:
+        member._etcd_down(exc)
+        return None
     if held is None:
         return None
     try:
