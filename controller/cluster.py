@@ -190,6 +190,9 @@ class ClusterMember(Fence):
         self.budget_w: float | None = None  # this shard's budget as last read
         self.budget_at = 0.0  # unix time the allocator wrote it
         self.budgets: dict[str, float] = {}  # the allocator's last division (for status)
+        from curtaild.controller.site_demand import SiteView
+
+        self.site = SiteView()  # the site target and record (controller/site_demand.py)
         self._identities_shared: bytes | None = None
         #: called on a change of role (the daemon then ticks at once, not at the next interval)
         self.on_change: Callable[[], None] = lambda: None
@@ -290,6 +293,9 @@ class ClusterMember(Fence):
                     self.leader = _instance(held.value)
             if self.config.site_power_cap_w is not None:
                 await self._campaign_allocator()
+                from curtaild.controller import site_demand
+
+                await site_demand.watch(self)  # a new site target acts now, not next tick
             if self._last_error is not None:
                 log.info("etcd reachable again (%s)", ", ".join(self.config.endpoints))
             self.etcd_up = True
@@ -363,10 +369,12 @@ class ClusterMember(Fence):
                         self.config.instance_id, self.config.site_power_cap_w or 0.0)
 
     async def share_site(self, summary: dict | None) -> None:
-        """After a tick: publish this shard's summary (leader only), divide the cap (the
-        allocator only), read this shard's budget. Never raises for etcd."""
+        """After a tick: publish this shard's summary (leader only), divide the site target
+        (the allocator only: the tighter of the cap and a site demand-response event,
+        controller/site_demand.py), read this shard's budget. Never raises for etcd."""
         if self.config.site_power_cap_w is None:
             return
+        from curtaild.controller import site_demand
         from curtaild.controller.site_allocator import Summary, allocate
 
         scope = self.config.site_scope
@@ -383,19 +391,25 @@ class ClusterMember(Fence):
                         summaries[key.rsplit("/", 1)[-1]] = Summary.from_json(json.loads(value))
                     except (ValueError, KeyError, TypeError):
                         log.warning("cluster: unreadable summary %s ignored", key)
-                self.budgets = allocate(self.config.site_power_cap_w, summaries)
                 stamp = time.time()
+                target, view = await site_demand.read_target(self, stamp)
+                self.budgets = allocate(target.target_w, summaries)
                 puts = {scope + "budget/" + name: json.dumps(
                     {"budget_w": round(w, 1), "at": stamp, "cap_w": self.config.site_power_cap_w,
-                     "allocator": self.config.instance_id}).encode()
+                     "target_w": round(target.target_w, 1), "target": target.source,
+                     "until": target.until, "allocator": self.config.instance_id}).encode()
                     for name, w in self.budgets.items()}
-                if puts and not await self.store.fenced(scope + "allocator",
-                                                        self.allocator_term, puts):
+                self.site.state = site_demand.site_state(
+                    target=target, summaries=summaries, budgets=self.budgets, view=view,
+                    allocator=self.config.instance_id, now=stamp)
+                puts[scope + "site"] = json.dumps(self.site.state).encode()
+                if not await self.store.fenced(scope + "allocator", self.allocator_term, puts):
                     self.allocator = False
+                    self.site.state = None
+                self.site.allocated = target.key
             own = await self.store.get(scope + "budget/" + shard)
             if own is not None:
-                data = json.loads(own.value)
-                self.budget_w, self.budget_at = float(data["budget_w"]), float(data["at"])
+                site_demand.take_budget(self, json.loads(own.value))
         except EtcdUnavailable as exc:
             self._etcd_down(exc)
 
@@ -407,11 +421,19 @@ class ClusterMember(Fence):
         cfg = self.config
         if cfg.site_power_cap_w is None:
             return None, ""
-        age = time.time() - self.budget_at
+        now = time.time()
+        age = now - self.budget_at
         if self.budget_w is not None and age <= cfg.budget_hold_s:
             return self.budget_w, "site budget"
         why = ("no budget yet" if self.budget_w is None
                else f"the last budget is {age:.0f}s old")
+        until = self.site.budget_until
+        if self.budget_w is not None and until is not None and now < until \
+                and cfg.safe_budget_w is not None:
+            # made for a site event still running: the safe budget may be above this shard's
+            # share of the event's target; the lower one keeps the site under it
+            return (min(self.budget_w, cfg.safe_budget_w),
+                    f"held budget (site event until {_iso(until)}; {why})")
         return cfg.safe_budget_w, f"safe budget ({why})"
 
     def _etcd_down(self, exc: Exception) -> None:
@@ -469,6 +491,12 @@ class ClusterMember(Fence):
         self.journal.term = self.term
         self.resume_needed = False
         return rows
+
+
+def _iso(ts: float) -> str:
+    from curtaild.controller.mqtt_payloads import iso
+
+    return iso(ts) or ""
 
 
 def _instance(value: bytes) -> str | None:

@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from curtaild.controller.config import Config, ConfigError, advisories, config_errors, load_config
 from curtaild.controller.directive_journal import DirectiveJournal
@@ -37,6 +38,10 @@ from curtaild.drivers.hashprice import build_hashprice_source
 from curtaild.drivers.miners import MinerDriver, ObservationAborted
 from curtaild.drivers.tariff import build_tariff_source
 from curtaild.policies.compose import build_policy_stack
+
+if TYPE_CHECKING:
+    from curtaild.controller.directives import Response
+    from curtaild.controller.mqtt import SiteCommands
 
 log = logging.getLogger("curtaild")
 #: After SIGTERM a tick runs at most this long (commands already sent get command_timeout_s
@@ -242,7 +247,7 @@ class Daemon:
                 # An inbound command between regular ticks gets a fast tick: decided on the
                 # last observation, no polling first (controller/loop.py); the regular
                 # schedule is kept.
-                last_command = self.mqtt.last_command_mono if self.mqtt is not None else 0.0
+                last_command = self._last_command_mono()
                 fast = (last_command > commands_seen and not reloaded and started < next_regular
                         and self.reconciler.last is not None)
                 commands_seen = max(commands_seen, last_command)
@@ -275,8 +280,8 @@ class Daemon:
                     self.notifier.ready(status)
                     ready = True
                 self.notifier.watchdog()
-                if self.mqtt is not None and self.mqtt.last_command_mono > commands_seen:
-                    continue  # a command arrived during the tick: act on it now
+                if self._last_command_mono() > commands_seen:
+                    continue  # a command (or a new site target) came during the tick: act now
                 await self._sleep_until(next_regular)
         finally:
             if self.mqtt is not None:
@@ -290,6 +295,14 @@ class Daemon:
             self.journal.close()
             log.info("curtaild stopped; fleet left as it is (journal keeps ownership)")
         return 0
+
+    def _last_command_mono(self) -> float:
+        """When the last inbound command applied, or the site target changed (a sharded
+        site's budget): either gets a fast tick (decided on the last observation)."""
+        last = self.mqtt.last_command_mono if self.mqtt is not None else 0.0
+        if self.cluster is not None:
+            last = max(last, self.cluster.site.changed_mono)
+        return last
 
     # --------------------------------------------------------------------- cluster
     async def _cluster_turn(self) -> bool:
@@ -394,6 +407,12 @@ class Daemon:
             sent and not result.fast) else None
         try:
             await c.share_site(summary)
+            if self.mqtt is not None and self.mqtt.site is not None:
+                from curtaild.controller.site_demand import read_state
+
+                record = await read_state(c)
+                if record is not None:
+                    self.mqtt.publish_site(record)
         except Exception:
             log.exception("cluster: the site allocation step failed")
 
@@ -413,8 +432,24 @@ class Daemon:
         self.mqtt = MqttBridge(
             self.config.mqtt, self.directive_store, wake=self.wake.set,
             persist=self._save_directives, on_connection_change=self._export,
-            known_miners=self._known_miners)
+            known_miners=self._known_miners, site=self._site_commands())
         self.mqtt.start()
+
+    def _site_commands(self) -> SiteCommands | None:
+        """A sharded site's demand-response commands on this shard's bridge
+        (controller/site_demand.py); None without a site cap in [cluster]."""
+        c, mqtt = self.cluster, self.config.mqtt
+        if c is None or c.config.site_power_cap_w is None or mqtt is None:
+            return None
+        from curtaild.controller import site_demand
+        from curtaild.controller.mqtt import SiteCommands
+
+        async def handle(kind: str, body: bytes, retained: bool) -> Response:
+            return await site_demand.handle_command(c, kind, body, time.time(),
+                                                    retained=retained,
+                                                    limits=Limits.from_config(mqtt))
+
+        return SiteCommands(site_demand.site_root(mqtt.topic_prefix, c.config.site_id), handle)
 
     async def _restart_mqtt(self) -> None:
         if self.config.mqtt is None:

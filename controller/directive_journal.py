@@ -13,6 +13,7 @@ is kept apart from the tables controller/journal.py manages.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from curtaild.controller.directives import EVENT, OVERRIDE, PAUSE, SEEN, DirectiveStore, Limits
@@ -56,29 +57,7 @@ class DirectiveJournal:
             store.take_pending()
             self._write(store.rows(), delete_legacy=True)
             return store, problems + more
-        data = {"version": 1, "events": [], "overrides": [], "seen": []}
-        seen: list[list[Any]] = []
-        for kind, key, value in rows:
-            try:
-                row = json.loads(value)
-            except ValueError:
-                problems.append(f"journal directives: unreadable {kind} {key[:80]!r}, skipped")
-                continue
-            if kind == EVENT:
-                data["events"].append(row)
-            elif kind == OVERRIDE:
-                data["overrides"].append(row)
-            elif kind == PAUSE and isinstance(row, dict):
-                data["paused_until"], data["paused_by"] = row.get("until"), row.get("by")
-            elif kind == SEEN and isinstance(row, list) and len(row) == 3 and " " in key:
-                seen.append([*key.split(" ", 1), *row])
-            else:
-                problems.append(f"journal directives: bad {kind} row {key[:80]!r}, skipped")
-        # oldest first: the order remembered ids are dropped in
-        seen.sort(key=lambda r: r[4] if isinstance(r[4], int | float) else 0.0)
-        data["seen"] = seen
-        store, more = DirectiveStore.restore(data, limits, now)
-        return store, problems + more
+        return store_from_rows(rows, limits, now)
 
     def save(self, store: DirectiveStore) -> int:
         """Write the store's pending rows in one transaction; the number written. On failure
@@ -114,3 +93,34 @@ class DirectiveJournal:
             raise
         self.rows_written += len(rows)
         self.saves += 1
+
+
+def store_from_rows(rows: Iterable[tuple[str, str, str]], limits: Limits, now: float
+                    ) -> tuple[DirectiveStore, list[str]]:
+    """A store from ``(kind, key, value JSON)`` rows, as this table holds them (and as the
+    site's demand-response events are kept in etcd: controller/site_demand.py). Bad rows are
+    skipped and reported, never fatal."""
+    problems: list[str] = []
+    data = {"version": 1, "events": [], "overrides": [], "seen": []}
+    seen: list[list[Any]] = []
+    for kind, key, value in rows:
+        try:
+            row = json.loads(value)
+        except ValueError:
+            problems.append(f"journal directives: unreadable {kind} {key[:80]!r}, skipped")
+            continue
+        if kind == EVENT:
+            data["events"].append(row)
+        elif kind == OVERRIDE:
+            data["overrides"].append(row)
+        elif kind == PAUSE and isinstance(row, dict):
+            data["paused_until"], data["paused_by"] = row.get("until"), row.get("by")
+        elif kind == SEEN and isinstance(row, list) and len(row) == 3 and " " in key:
+            seen.append([*key.split(" ", 1), *row])
+        else:
+            problems.append(f"journal directives: bad {kind} row {key[:80]!r}, skipped")
+    # oldest first: the order remembered ids are dropped in
+    seen.sort(key=lambda r: r[4] if isinstance(r[4], int | float) else 0.0)
+    data["seen"] = seen
+    store, more = DirectiveStore.restore(data, limits, now)
+    return store, problems + more

@@ -37,6 +37,8 @@ from curtaild.core.snapshot import Directives, Override
 Status = Literal["accepted", "rejected", "expired"]
 Kind = Literal["curtail", "curtail/cancel", "override", "automation", "heartbeat"]
 KINDS: tuple[str, ...] = ("curtail", "curtail/cancel", "override", "automation", "heartbeat")
+#: what a sharded site's ``<prefix>/site/<site_id>/cmd/`` takes (controller/site_demand.py)
+SITE_KINDS: tuple[str, ...] = ("curtail", "curtail/cancel")
 
 _ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 _MINER = re.compile(r"^[\x21-\x7e]{1,128}$")

@@ -198,6 +198,28 @@ class ClusterMetrics:
     losses: int
     budget_w: float | None = None  # site allocation: this shard's power cap in force
     allocator: bool = False
+    site: SiteMetrics | None = None  # the allocator's last division of the site target
+
+
+@dataclass(frozen=True, slots=True)
+class SiteMetrics:
+    """The site as its allocator last divided it (controller/site_demand.py site_state)."""
+
+    power_w: float  # sum of the shards' summaries (their observed power)
+    target_w: float  # the tighter of the site cap and the site demand-response event
+    event: bool  # a site demand-response event sets the target
+    shards: tuple[tuple[str, float, float], ...]  # (shard, power_w, budget_w)
+
+
+def site_metrics(record: Any) -> SiteMetrics | None:
+    if not isinstance(record, dict):
+        return None
+    shards = record.get("shards") or {}
+    return SiteMetrics(
+        power_w=float(record["power_w"]), target_w=float(record["target_w"]),
+        event=str(record.get("target", "")).startswith("site event"),
+        shards=tuple((name, float(v["power_w"]), float(v["budget_w"]))
+                     for name, v in sorted(shards.items())))
 
 
 def cluster_metrics(member: Any) -> ClusterMetrics | None:
@@ -209,7 +231,8 @@ def cluster_metrics(member: Any) -> ClusterMetrics | None:
         member.role == "leader"), term=member.term,
         lease_deadline=time.time() + left if left > 0 else 0.0, etcd_up=member.etcd_up,
         takeovers=member.takeovers, losses=member.losses,
-        budget_w=member.budget_in_force()[0], allocator=member.allocator)
+        budget_w=member.budget_in_force()[0], allocator=member.allocator,
+        site=site_metrics(member.site.state) if member.allocator else None)
 
 
 def state_from_daemon(daemon: Any, stats: LoopStats) -> MetricsState:
@@ -426,6 +449,31 @@ def _cluster_families(c: ClusterMetrics | None, now: float) -> Iterator[Family]:
                 "across the shards.", labels)
         f.add(values, float(c.allocator))
         yield f
+    yield from _site_families(c.site)
+
+
+def _site_families(s: SiteMetrics | None) -> Iterator[Family]:
+    """The sharded site as a whole (curtaild_site_* are this instance's own fleet), from its
+    allocator only: one instance of the site exports them, so sums and alerts need no
+    de-duplication."""
+    if s is None:
+        return
+    yield from _gauge("curtaild_cluster_site_power_watts", "Sharded site power: the sum of "
+                      "the shards' observed power in their last summaries.", s.power_w)
+    yield from _gauge("curtaild_cluster_site_target_watts", "The site power target the "
+                      "allocator divides: the tighter of [cluster] site_power_cap_w and a site "
+                      "demand-response event.", s.target_w)
+    yield from _gauge("curtaild_cluster_site_demand_response_active", "1 while a site "
+                      "demand-response event sets the site target.", float(s.event))
+    power = _lf("curtaild_cluster_site_shard_power_watts", "Each shard's observed power in "
+                "its last summary.", ["shard"])
+    budget = _lf("curtaild_cluster_site_budget_watts", "Each shard's budget in the "
+                 "allocator's last division of the site target.", ["shard"])
+    for name, p, b in s.shards:
+        power.add((name,), p)
+        budget.add((name,), b)
+    yield power
+    yield budget
 
 
 def _source_labels(d: dict, i: int) -> tuple[str, str]:
@@ -529,10 +577,11 @@ def _controller(s: MetricsState) -> Iterator[Family]:
         yield from _mqtt(s.mqtt)
 
 
-MQTT_COMMAND_TOPICS = ("curtail", "curtail/cancel", "override", "automation", "heartbeat")
+MQTT_COMMAND_TOPICS = ("curtail", "curtail/cancel", "override", "automation", "heartbeat",
+                       "site/curtail", "site/curtail/cancel")
 #: "busy": answered rejected without being applied, the bridge was overloaded (a flood)
 MQTT_COMMAND_RESULTS = ("accepted", "rejected", "expired", "duplicate", "busy")
-MQTT_PUBLISH_KINDS = ("status", "state", "decisions", "miners", "response")
+MQTT_PUBLISH_KINDS = ("status", "state", "decisions", "miners", "response", "site")
 
 
 def _mqtt(m: MqttCounters) -> Iterator[Family]:

@@ -14,6 +14,10 @@ writer task drains the outbox while connected.
 Inbound commands are validated and applied by :class:`controller.directives.DirectiveStore`
 (pure); the bridge answers on ``<topic>/response``, saves the store in the journal, and wakes
 the loop so a command takes effect at once rather than at the next poll interval.
+In a sharded site the bridge also takes the site's demand-response target on
+``<prefix>/site/<site_id>/cmd/curtail`` (:class:`SiteCommands`, controller/site_demand.py):
+validated by the same store code but saved in etcd, one command at a time, and publishes the
+allocator's site record on ``<prefix>/site/<site_id>/state``.
 
 **A flood is answered, never allowed to drop the session.** Commands are taken in batches:
 every command waiting (up to ``BATCH_MAX``, or ``BATCH_S``) is applied, the rows they changed
@@ -35,12 +39,13 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
 
-from curtaild.controller.directives import KINDS, DirectiveStore
+from curtaild.controller.directives import KINDS, SITE_KINDS, DirectiveStore, Response
 from curtaild.controller.loop import TickResult
 from curtaild.controller.metrics import MqttCounters
 from curtaild.controller.mqtt_config import MqttConfig, MqttTlsConfig
@@ -64,14 +69,29 @@ BATCH_S = 0.05
 SEND_WINDOW = 64
 
 
+@dataclass(frozen=True)
+class SiteCommands:
+    """A sharded site's commands (controller/site_demand.py): taken on ``<root>/cmd/curtail``
+    and ``<root>/cmd/curtail/cancel``, where ``root`` is ``<prefix>/site/<site_id>``; each is
+    validated and saved in etcd by ``handle(kind, payload, retained)`` (an etcd round trip,
+    awaited one command at a time: site events are rare) and answered on
+    ``<topic>/response``. The site record is published retained on ``<root>/state``."""
+
+    root: str
+    handle: Callable[[str, bytes, bool], Awaitable[Response]]
+
+
 class MqttBridge:
     def __init__(self, config: MqttConfig, store: DirectiveStore, *,
                  wake: Callable[[], None] = lambda: None,
                  persist: Callable[[], None] = lambda: None,
                  on_connection_change: Callable[[], None] = lambda: None,
-                 known_miners: Callable[[], dict[str, str] | None] = lambda: None):
+                 known_miners: Callable[[], dict[str, str] | None] = lambda: None,
+                 site: SiteCommands | None = None):
         self.config = config
         self.store = store
+        self.site = site
+        self.site_cmd_prefix = f"{site.root}/cmd/" if site is not None else None
         self.wake = wake
         self.persist = persist
         self.on_connection_change = on_connection_change
@@ -179,6 +199,11 @@ class MqttBridge:
                     self._miner_last[topic] = body
                     self._put_retained(topic, body)
 
+    def publish_site(self, record: dict) -> None:
+        """Queue the site record (the allocator's, read from etcd) on ``<root>/state``."""
+        if self.site is not None:
+            self._put_retained(f"{self.site.root}/state", dumps(record))
+
     async def _writer(self, client: aiomqtt.Client) -> None:
         while True:
             await self._pending.wait()
@@ -230,6 +255,8 @@ class MqttBridge:
         rest = topic[len(self.config.topic_prefix) + 1:]
         if rest.startswith("miners/"):
             return "miners"
+        if rest.startswith("site/"):
+            return "response" if "/cmd/" in rest else "site"
         if rest.startswith("cmd/"):
             return "response"
         return rest
@@ -268,7 +295,14 @@ class MqttBridge:
             from curtaild.controller.directives import Response
 
             resp = Response(None, "rejected", "internal error while processing the command")
-        label = kind if kind in KINDS else "unknown"
+        result = self._count(kind if kind in KINDS else "unknown", resp, busy)
+        if resp is not None:
+            self._held.append((f"{topic}/response", dumps(resp.payload())))
+        if result in ("accepted", "expired") and kind != "heartbeat":
+            self._batch_applied = True
+
+    def _count(self, label: str, resp: Response | None, busy: bool) -> str:
+        """Count and log one answered command; its result label."""
         if resp is None:
             result = "accepted"
         elif resp.duplicate:
@@ -284,9 +318,38 @@ class MqttBridge:
             else:
                 log.log(logging.WARNING if resp.status == "rejected" else logging.INFO,
                         "mqtt %s %s: %s (%s)", label, resp.id or "-", resp.status, resp.reason)
-            self._held.append((f"{topic}/response", dumps(resp.payload())))
-        if result in ("accepted", "expired") and kind != "heartbeat":
-            self._batch_applied = True
+        return result
+
+    async def handle_site_message(self, topic: str, payload: object, *, retained: bool,
+                                  backlog: int = 0) -> None:
+        """One site command (SiteCommands): saved in etcd, then answered at once; with
+        ``backlog`` at ``busy_backlog`` or more it is answered busy without an etcd request.
+        Never raises (a bad message is answered)."""
+        assert self.site is not None and self.site_cmd_prefix is not None
+        kind = topic[len(self.site_cmd_prefix):]
+        if kind == "response" or kind.endswith("/response"):
+            return
+        body = bytes(payload) if isinstance(payload, bytes | bytearray) else (
+            b"" if payload is None else str(payload).encode())
+        busy = backlog >= self.config.busy_backlog and kind in SITE_KINDS
+        try:
+            if busy:
+                resp = self.store.shed(kind, body, time.time(), f"overloaded, {backlog} "
+                                       f"commands waiting (busy_backlog "
+                                       f"{self.config.busy_backlog})", retained=retained)
+            else:
+                resp = await self.site.handle(kind, body, retained)
+        except Exception:  # a bug must not kill the bridge
+            log.exception("mqtt: site command on %s failed to process", topic)
+            resp = Response(None, "rejected", "internal error while processing the command")
+        label = f"site/{kind}" if kind in SITE_KINDS else "unknown"
+        result = self._count(label, resp, busy)
+        if resp is not None:
+            self._responses.append((f"{topic}/response", dumps(resp.payload())))
+            self._pending.set()
+        if result in ("accepted", "expired"):
+            self.last_command_mono = time.monotonic()
+            self.wake()
 
     def commit(self) -> None:
         """End the batch: save what it changed (one journal transaction), then release its
@@ -317,6 +380,12 @@ class MqttBridge:
         try:
             async for message in messages:
                 backlog = len(messages)
+                if self.site_cmd_prefix is not None \
+                        and str(message.topic).startswith(self.site_cmd_prefix):
+                    self.commit()  # the commands before it are saved and answered first
+                    await self.handle_site_message(str(message.topic), message.payload,
+                                                   retained=message.retain, backlog=backlog)
+                    continue
                 if self._batch_size == 0:
                     opened = time.monotonic()
                 self.handle_message(str(message.topic), message.payload,
@@ -375,8 +444,11 @@ class MqttBridge:
                                  timeout=PUBLISH_TIMEOUT_S)
             self.published["status"] = self.published.get("status", 0) + 1
             # every command topic (cmd/<kind>, and cmd/curtail/cancel), none of the answers
-            await client.subscribe([(f"{self.cmd_prefix}+", 1),
-                                    (f"{self.cmd_prefix}curtail/cancel", 1)])
+            topics = [(f"{self.cmd_prefix}+", 1), (f"{self.cmd_prefix}curtail/cancel", 1)]
+            if self.site_cmd_prefix is not None:  # a sharded site's commands
+                topics += [(f"{self.site_cmd_prefix}+", 1),
+                           (f"{self.site_cmd_prefix}curtail/cancel", 1)]
+            await client.subscribe(topics)
             # A broker that restarted without persistence lost our retained topics.
             for topic, body in self._published_retained.items():
                 self._retained.setdefault(topic, body)

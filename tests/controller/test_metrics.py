@@ -21,10 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from curtaild.controller.config import ConfigError, parse_config
 from curtaild.controller.loop import TickResult
 from curtaild.controller.metrics import (
+    ClusterMetrics,
     LoopStats,
     MetricsExporter,
     MetricsState,
     MqttCounters,
+    SiteMetrics,
     live_families,
     parse_listen,
     render_text,
@@ -423,8 +425,14 @@ def _full_state() -> MetricsState:
 
     first, *rest = s.tick.fleet.miners  # placed on a phase of the site map (issue 18)
     fleet = replace(s.tick.fleet, miners=(replace(first, phase="L1"), *rest))
+    # a sharded site's allocator (issue 19): its cluster and site families too
+    cluster = ClusterMetrics(instance="b1", shard="B", leader=True, term=7, lease_deadline=NOW,
+                             etcd_up=True, takeovers=1, losses=0, budget_w=3100.0,
+                             allocator=True, site=SiteMetrics(
+                                 power_w=15000.0, target_w=6300.0, event=True,
+                                 shards=(("A", 9000.0, 3200.0), ("B", 6000.0, 3100.0))))
     return state(replace(s.tick, site=full_site_view(), fleet=fleet), counters=stats.snapshot(),
-                 mqtt=mqtt)
+                 mqtt=mqtt, cluster=cluster)
 
 
 def test_promtool_check_metrics_on_generated_exposition() -> None:

@@ -35,6 +35,19 @@ USERS = {"curtaild": "curtaild-secret", "ems": "ems-secret", "dashboard": "dash-
 TEST_ACL = "\n# tests only\nuser observer\ntopic read {prefix}/#\n"
 
 
+def shard_acl(shipped: str, user: str, prefix: str) -> str:
+    """The shipped ACL again for one shard's prefix, its controller block under ``user``
+    (mosquitto adds the lines of a repeated ``user`` to that user's list)."""
+    out = [f"\n# shard {user} ({prefix})"]
+    for line in shipped.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        if line.strip() == "user curtaild":
+            line = f"user {user}"
+        out.append(line.replace(PREFIX, prefix))
+    return "\n".join(out) + "\n"
+
+
 def free_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -61,7 +74,10 @@ class MosquittoProcess:
 
     def __init__(self, *, port: int | None = None, host: str = HOST,
                  tls: TlsListener | None = None, tls_port: int | None = None,
-                 prefix: str = PREFIX) -> None:
+                 prefix: str = PREFIX, shards: dict[str, str] | None = None) -> None:
+        """``shards``: more controller users, each with its own topic prefix (a sharded site:
+        one bridge per shard, each its own session): the shipped ACL's blocks are repeated
+        for each prefix, its ``curtaild`` block under that user (password: curtaild's)."""
         self.mosquitto = binary("mosquitto", "mosquitto")
         self.passwd_tool = binary("mosquitto_passwd", "mosquitto")
         self.host = host
@@ -73,9 +89,12 @@ class MosquittoProcess:
         self.dir = Path(self._tmp.name)
         self.passwd = self.dir / "passwd"
         self.acl = self.dir / "acl"
-        self.acl.write_text(ACL.read_text().replace(PREFIX, prefix)
-                            + TEST_ACL.format(prefix=prefix))
-        for i, (user, pw) in enumerate(USERS.items()):
+        shipped = ACL.read_text()
+        self.acl.write_text(shipped.replace(PREFIX, prefix) + TEST_ACL.format(prefix=prefix)
+                            + "".join(shard_acl(shipped, user, shard_prefix)
+                                      for user, shard_prefix in (shards or {}).items()))
+        users = {**USERS, **{user: USERS["curtaild"] for user in shards or {}}}
+        for i, (user, pw) in enumerate(users.items()):
             subprocess.run([self.passwd_tool, "-b", *(["-c"] if i == 0 else []),
                             str(self.passwd), user, pw], check=True, capture_output=True)
         self.conf = self.dir / "mosquitto.conf"
