@@ -40,8 +40,10 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from curtaild.controller.cluster_config import ClusterConfig
+from curtaild.controller.guards import GuardConfig, memory_window_s
 from curtaild.controller.journal import Journal, JournalError
 from curtaild.controller.loop import Fence
+from curtaild.controller.outlet_journal import DAY_S, OutletJournal
 from curtaild.controller.outlet_journal import SCHEMA as OUTLET_SCHEMA
 from curtaild.drivers.etcd import EtcdStore, EtcdTls, EtcdUnavailable
 
@@ -61,6 +63,12 @@ TABLES: dict[str, tuple[str, ...]] = {
 META_KEYS = ("ramp_bucket", "review", "luxos_atm_operator")
 #: Written with every push: its presence says etcd holds a leader's state.
 EPOCH_KEY = "epoch"
+#: Recent changes, under ``<prefix>changes/``: what the guards and the hard power-down tier
+#: count from the journal's history (``events``, ``outlet_events``), which is not mirrored.
+#: ``miner/<key>``: the last command that went through, within the guards' memory window
+#: (minimum dwell, limit dwell); ``outlet/<pdu>/<n>``: the switch-offs of the last 24 h
+#: (``max_cycles_per_day``); ``pdu/<pdu>``: the last switch-on (``on_interval_s``).
+CHANGES = "changes/"
 
 
 def build_store(config: ClusterConfig) -> EtcdStore:
@@ -82,6 +90,9 @@ class StateMirror:
         self.prefix = prefix
         #: what etcd holds (as last written or read by this instance)
         self.pushed: dict[str, bytes] = {}
+        #: how far back the last change of a machine is shared: the guards' memory window
+        #: (controller/guards.py ``memory_window_s``; the daemon sets it from ``[guards]``)
+        self.dwell_s = memory_window_s(GuardConfig())
 
     def _columns(self, table: str) -> list[str]:
         return [r[1] for r in self.journal.db.execute(f"PRAGMA table_info({table})")]
@@ -102,7 +113,50 @@ class StateMirror:
             row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
             if row is not None:
                 out[f"{self.prefix}meta/{key}"] = row[0].encode()
+        out.update(self._changes(time.time()))
         return out
+
+    def _changes(self, now: float) -> dict[str, bytes]:
+        """The recent changes a successor needs (:data:`CHANGES`), from this journal's
+        history and the changes it resumed itself (``shared_changes``)."""
+        out: dict[str, bytes] = {}
+        base = self.prefix + CHANGES
+        if self.dwell_s > 0:
+            for miner, at in self.journal.recent_changes(now - self.dwell_s).items():
+                out[f"{base}miner/{quote(miner, safe='')}"] = json.dumps({"at": at}).encode()
+        outlets = OutletJournal(self.journal)
+        for (pdu, n), times in outlets.off_times(now - DAY_S).items():
+            out[f"{base}outlet/{quote(pdu, safe='')}/{n}"] = json.dumps(
+                {"off_at": times}).encode()
+        for pdu, at in outlets.last_on_at().items():
+            if at >= now - DAY_S:
+                out[f"{base}pdu/{quote(pdu, safe='')}"] = json.dumps({"on_at": at}).encode()
+        return out
+
+    def _restore_changes(self, held: dict[str, bytes]) -> list[tuple[str, tuple]]:
+        """Statements replacing ``shared_changes`` with etcd's; an unreadable row is skipped
+        (it can only make a guard less strict for one machine, never command it)."""
+        stmts: list[tuple[str, tuple]] = [("DELETE FROM shared_changes", ())]
+        base = self.prefix + CHANGES
+        insert = "INSERT OR IGNORE INTO shared_changes (kind, key, at) VALUES (?, ?, ?)"
+        for key, value in held.items():
+            if not key.startswith(base):
+                continue
+            kind, _, name = key[len(base):].partition("/")
+            try:
+                data = json.loads(value)
+                if kind == "miner":
+                    stmts.append((insert, ("miner", unquote(name), float(data["at"]))))
+                elif kind == "outlet":
+                    pdu, _, n = name.rpartition("/")
+                    for at in data["off_at"]:
+                        stmts.append((insert, ("outlet_off", f"{unquote(pdu)}/{int(n)}",
+                                               float(at))))
+                elif kind == "pdu":
+                    stmts.append((insert, ("pdu_on", unquote(name), float(data["on_at"]))))
+            except (ValueError, KeyError, TypeError):
+                log.warning("cluster: unreadable shared change %s ignored", key)
+        return stmts
 
     def changes(self) -> tuple[dict[str, bytes], list[str]]:
         now = self.snapshot()
@@ -141,6 +195,7 @@ class StateMirror:
             else:
                 stmts.append(("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO "
                               "UPDATE SET value=excluded.value", (key, value.decode())))
+        stmts += self._restore_changes(held)
         self.journal._tx(stmts)
         return rows
 

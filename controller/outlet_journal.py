@@ -133,17 +133,33 @@ class OutletJournal:
         self._tx(("DELETE FROM outlets WHERE pdu=? AND outlet=?", key),
                  self._event(*key, "released", "note", why, now))
 
+    def off_times(self, since: float) -> dict[OutletKey, list[float]]:
+        """When each outlet was switched off (taking effect) since ``since``: this journal's
+        own switches and, in a cluster, those its predecessors made (``shared_changes``,
+        controller/cluster.py), each switch once."""
+        seen: dict[OutletKey, set[float]] = {}
+        for pdu, n, at in self._rows(
+                "SELECT pdu, outlet, at FROM outlet_events WHERE at >= ? AND action='off' "
+                "AND result IN ('ok', 'note')", (since,)):
+            seen.setdefault((pdu, n), set()).add(at)
+        for key, at in self.db.execute("SELECT key, at FROM shared_changes WHERE "
+                                       "kind='outlet_off' AND at >= ?", (since,)):
+            pdu, _, n = key.rpartition("/")
+            seen.setdefault((pdu, int(n)), set()).add(at)
+        return {k: sorted(v) for k, v in seen.items()}
+
     def cycles(self, now: float | None = None) -> dict[OutletKey, int]:
         """Switch-offs that took effect per outlet in the last 24 h."""
-        since = (now or time.time()) - DAY_S
-        return {(pdu, n): c for pdu, n, c in self._rows(
-            "SELECT pdu, outlet, COUNT(*) FROM outlet_events WHERE at >= ? AND action='off' "
-            "AND result IN ('ok', 'note') GROUP BY pdu, outlet", (since,))}
+        return {k: len(v) for k, v in self.off_times((now or time.time()) - DAY_S).items()}
 
     def last_on_at(self) -> dict[str, float]:
-        return {pdu: at for pdu, at in self._rows(
+        out = {pdu: at for pdu, at in self._rows(
             "SELECT pdu, MAX(at) FROM outlet_events WHERE action='on' AND result='ok' "
             "GROUP BY pdu")}
+        for pdu, at in self.db.execute("SELECT key, MAX(at) FROM shared_changes WHERE "
+                                       "kind='pdu_on' GROUP BY key"):
+            out[pdu] = max(at, out.get(pdu, at))
+        return out
 
     def events(self, limit: int = 50) -> list[dict]:
         cols = ("at", "pdu", "outlet", "action", "result", "detail")
