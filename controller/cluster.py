@@ -63,6 +63,10 @@ TABLES: dict[str, tuple[str, ...]] = {
 META_KEYS = ("ramp_bucket", "review", "luxos_atm_operator")
 #: Written with every push: its presence says etcd holds a leader's state.
 EPOCH_KEY = "epoch"
+#: Shared miner identities: ``<scope>identities/<block>``, one key per /24 of addresses.
+IDENTITIES = "identities"
+#: Blocks per page of a read: a block is at most ~30 KiB, a page stays under 1 MiB.
+IDENTITY_PAGE_KEYS = 32
 #: Recent changes, under ``<prefix>changes/``: what the guards and the hard power-down tier
 #: count from the journal's history (``events``, ``outlet_events``), which is not mirrored.
 #: ``miner/<key>``: the last command that went through, within the guards' memory window
@@ -245,7 +249,9 @@ class ClusterMember(Fence):
         self.budget_w: float | None = None  # this shard's budget as last read
         self.budget_at = 0.0  # unix time the allocator wrote it
         self.budgets: dict[str, float] = {}  # the allocator's last division (for status)
-        self._identities_shared: bytes | None = None
+        #: the identity blocks etcd holds, as this leader wrote or read them (None: unknown)
+        self._identities_shared: dict[str, bytes] | None = None
+        self._identities_version: int | None = None
         #: called on a change of role (the daemon then ticks at once, not at the next interval)
         self.on_change: Callable[[], None] = lambda: None
 
@@ -369,36 +375,61 @@ class ClusterMember(Fence):
         self.deadline = sent + self.config.lease_ttl_s
 
     # ---------------------------------------------------------------- identities
-    async def share_identities(self, entries: dict[str, dict]) -> None:
+    async def share_identities(self, entries: dict[str, dict],
+                               version: int | None = None) -> None:
         """A leader shares its miner identity cache (drivers/identity_cache.py) so that a
         standby that starts later polls at once instead of discovering every address.
-        One key, written when it changed; never raises for etcd."""
+
+        One key per block of addresses (``<scope>identities/<a.b.c>``: a /24, at most 255
+        entries, ~30 KiB): 40,000 identities are ~4 MiB, past etcd's default 1.5 MiB request
+        limit for one value, and a change rewrites its block only. Blocks that hold no
+        address any more are deleted, and the single key older releases wrote with them.
+        ``version`` (the cache's change count): nothing is built while it is unchanged.
+        Never raises for etcd."""
         if not self.may_command():
             return
-        blob = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
-        if blob == self._identities_shared:
+        if version is not None and version == self._identities_version \
+                and self._identities_shared is not None:
             return
+        prefix = self.config.scope + IDENTITIES
+        blocks = {f"{prefix}/{quote(name, safe='')}": blob
+                  for name, blob in identity_blocks(entries).items()}
         try:
-            if await self.store.fenced(self.leader_key, self.term,
-                                       {self.config.scope + "identities": blob}):
-                self._identities_shared = blob
+            if self._identities_shared is None:  # what a predecessor left there
+                self._identities_shared = await self.store.get_prefix(
+                    prefix, page_keys=IDENTITY_PAGE_KEYS)
+            held = self._identities_shared
+            puts = {k: v for k, v in blocks.items() if held.get(k) != v}
+            deletes = [k for k in held if k not in blocks]
+            if puts or deletes:
+                self._identities_shared = None  # unknown until the write is done
+                if not await self.store.fenced(self.leader_key, self.term, puts, deletes):
+                    return
+            self._identities_shared = blocks
+            self._identities_version = version
         except EtcdUnavailable as exc:
             self._etcd_down(exc)
 
     async def fetch_identities(self) -> dict[str, dict]:
-        """The identities the leader shared ({} if none, or etcd is unreachable)."""
+        """The identities the leader shared ({} if none, or etcd is unreachable): every
+        block, read at one revision."""
+        prefix = self.config.scope + IDENTITIES
         try:
-            held = await self.store.get(self.config.scope + "identities")
+            held = await self.store.get_prefix(prefix, page_keys=IDENTITY_PAGE_KEYS)
         except EtcdUnavailable as exc:
             self._etcd_down(exc)
             return {}
-        if held is None:
-            return {}
-        try:
-            data = json.loads(held.value)
-        except ValueError:
-            return {}
-        return data if isinstance(data, dict) else {}
+        out: dict[str, dict] = {}
+        # the single key of an older release first: a block written since wins
+        for key in sorted(held, key=lambda k: k != prefix):
+            try:
+                data = json.loads(held[key])
+            except ValueError:
+                log.warning("cluster: unreadable identities %s ignored", key)
+                continue
+            if isinstance(data, dict):
+                out.update(data)
+        return out
 
     # ------------------------------------------------------------ site allocation
     async def _campaign_allocator(self) -> None:
@@ -480,6 +511,7 @@ class ClusterMember(Fence):
 
     def _win(self, term: int) -> None:
         self.role = "leader"
+        self._identities_shared = None  # a predecessor may have written other blocks
         self.term = term
         self.leader = self.config.instance_id
         self.resume_needed = True
@@ -524,6 +556,22 @@ class ClusterMember(Fence):
         self.journal.term = self.term
         self.resume_needed = False
         return rows
+
+
+def identity_block(ip: str) -> str:
+    """The block an address's identity is shared in: its /24 ("127.0.3" for 127.0.3.7);
+    an address of another form is a block of its own."""
+    head, dot, _ = ip.rpartition(".")
+    return head if dot else ip
+
+
+def identity_blocks(entries: dict[str, dict]) -> dict[str, bytes]:
+    """The identity cache as blocks (:func:`identity_block`), each compact JSON."""
+    blocks: dict[str, dict[str, dict]] = {}
+    for ip, entry in entries.items():
+        blocks.setdefault(identity_block(ip), {})[ip] = entry
+    return {name: json.dumps(b, sort_keys=True, separators=(",", ":")).encode()
+            for name, b in blocks.items()}
 
 
 def _instance(value: bytes) -> str | None:

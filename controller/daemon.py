@@ -362,7 +362,7 @@ class Daemon:
                 c._lose("the leader key is no longer this instance's")
             cache = getattr(self.reconciler.driver, "identities", None)
             if cache is not None:
-                await c.share_identities(cache.entries)
+                await c.share_identities(cache.entries, getattr(cache, "version", None))
         except EtcdUnavailable as exc:
             c._etcd_down(exc)
         except Exception:

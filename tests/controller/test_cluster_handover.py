@@ -218,3 +218,24 @@ async def test_identities_of_an_older_leader_are_still_read(etcd: EtcdCluster,
     assert a.config.scope + "identities" not in etcd.get_prefix(a.config.scope + "identities")
     for m in (a, b):
         await m.stop()
+
+
+async def test_identities_are_rebuilt_only_after_the_cache_changed(
+        etcd: EtcdCluster, tmp_path: Path) -> None:
+    """The leader shares after every tick: at 40,000 miners building the blocks costs ~50 ms,
+    so an unchanged cache (same version) is not even looked at."""
+    from curtaild.drivers.identity_cache import IdentityCache
+
+    a, b = _members(etcd, tmp_path)
+    await _lead(a)
+    cache = IdentityCache(tmp_path / "identities.json")
+    cache.merge({"127.190.9.1": {"class": "ANTMINER/ANTMINER S19"}})
+    await a.share_identities(cache.entries, cache.version)
+    cache.entries["127.190.9.2"] = {"class": "ANTMINER/ANTMINER S19"}  # behind its back
+    await a.share_identities(cache.entries, cache.version)
+    assert set(await b.fetch_identities()) == {"127.190.9.1"}
+    cache.forget("127.190.9.1")
+    await a.share_identities(cache.entries, cache.version)
+    assert set(await b.fetch_identities()) == {"127.190.9.2"}
+    for m in (a, b):
+        await m.stop()
