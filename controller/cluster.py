@@ -235,6 +235,13 @@ class ClusterMember(Fence):
         self.role = "standby"
         self.term = 0  # the leader's term: ours when leading, the one seen otherwise
         self.leader: str | None = None
+        #: ``[cluster] standby = false``: the shard's only instance. No peer can lead in its
+        #: place, so nothing is fenced: it commands from the start, with or without etcd
+        #: (under its held, then safe, budget), and hands no state over. It still holds the
+        #: leader key while etcd answers, so that a second instance of its shard is noticed.
+        self.lone = not config.standby
+        if self.lone:
+            self.role, self.leader = "leader", config.instance_id
         self.lease_id = 0
         self.deadline = 0.0  # monotonic: our lease holds at least until then
         self.etcd_up = False
@@ -270,15 +277,24 @@ class ClusterMember(Fence):
         return max(0.0, self.deadline - time.monotonic()) if self.lease_id else 0.0
 
     def may_command(self) -> bool:
+        if self.lone:
+            return self.role == "leader"  # "standby": another instance holds its shard
         return (self.role == "leader" and not self.resume_needed
                 and time.monotonic() < self.deadline - self.margin_s)
 
     # ------------------------------------------------------------------- Fence
     def remaining_s(self) -> float:
+        if self.lone:
+            return float("inf") if self.may_command() else 0.0
         return self.deadline - self.margin_s - time.monotonic() if self.may_command() else 0.0
 
     async def confirm(self) -> str | None:
-        """Refresh the lease, then share what changed, fenced on the term (module docstring)."""
+        """Refresh the lease, then share what changed, fenced on the term (module docstring).
+        Without a standby (``lone``) there is nobody to fence against or hand over to."""
+        if self.lone:
+            return None if self.may_command() else (
+                f"{self.leader or 'another instance'} holds this shard's leader key although "
+                "[cluster] standby = false here")
         if not self.may_command():
             return "not the leader (standby, or its lease is not confirmed)"
         try:
@@ -295,6 +311,8 @@ class ClusterMember(Fence):
 
     async def push(self) -> bool:
         """Write the mirrored state's changes, fenced on our term. False: not the leader."""
+        if self.lone:
+            return True  # no successor to resume it
         puts, deletes = self.mirror.changes()
         if not puts and not deletes:
             return await self.store.fenced(self.leader_key, self.term)
@@ -337,7 +355,9 @@ class ClusterMember(Fence):
         """Keep the lease alive; a standby campaigns; a leader checks it still leads."""
         try:
             await self._keepalive()
-            if self.role == "leader":
+            if self.lone:
+                await self._hold_alone()
+            elif self.role == "leader":
                 held = await self.store.get(self.leader_key)
                 if held is None or held.create_revision != self.term:
                     self._lose("the leader key is gone or another instance's")
@@ -357,8 +377,42 @@ class ClusterMember(Fence):
             self._last_error = None
         except EtcdUnavailable as exc:
             self._etcd_down(exc)
-        if self.role == "leader" and time.monotonic() >= self.deadline - self.margin_s:
+        if not self.lone and self.role == "leader" \
+                and time.monotonic() >= self.deadline - self.margin_s:
             self._lose("its lease could not be confirmed within the TTL")
+
+    async def _hold_alone(self) -> None:
+        """``standby = false``: hold the shard's leader key (a new term after etcd lost the
+        last one with its lease); stop commanding while another instance holds it."""
+        value = json.dumps({"instance_id": self.config.instance_id,
+                            "standby": False}).encode()
+        created, held = await self.store.create(self.leader_key, value, self.lease_id)
+        if held is None:
+            return
+        if created or held.lease_id == self.lease_id:
+            if self.term != held.create_revision:
+                self.term = self.journal.term = held.create_revision
+                log.info("cluster: %s holds %s alone (standby = false), term %d",
+                         self.config.instance_id, self.config.scope, self.term)
+            self.leader = self.config.instance_id
+            if self.role != "leader":
+                self.role = "leader"
+                log.warning("cluster: %s commands %s again (standby = false)",
+                            self.config.instance_id, self.config.scope)
+                self.on_change()
+            return
+        other = _instance(held.value)
+        if other == self.config.instance_id:
+            return  # this instance's previous process (a restart): its lease runs out soon
+        self.leader, self.term = other, held.create_revision
+        if self.role == "leader":
+            self.role = "standby"
+            self.losses += 1
+            log.error("cluster: %s holds %s, yet [cluster] standby = false here says this "
+                      "instance is the shard's only one: this one stops commanding until the "
+                      "other is gone (give each shard one instance, or standbys on all)",
+                      other, self.config.scope)
+            self.on_change()
 
     async def _keepalive(self) -> None:
         if self.lease_id:
@@ -367,7 +421,7 @@ class ClusterMember(Fence):
             if ttl > 0:
                 self.deadline = sent + ttl
                 return
-            if self.role == "leader":
+            if self.role == "leader" and not self.lone:
                 self._lose("its lease expired in etcd")
             self.lease_id = 0
         sent = time.monotonic()
@@ -386,7 +440,7 @@ class ClusterMember(Fence):
         address any more are deleted, and the single key older releases wrote with them.
         ``version`` (the cache's change count): nothing is built while it is unchanged.
         Never raises for etcd."""
-        if not self.may_command():
+        if not self.may_command() or self.lone:  # lone: no standby to warm
             return
         if version is not None and version == self._identities_version \
                 and self._identities_shared is not None:
@@ -504,7 +558,9 @@ class ClusterMember(Fence):
         text = str(exc)
         if self.etcd_up or self._last_error is None:
             log.warning("etcd unreachable (%s): %s%s", ", ".join(self.config.endpoints), text,
-                        "; commanding stops when the lease runs out"
+                        "; commanding goes on (standby = false) under the last budget, then "
+                        "safe_budget_w" if self.lone and self.role == "leader"
+                        else "; commanding stops when the lease runs out"
                         if self.role == "leader" else "")
         self.etcd_up = False
         self._last_error = text
