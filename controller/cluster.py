@@ -25,7 +25,14 @@ remembered ids). The leader writes what changed before each batch (so no machine
 before a successor can know it is curtaild's) and after each tick. A new leader replaces those
 tables of its local journal with etcd's before its first command, so it wakes what its
 predecessor slept once the margin returns and never wakes what an operator slept (a machine
-asleep that is not curtaild's is left alone, as always).
+asleep that is not curtaild's is left alone, as always). What the guards and the outlet tier
+count from the journal's history (the last change of each machine, each outlet's switch-offs
+of the day, each PDU's last switch-on) is shared too (``changes/``), so a successor keeps
+minimum dwell and the cycle caps of its predecessor.
+
+A shard without a standby (``[cluster] standby = false``: ``lone``) has nobody to fence against
+or hand over to: it commands with or without etcd (under its held, then safe, budget) and
+mirrors nothing; it holds the leader key only to notice a second instance of its shard.
 """
 
 from __future__ import annotations
