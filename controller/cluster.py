@@ -519,7 +519,9 @@ class ClusterMember(Fence):
         scope = self.config.site_scope
         shard = self.config.shard or "_site"
         try:
-            if summary is not None and self.may_command():
+            if summary is not None and self.may_command() and self.lease_id:
+                # on our lease only: a summary must go with the instance (a shard alone
+                # commands before it holds a lease)
                 await self.store.put(scope + "summary/" + shard, json.dumps(summary).encode(),
                                      lease_id=self.lease_id)
             if self.allocator:

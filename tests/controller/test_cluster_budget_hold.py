@@ -130,6 +130,21 @@ async def test_a_second_instance_of_a_shard_without_standby_does_not_command(
     await two.stop()
 
 
+async def test_a_shard_alone_publishes_its_summary_on_its_lease_only(
+        etcd: EtcdCluster, tmp_path: Path) -> None:
+    """A shard alone commands before it holds a lease: its summary must not outlive it."""
+    site = f"b{next(_sites)}"
+    lone = _member(tmp_path, site, "lone", "A", etcd.endpoints, standby=False)
+    summaries = lone.config.site_scope + "summary/"
+    await lone.share_site(SUMMARY)
+    assert lone.may_command() and not etcd.get_prefix(summaries)
+    await lone.step()
+    await lone.share_site(SUMMARY)
+    assert list(etcd.get_prefix(summaries)) == [summaries + "A"]
+    await lone.stop()  # its lease revoked: the summary goes with it
+    assert not etcd.get_prefix(summaries)
+
+
 async def test_a_successor_holds_the_last_budget_then_the_safe_one_until_a_new_allocator(
         etcd: EtcdCluster, tmp_path: Path) -> None:
     """Shard A's leader dies while the site's allocator (shard C) is cut off from etcd: A's
