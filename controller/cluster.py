@@ -25,7 +25,14 @@ remembered ids). The leader writes what changed before each batch (so no machine
 before a successor can know it is curtaild's) and after each tick. A new leader replaces those
 tables of its local journal with etcd's before its first command, so it wakes what its
 predecessor slept once the margin returns and never wakes what an operator slept (a machine
-asleep that is not curtaild's is left alone, as always).
+asleep that is not curtaild's is left alone, as always). What the guards and the outlet tier
+count from the journal's history (the last change of each machine, each outlet's switch-offs
+of the day, each PDU's last switch-on) is shared too (``changes/``), so a successor keeps
+minimum dwell and the cycle caps of its predecessor.
+
+A shard without a standby (``[cluster] standby = false``: ``lone``) has nobody to fence against
+or hand over to: it commands with or without etcd (under its held, then safe, budget) and
+mirrors nothing; it holds the leader key only to notice a second instance of its shard.
 """
 
 from __future__ import annotations
@@ -40,8 +47,10 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from curtaild.controller.cluster_config import ClusterConfig
+from curtaild.controller.guards import GuardConfig, memory_window_s
 from curtaild.controller.journal import Journal, JournalError
 from curtaild.controller.loop import Fence
+from curtaild.controller.outlet_journal import DAY_S, OutletJournal
 from curtaild.controller.outlet_journal import SCHEMA as OUTLET_SCHEMA
 from curtaild.drivers.etcd import EtcdStore, EtcdTls, EtcdUnavailable
 
@@ -61,6 +70,16 @@ TABLES: dict[str, tuple[str, ...]] = {
 META_KEYS = ("ramp_bucket", "review", "luxos_atm_operator")
 #: Written with every push: its presence says etcd holds a leader's state.
 EPOCH_KEY = "epoch"
+#: Shared miner identities: ``<scope>identities/<block>``, one key per /24 of addresses.
+IDENTITIES = "identities"
+#: Blocks per page of a read: a block is at most ~30 KiB, a page stays under 1 MiB.
+IDENTITY_PAGE_KEYS = 32
+#: Recent changes, under ``<prefix>changes/``: what the guards and the hard power-down tier
+#: count from the journal's history (``events``, ``outlet_events``), which is not mirrored.
+#: ``miner/<key>``: the last command that went through, within the guards' memory window
+#: (minimum dwell, limit dwell); ``outlet/<pdu>/<n>``: the switch-offs of the last 24 h
+#: (``max_cycles_per_day``); ``pdu/<pdu>``: the last switch-on (``on_interval_s``).
+CHANGES = "changes/"
 
 
 def build_store(config: ClusterConfig) -> EtcdStore:
@@ -82,6 +101,9 @@ class StateMirror:
         self.prefix = prefix
         #: what etcd holds (as last written or read by this instance)
         self.pushed: dict[str, bytes] = {}
+        #: how far back the last change of a machine is shared: the guards' memory window
+        #: (controller/guards.py ``memory_window_s``; the daemon sets it from ``[guards]``)
+        self.dwell_s = memory_window_s(GuardConfig())
 
     def _columns(self, table: str) -> list[str]:
         return [r[1] for r in self.journal.db.execute(f"PRAGMA table_info({table})")]
@@ -102,7 +124,50 @@ class StateMirror:
             row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
             if row is not None:
                 out[f"{self.prefix}meta/{key}"] = row[0].encode()
+        out.update(self._changes(time.time()))
         return out
+
+    def _changes(self, now: float) -> dict[str, bytes]:
+        """The recent changes a successor needs (:data:`CHANGES`), from this journal's
+        history and the changes it resumed itself (``shared_changes``)."""
+        out: dict[str, bytes] = {}
+        base = self.prefix + CHANGES
+        if self.dwell_s > 0:
+            for miner, at in self.journal.recent_changes(now - self.dwell_s).items():
+                out[f"{base}miner/{quote(miner, safe='')}"] = json.dumps({"at": at}).encode()
+        outlets = OutletJournal(self.journal)
+        for (pdu, n), times in outlets.off_times(now - DAY_S).items():
+            out[f"{base}outlet/{quote(pdu, safe='')}/{n}"] = json.dumps(
+                {"off_at": times}).encode()
+        for pdu, at in outlets.last_on_at().items():
+            if at >= now - DAY_S:
+                out[f"{base}pdu/{quote(pdu, safe='')}"] = json.dumps({"on_at": at}).encode()
+        return out
+
+    def _restore_changes(self, held: dict[str, bytes]) -> list[tuple[str, tuple]]:
+        """Statements replacing ``shared_changes`` with etcd's; an unreadable row is skipped
+        (it can only make a guard less strict for one machine, never command it)."""
+        stmts: list[tuple[str, tuple]] = [("DELETE FROM shared_changes", ())]
+        base = self.prefix + CHANGES
+        insert = "INSERT OR IGNORE INTO shared_changes (kind, key, at) VALUES (?, ?, ?)"
+        for key, value in held.items():
+            if not key.startswith(base):
+                continue
+            kind, _, name = key[len(base):].partition("/")
+            try:
+                data = json.loads(value)
+                if kind == "miner":
+                    stmts.append((insert, ("miner", unquote(name), float(data["at"]))))
+                elif kind == "outlet":
+                    pdu, _, n = name.rpartition("/")
+                    for at in data["off_at"]:
+                        stmts.append((insert, ("outlet_off", f"{unquote(pdu)}/{int(n)}",
+                                               float(at))))
+                elif kind == "pdu":
+                    stmts.append((insert, ("pdu_on", unquote(name), float(data["on_at"]))))
+            except (ValueError, KeyError, TypeError):
+                log.warning("cluster: unreadable shared change %s ignored", key)
+        return stmts
 
     def changes(self) -> tuple[dict[str, bytes], list[str]]:
         now = self.snapshot()
@@ -141,6 +206,7 @@ class StateMirror:
             else:
                 stmts.append(("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO "
                               "UPDATE SET value=excluded.value", (key, value.decode())))
+        stmts += self._restore_changes(held)
         self.journal._tx(stmts)
         return rows
 
@@ -176,6 +242,13 @@ class ClusterMember(Fence):
         self.role = "standby"
         self.term = 0  # the leader's term: ours when leading, the one seen otherwise
         self.leader: str | None = None
+        #: ``[cluster] standby = false``: the shard's only instance. No peer can lead in its
+        #: place, so nothing is fenced: it commands from the start, with or without etcd
+        #: (under its held, then safe, budget), and hands no state over. It still holds the
+        #: leader key while etcd answers, so that a second instance of its shard is noticed.
+        self.lone = not config.standby
+        if self.lone:
+            self.role, self.leader = "leader", config.instance_id
         self.lease_id = 0
         self.deadline = 0.0  # monotonic: our lease holds at least until then
         self.etcd_up = False
@@ -193,7 +266,9 @@ class ClusterMember(Fence):
         from curtaild.controller.site_demand import SiteView
 
         self.site = SiteView()  # the site target and record (controller/site_demand.py)
-        self._identities_shared: bytes | None = None
+        #: the identity blocks etcd holds, as this leader wrote or read them (None: unknown)
+        self._identities_shared: dict[str, bytes] | None = None
+        self._identities_version: int | None = None
         #: called on a change of role (the daemon then ticks at once, not at the next interval)
         self.on_change: Callable[[], None] = lambda: None
 
@@ -212,15 +287,24 @@ class ClusterMember(Fence):
         return max(0.0, self.deadline - time.monotonic()) if self.lease_id else 0.0
 
     def may_command(self) -> bool:
+        if self.lone:
+            return self.role == "leader"  # "standby": another instance holds its shard
         return (self.role == "leader" and not self.resume_needed
                 and time.monotonic() < self.deadline - self.margin_s)
 
     # ------------------------------------------------------------------- Fence
     def remaining_s(self) -> float:
+        if self.lone:
+            return float("inf") if self.may_command() else 0.0
         return self.deadline - self.margin_s - time.monotonic() if self.may_command() else 0.0
 
     async def confirm(self) -> str | None:
-        """Refresh the lease, then share what changed, fenced on the term (module docstring)."""
+        """Refresh the lease, then share what changed, fenced on the term (module docstring).
+        Without a standby (``lone``) there is nobody to fence against or hand over to."""
+        if self.lone:
+            return None if self.may_command() else (
+                f"{self.leader or 'another instance'} holds this shard's leader key although "
+                "[cluster] standby = false here")
         if not self.may_command():
             return "not the leader (standby, or its lease is not confirmed)"
         try:
@@ -237,6 +321,8 @@ class ClusterMember(Fence):
 
     async def push(self) -> bool:
         """Write the mirrored state's changes, fenced on our term. False: not the leader."""
+        if self.lone:
+            return True  # no successor to resume it
         puts, deletes = self.mirror.changes()
         if not puts and not deletes:
             return await self.store.fenced(self.leader_key, self.term)
@@ -279,7 +365,9 @@ class ClusterMember(Fence):
         """Keep the lease alive; a standby campaigns; a leader checks it still leads."""
         try:
             await self._keepalive()
-            if self.role == "leader":
+            if self.lone:
+                await self._hold_alone()
+            elif self.role == "leader":
                 held = await self.store.get(self.leader_key)
                 if held is None or held.create_revision != self.term:
                     self._lose("the leader key is gone or another instance's")
@@ -302,8 +390,42 @@ class ClusterMember(Fence):
             self._last_error = None
         except EtcdUnavailable as exc:
             self._etcd_down(exc)
-        if self.role == "leader" and time.monotonic() >= self.deadline - self.margin_s:
+        if not self.lone and self.role == "leader" \
+                and time.monotonic() >= self.deadline - self.margin_s:
             self._lose("its lease could not be confirmed within the TTL")
+
+    async def _hold_alone(self) -> None:
+        """``standby = false``: hold the shard's leader key (a new term after etcd lost the
+        last one with its lease); stop commanding while another instance holds it."""
+        value = json.dumps({"instance_id": self.config.instance_id,
+                            "standby": False}).encode()
+        created, held = await self.store.create(self.leader_key, value, self.lease_id)
+        if held is None:
+            return
+        if created or held.lease_id == self.lease_id:
+            if self.term != held.create_revision:
+                self.term = self.journal.term = held.create_revision
+                log.info("cluster: %s holds %s alone (standby = false), term %d",
+                         self.config.instance_id, self.config.scope, self.term)
+            self.leader = self.config.instance_id
+            if self.role != "leader":
+                self.role = "leader"
+                log.warning("cluster: %s commands %s again (standby = false)",
+                            self.config.instance_id, self.config.scope)
+                self.on_change()
+            return
+        other = _instance(held.value)
+        if other == self.config.instance_id:
+            return  # this instance's previous process (a restart): its lease runs out soon
+        self.leader, self.term = other, held.create_revision
+        if self.role == "leader":
+            self.role = "standby"
+            self.losses += 1
+            log.error("cluster: %s holds %s, yet [cluster] standby = false here says this "
+                      "instance is the shard's only one: this one stops commanding until the "
+                      "other is gone (give each shard one instance, or standbys on all)",
+                      other, self.config.scope)
+            self.on_change()
 
     async def _keepalive(self) -> None:
         if self.lease_id:
@@ -312,7 +434,7 @@ class ClusterMember(Fence):
             if ttl > 0:
                 self.deadline = sent + ttl
                 return
-            if self.role == "leader":
+            if self.role == "leader" and not self.lone:
                 self._lose("its lease expired in etcd")
             self.lease_id = 0
         sent = time.monotonic()
@@ -320,36 +442,61 @@ class ClusterMember(Fence):
         self.deadline = sent + self.config.lease_ttl_s
 
     # ---------------------------------------------------------------- identities
-    async def share_identities(self, entries: dict[str, dict]) -> None:
+    async def share_identities(self, entries: dict[str, dict],
+                               version: int | None = None) -> None:
         """A leader shares its miner identity cache (drivers/identity_cache.py) so that a
         standby that starts later polls at once instead of discovering every address.
-        One key, written when it changed; never raises for etcd."""
-        if not self.may_command():
+
+        One key per block of addresses (``<scope>identities/<a.b.c>``: a /24, at most 255
+        entries, ~30 KiB): 40,000 identities are ~4 MiB, past etcd's default 1.5 MiB request
+        limit for one value, and a change rewrites its block only. Blocks that hold no
+        address any more are deleted, and the single key older releases wrote with them.
+        ``version`` (the cache's change count): nothing is built while it is unchanged.
+        Never raises for etcd."""
+        if not self.may_command() or self.lone:  # lone: no standby to warm
             return
-        blob = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
-        if blob == self._identities_shared:
+        if version is not None and version == self._identities_version \
+                and self._identities_shared is not None:
             return
+        prefix = self.config.scope + IDENTITIES
+        blocks = {f"{prefix}/{quote(name, safe='')}": blob
+                  for name, blob in identity_blocks(entries).items()}
         try:
-            if await self.store.fenced(self.leader_key, self.term,
-                                       {self.config.scope + "identities": blob}):
-                self._identities_shared = blob
+            if self._identities_shared is None:  # what a predecessor left there
+                self._identities_shared = await self.store.get_prefix(
+                    prefix, page_keys=IDENTITY_PAGE_KEYS)
+            held = self._identities_shared
+            puts = {k: v for k, v in blocks.items() if held.get(k) != v}
+            deletes = [k for k in held if k not in blocks]
+            if puts or deletes:
+                self._identities_shared = None  # unknown until the write is done
+                if not await self.store.fenced(self.leader_key, self.term, puts, deletes):
+                    return
+            self._identities_shared = blocks
+            self._identities_version = version
         except EtcdUnavailable as exc:
             self._etcd_down(exc)
 
     async def fetch_identities(self) -> dict[str, dict]:
-        """The identities the leader shared ({} if none, or etcd is unreachable)."""
+        """The identities the leader shared ({} if none, or etcd is unreachable): every
+        block, read at one revision."""
+        prefix = self.config.scope + IDENTITIES
         try:
-            held = await self.store.get(self.config.scope + "identities")
+            held = await self.store.get_prefix(prefix, page_keys=IDENTITY_PAGE_KEYS)
         except EtcdUnavailable as exc:
             self._etcd_down(exc)
             return {}
-        if held is None:
-            return {}
-        try:
-            data = json.loads(held.value)
-        except ValueError:
-            return {}
-        return data if isinstance(data, dict) else {}
+        out: dict[str, dict] = {}
+        # the single key of an older release first: a block written since wins
+        for key in sorted(held, key=lambda k: k != prefix):
+            try:
+                data = json.loads(held[key])
+            except ValueError:
+                log.warning("cluster: unreadable identities %s ignored", key)
+                continue
+            if isinstance(data, dict):
+                out.update(data)
+        return out
 
     # ------------------------------------------------------------ site allocation
     async def _campaign_allocator(self) -> None:
@@ -380,7 +527,9 @@ class ClusterMember(Fence):
         scope = self.config.site_scope
         shard = self.config.shard or "_site"
         try:
-            if summary is not None and self.may_command():
+            if summary is not None and self.may_command() and self.lease_id:
+                # on our lease only: a summary must go with the instance (a shard alone
+                # commands before it holds a lease)
                 await self.store.put(scope + "summary/" + shard, json.dumps(summary).encode(),
                                      lease_id=self.lease_id)
             if self.allocator:
@@ -440,13 +589,16 @@ class ClusterMember(Fence):
         text = str(exc)
         if self.etcd_up or self._last_error is None:
             log.warning("etcd unreachable (%s): %s%s", ", ".join(self.config.endpoints), text,
-                        "; commanding stops when the lease runs out"
+                        "; commanding goes on (standby = false) under the last budget, then "
+                        "safe_budget_w" if self.lone and self.role == "leader"
+                        else "; commanding stops when the lease runs out"
                         if self.role == "leader" else "")
         self.etcd_up = False
         self._last_error = text
 
     def _win(self, term: int) -> None:
         self.role = "leader"
+        self._identities_shared = None  # a predecessor may have written other blocks
         self.term = term
         self.leader = self.config.instance_id
         self.resume_needed = True
@@ -497,6 +649,22 @@ def _iso(ts: float) -> str:
     from curtaild.controller.mqtt_payloads import iso
 
     return iso(ts) or ""
+
+
+def identity_block(ip: str) -> str:
+    """The block an address's identity is shared in: its /24 ("127.0.3" for 127.0.3.7);
+    an address of another form is a block of its own."""
+    head, dot, _ = ip.rpartition(".")
+    return head if dot else ip
+
+
+def identity_blocks(entries: dict[str, dict]) -> dict[str, bytes]:
+    """The identity cache as blocks (:func:`identity_block`), each compact JSON."""
+    blocks: dict[str, dict[str, dict]] = {}
+    for ip, entry in entries.items():
+        blocks.setdefault(identity_block(ip), {})[ip] = entry
+    return {name: json.dumps(b, sort_keys=True, separators=(",", ":")).encode()
+            for name, b in blocks.items()}
 
 
 def _instance(value: bytes) -> str | None:

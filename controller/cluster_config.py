@@ -12,7 +12,14 @@ import re
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from curtaild.core.bounds import at_most
 from curtaild.drivers.secret import CredentialName, SecretFile, read_secret, read_secret_bytes
@@ -95,6 +102,10 @@ class ClusterConfig(_Strict):
     safe_budget_w: float | None = Field(
         None, ge=0, description="this shard's power cap once its budget is older than "
         "budget_hold_s (etcd lost): the site cap divided by the number of shards is always safe")
+    standby: StrictBool = Field(True, description=(
+        "false: this shard has no standby (this instance is its only one), so no peer can lead "
+        "in its place: it commands without etcd too, under its last budget for budget_hold_s, "
+        "then safe_budget_w (docs/cluster.md). Needs site_power_cap_w"))
     request_timeout_s: Annotated[float, at_most(
         30, "the loop waits this long on an etcd member that does not answer")] = Field(
         2.0, gt=0, description="deadline of one etcd request")
@@ -148,6 +159,10 @@ class ClusterConfig(_Strict):
         if self.site_power_cap_w is not None and self.safe_budget_w is None:
             raise ValueError("site_power_cap_w needs safe_budget_w (this shard's cap when it "
                              "cannot hear the allocator; site cap / number of shards is safe)")
+        if not self.standby and self.site_power_cap_w is None:
+            raise ValueError("standby = false needs site_power_cap_w: a shard without a "
+                             "standby uses etcd only for the site's power allocation (without "
+                             "a site cap, leave [cluster] out to run alone)")
         if (self.safe_budget_w is not None and self.site_power_cap_w is not None
                 and self.safe_budget_w > self.site_power_cap_w):
             raise ValueError("safe_budget_w is above site_power_cap_w")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from curtaild.controller.config import Config, ConfigError, advisories, config_errors, load_config
 from curtaild.controller.directive_journal import DirectiveJournal
 from curtaild.controller.directives import Limits
+from curtaild.controller.guards import memory_window_s
 from curtaild.controller.journal import Journal, JournalError, write_private_file
 from curtaild.controller.limits import open_files_needed, raise_open_files_limit, tune_gc
 from curtaild.controller.loop import Reconciler, TickResult
@@ -114,6 +115,7 @@ class Daemon:
 
                 self.cluster = ClusterMember(config.cluster, self.journal)
                 self.cluster.on_change = self.wake.set
+                self.cluster.mirror.dwell_s = memory_window_s(config.guards)
                 self.reconciler.fence = self.cluster
         self.reload_requested = False
         self.mqtt_restart = False
@@ -168,6 +170,8 @@ class Daemon:
             log.warning("reload: a [metrics] change needs a restart; still serving %s",
                         self.config.metrics.listen)
         self.config = config
+        if self.cluster is not None:  # a successor keeps minimum dwell as configured now
+            self.cluster.mirror.dwell_s = memory_window_s(config.guards)
         self.reconciler.swap(config, policy)
         self.reconciler.market = market
         self.reconciler.site = site
@@ -369,7 +373,7 @@ class Daemon:
                 c._lose("the leader key is no longer this instance's")
             cache = getattr(self.reconciler.driver, "identities", None)
             if cache is not None:
-                await c.share_identities(cache.entries)
+                await c.share_identities(cache.entries, getattr(cache, "version", None))
         except EtcdUnavailable as exc:
             c._etcd_down(exc)
         except Exception:

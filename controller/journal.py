@@ -87,6 +87,12 @@ CREATE TABLE IF NOT EXISTS sightings (  -- machines seen reachable during a revi
     miner TEXT PRIMARY KEY,
     first_seen REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shared_changes (  -- [cluster]: a predecessor's recent changes
+    kind TEXT NOT NULL,          -- miner | outlet_off | pdu_on (controller/cluster.py)
+    key TEXT NOT NULL,           -- miner key | "<pdu>/<outlet>" | PDU key
+    at REAL NOT NULL,
+    PRIMARY KEY (kind, key, at)
+);
 CREATE TABLE IF NOT EXISTS unknown_owner (  -- first seen asleep/limited by a new or lost journal
     miner TEXT PRIMARY KEY,
     ip TEXT,
@@ -527,7 +533,14 @@ class Journal:
         rows = self.db.execute(
             "SELECT miner, MAX(ts) FROM events WHERE ts >= ? AND kind='outcome' AND result='ok'"
             " AND dry_run=0 GROUP BY miner", (since,))
-        return {miner: ts for miner, ts in rows}
+        out = {miner: ts for miner, ts in rows}
+        # [cluster]: the changes a predecessor made, as the successor resumed them
+        for miner, ts in self.db.execute(
+                "SELECT key, MAX(at) FROM shared_changes WHERE kind='miner' AND at >= ?"
+                " GROUP BY key", (since,)):
+            if ts > out.get(miner, ts - 1.0):
+                out[miner] = ts
+        return out
 
     def memory(self, *, dwell_s: float = 0.0, now: float | None = None,
                flag_retry_s: float = 0.0, limit_window_s: float = 0.0) -> dict[str, MinerMemory]:

@@ -9,6 +9,7 @@ no outlet is ever off and owned by nobody, and none an operator switched off is 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -23,6 +24,7 @@ CREATE TABLE IF NOT EXISTS outlets (
     off_since REAL NOT NULL,
     miners TEXT NOT NULL,       -- machine keys when switched, comma-separated
     reason TEXT NOT NULL,
+    machines TEXT,              -- JSON: what an instance that never saw them decides on
     PRIMARY KEY (pdu, outlet)
 );
 CREATE TABLE IF NOT EXISTS outlet_events (
@@ -46,8 +48,16 @@ class OutletJournal:
         self._ready = self._exists()
 
     def _exists(self) -> bool:
-        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
-                               "name='outlet_events'").fetchone() is not None
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                           "name='outlet_events'").fetchone() is None:
+            return False
+        # an outlets table from before ``machines``: gains it (its rows keep none)
+        if "machines" not in {r[1] for r in self.db.execute("PRAGMA table_info(outlets)")}:
+            try:
+                self.db.execute("ALTER TABLE outlets ADD COLUMN machines TEXT")
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal: cannot add outlets.machines: {exc}") from None
+        return True
 
     def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Reads; nothing before the first write (``curtaild plan`` creates no table)."""
@@ -70,8 +80,9 @@ class OutletJournal:
         self.journal._tx(list(statements))
 
     def owned(self) -> dict[OutletKey, Owned]:
-        return {(pdu, n): Owned(off_since, state) for pdu, n, state, off_since in
-                self._rows("SELECT pdu, outlet, state, off_since FROM outlets")}
+        return {(pdu, n): Owned(off_since, state, _machines(machines))
+                for pdu, n, state, off_since, machines in
+                self._rows("SELECT pdu, outlet, state, off_since, machines FROM outlets")}
 
     @staticmethod
     def _event(pdu: str, outlet: int, action: str, result: str, detail: str | None = None,
@@ -81,10 +92,15 @@ class OutletJournal:
                 (now or time.time(), pdu, outlet, action, result, detail))
 
     def intend_off(self, pdu: str, outlet: int, miners: tuple[str, ...], reason: str,
-                   now: float | None = None) -> None:
+                   now: float | None = None, *, machines: tuple[dict, ...] = ()) -> None:
+        """``machines``: the details of the machines on it (outlets.dark_details), kept with
+        the ownership so that an instance that never sees them answer can still decide when
+        to switch them back on."""
         now = now or time.time()
-        self._tx(("INSERT OR REPLACE INTO outlets VALUES (?, ?, 'off_intent', ?, ?, ?)",
-                  (pdu, outlet, now, ",".join(miners), reason)),
+        self._tx(("INSERT OR REPLACE INTO outlets (pdu, outlet, state, off_since, miners, "
+                  "reason, machines) VALUES (?, ?, 'off_intent', ?, ?, ?, ?)",
+                  (pdu, outlet, now, ",".join(miners), reason,
+                   json.dumps(list(machines)) if machines else None)),
                  self._event(pdu, outlet, "off", "intent", reason, now))
 
     def off_done(self, pdu: str, outlet: int, ok: bool, detail: str | None = None,
@@ -133,20 +149,45 @@ class OutletJournal:
         self._tx(("DELETE FROM outlets WHERE pdu=? AND outlet=?", key),
                  self._event(*key, "released", "note", why, now))
 
+    def off_times(self, since: float) -> dict[OutletKey, list[float]]:
+        """When each outlet was switched off (taking effect) since ``since``: this journal's
+        own switches and, in a cluster, those its predecessors made (``shared_changes``,
+        controller/cluster.py), each switch once."""
+        seen: dict[OutletKey, set[float]] = {}
+        for pdu, n, at in self._rows(
+                "SELECT pdu, outlet, at FROM outlet_events WHERE at >= ? AND action='off' "
+                "AND result IN ('ok', 'note')", (since,)):
+            seen.setdefault((pdu, n), set()).add(at)
+        for key, at in self.db.execute("SELECT key, at FROM shared_changes WHERE "
+                                       "kind='outlet_off' AND at >= ?", (since,)):
+            pdu, _, n = key.rpartition("/")
+            seen.setdefault((pdu, int(n)), set()).add(at)
+        return {k: sorted(v) for k, v in seen.items()}
+
     def cycles(self, now: float | None = None) -> dict[OutletKey, int]:
         """Switch-offs that took effect per outlet in the last 24 h."""
-        since = (now or time.time()) - DAY_S
-        return {(pdu, n): c for pdu, n, c in self._rows(
-            "SELECT pdu, outlet, COUNT(*) FROM outlet_events WHERE at >= ? AND action='off' "
-            "AND result IN ('ok', 'note') GROUP BY pdu, outlet", (since,))}
+        return {k: len(v) for k, v in self.off_times((now or time.time()) - DAY_S).items()}
 
     def last_on_at(self) -> dict[str, float]:
-        return {pdu: at for pdu, at in self._rows(
+        out = {pdu: at for pdu, at in self._rows(
             "SELECT pdu, MAX(at) FROM outlet_events WHERE action='on' AND result='ok' "
             "GROUP BY pdu")}
+        for pdu, at in self.db.execute("SELECT key, MAX(at) FROM shared_changes WHERE "
+                                       "kind='pdu_on' GROUP BY key"):
+            out[pdu] = max(at, out.get(pdu, at))
+        return out
 
     def events(self, limit: int = 50) -> list[dict]:
         cols = ("at", "pdu", "outlet", "action", "result", "detail")
         return [dict(zip(cols, row, strict=True)) for row in self._rows(
             "SELECT at, pdu, outlet, action, result, detail FROM outlet_events "
             "ORDER BY id DESC LIMIT ?", (limit,))]
+
+
+def _machines(text: str | None) -> tuple[dict, ...]:
+    """The ``machines`` column: a JSON list of objects; anything else reads as none."""
+    try:
+        data = json.loads(text) if text else []
+    except ValueError:
+        return ()
+    return tuple(d for d in data if isinstance(d, dict)) if isinstance(data, list) else ()

@@ -59,6 +59,10 @@ class Owned:
 
     off_since: float
     state: str = "off"  # "off" | "off_intent" | "on_intent"
+    #: the machines on it when it was switched off, as :func:`dark_details` keeps them: a
+    #: machine that has not answered since (an instance that started after the switch-off: a
+    #: restart, a standby's takeover) is decided on from them (controller/site.py)
+    machines: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,8 @@ class OutletAction:
     reason: str
     miners: tuple[str, ...] = ()
     phase: str | None = None
+    #: the machines' readings when it is switched off (kept with the ownership: Owned.machines)
+    readings: tuple[MinerReading, ...] = ()
 
 
 @dataclass(slots=True)
@@ -85,6 +91,34 @@ class OutletPlan:
     #: load per phase (W) with this plan's switches counted: where firmware commands are
     #: balanced from (controller/site.py)
     phase_loads: dict[str, float] = field(default_factory=dict)
+
+
+#: What is kept of each machine on an outlet curtaild switches off: enough to decide on it
+#: while it is dark (its economics, whether it can sleep) and to know it by its key.
+DARK_FIELDS = ("key", "ip", "make", "model", "firmware", "nameplate_power_w",
+               "nameplate_hashrate_ths", "supports_sleep", "supports_power_limit", "mac",
+               "serial", "phase")
+
+
+def dark_details(r: MinerReading) -> dict:
+    """The part of ``r`` kept with the ownership of its outlet (:data:`DARK_FIELDS`)."""
+    return {name: getattr(r, name) for name in DARK_FIELDS}
+
+
+def dark_reading(details: dict, now: float) -> MinerReading | None:
+    """A machine behind an outlet curtaild switched off that this instance has not seen
+    answer, from what was kept when the outlet went off: asleep at 0 W (its outlet is off),
+    so the policy decides on it like on any sleeping machine. None if the details are
+    unusable."""
+    try:
+        kept = {name: details[name] for name in DARK_FIELDS if name in details}
+        return MinerReading(**{
+            "make": "", "model": "", "firmware": "", "mac": None, "serial": None,
+            **kept, "state": "sleeping", "hashrate_ths": 0.0, "power_w": 0.0,
+            "power_source": "pdu", "power_limit_w": None, "temp_c": None,
+            "observed_at": now, "error": None})
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def opted_in(r: MinerReading, inv: Inventory, cfg: HardPowerConfig) -> bool:
@@ -317,7 +351,7 @@ def _cuts(plan: OutletPlan, by_outlet: dict[OutletKey, list[MinerReading]],
         phases.admit(loads, ph, drop)
         plan.intent[key] = "off"
         plan.actions.append(OutletAction(key[0], key[1], False, why[0],
-                                         tuple(r.key for r in machines), ph))
+                                         tuple(r.key for r in machines), ph, tuple(machines)))
         for r in machines:
             plan.suppressed.add(r.key)
             own = _needs_cut(r, desired.get(r.key), cfg, dr_active) or why[0]

@@ -31,6 +31,8 @@ from curtaild.controller.outlets import (
     OutletKey,
     OutletPlan,
     balance_firmware,
+    dark_details,
+    dark_reading,
     outlet_wishes,
     plan_outlets,
     sheddable_outlets,
@@ -153,6 +155,7 @@ class Site:
         as asleep at 0 W; site power on the snapshot. Writes nothing (``curtaild plan``)."""
         owned = self.outlets.owned()
         observed = view.observed()
+        fleet = self._with_dark(fleet, owned, observed)
         by_outlet: dict[OutletKey, list[MinerReading]] = {}
         for r in fleet.miners:
             p = self.inventory.of(r)
@@ -193,6 +196,34 @@ class Site:
         if out.max_phase_imbalance_w != limit:
             out = replace(out, max_phase_imbalance_w=limit)
         return out
+
+    def _with_dark(self, fleet: FleetSnapshot, owned, observed) -> FleetSnapshot:  # type: ignore[no-untyped-def]
+        """Machines behind an outlet curtaild owns (and has not seen on) that this instance
+        never saw answer -- it started after the switch-off: a restart, a standby's takeover
+        -- added from what the ownership kept of them (outlets.dark_reading), in place of
+        the driver's reading of an address that never answered (no model, keyed by its
+        address) or of none: without them nothing would ever want the outlet back on."""
+        by_ip = {r.ip: r for r in fleet.miners}
+        extra: dict[str, MinerReading] = {}
+        now = time.time()
+        for key, own in owned.items():
+            if observed.get(key) is True:
+                continue
+            for details in own.machines:
+                seen = by_ip.get(details.get("ip"))  # type: ignore[arg-type]
+                if seen is not None and (seen.state != "unreachable"
+                                         or seen.nameplate_power_w is not None):
+                    continue  # this instance knows it: the reading is replaced below
+                dark = dark_reading(details, now)
+                if dark is None:
+                    continue
+                placed = self.inventory.of(dark)
+                if placed is not None and placed.outlet_key == key:
+                    extra[dark.ip] = dark
+        if not extra:
+            return fleet
+        miners = [extra.pop(r.ip, r) for r in fleet.miners]
+        return replace(fleet, miners=tuple(miners) + tuple(extra.values()))
 
     def mark_outlets(self, fleet: FleetSnapshot, view: SiteView, now: float, *,
                      dr_active: bool, excluded: frozenset[str]) -> FleetSnapshot:
@@ -288,7 +319,9 @@ class Site:
                     if a.on:
                         self.outlets.intend_on(a.pdu, a.outlet)
                     else:
-                        self.outlets.intend_off(a.pdu, a.outlet, a.miners, a.reason)
+                        self.outlets.intend_off(
+                            a.pdu, a.outlet, a.miners, a.reason,
+                            machines=tuple(dark_details(r) for r in a.readings))
                 except JournalError as exc:
                     outcomes[key] = f"failed: not sent, intent not journaled: {exc}"
                     continue

@@ -27,6 +27,12 @@ log = logging.getLogger("curtaild.etcd")
 
 #: etcd refuses a transaction of more than 128 operations by default (``--max-txn-ops``).
 TXN_OPS = 100
+#: ... and a request of more than 1.5 MiB (``--max-request-bytes``): the keys and values of
+#: one transaction stay under this.
+TXN_BYTES = 1024 * 1024
+#: Keys per page of a prefix read: gRPC refuses a reply of more than 4 MiB by default, and a
+#: fleet's state is more (``get_prefix`` ``page_keys``: fewer for large values).
+PAGE_KEYS = 1000
 
 
 class EtcdUnavailable(Exception):
@@ -177,27 +183,41 @@ class EtcdStore:
         """Apply ``puts`` and ``deletes`` only while ``fence_key`` is the one created at
         ``fence_revision`` (the caller's term): False, nothing written, once it is not.
 
-        More than :data:`TXN_OPS` changes go in several transactions, each fenced; with none,
-        one transaction still checks the fence (a linearizable "am I still the leader?")."""
+        More than :data:`TXN_OPS` changes, or more than :data:`TXN_BYTES` of them, go in
+        several transactions, each fenced (each applied whole or not at all; a False or an
+        EtcdUnavailable may come after some were applied); with none, one transaction still
+        checks the fence (a linearizable "am I still the leader?")."""
         c = await self._connected()
         assert c.kv is not None
-        ops = [KVService.txn_op_put(k, v) for k, v in (puts or {}).items()]
-        ops += [KVService.txn_op_delete(k) for k in deletes]
+        ops = [(KVService.txn_op_put(k, v), len(k) + len(v)) for k, v in (puts or {}).items()]
+        ops += [(KVService.txn_op_delete(k), len(k)) for k in deletes]
         compare = [KVService.txn_compare_create_revision(fence_key, fence_revision)]
-        for start in range(0, max(len(ops), 1), TXN_OPS):
-            resp = await self._call(c.kv.txn(compare=compare,
-                                             success=ops[start:start + TXN_OPS],
+        for batch in _batches(ops) if ops else [[]]:
+            resp = await self._call(c.kv.txn(compare=compare, success=batch,
                                              timeout=self.timeout_s))
             if not resp.succeeded:
                 return False
         return True
 
-    async def get_prefix(self, prefix: str) -> dict[str, bytes]:
+    async def get_prefix(self, prefix: str, *, page_keys: int = PAGE_KEYS) -> dict[str, bytes]:
+        """Every key under ``prefix``, read in pages of ``page_keys`` at the revision of the
+        first page: one consistent view of the prefix however many pages it takes (a write
+        between two pages is not seen)."""
         c = await self._connected()
         assert c.kv is not None
-        resp = await self._call(c.kv.get(prefix, range_end=prefix_range_end(prefix),
-                                         timeout=self.timeout_s))
-        return {bytes(kv.key).decode(): bytes(kv.value) for kv in resp.kvs}
+        end = prefix_range_end(prefix)
+        start: str | bytes = prefix
+        revision = 0
+        out: dict[str, bytes] = {}
+        while True:
+            resp = await self._call(c.kv.get(start, range_end=end, revision=revision,
+                                             limit=page_keys, timeout=self.timeout_s))
+            revision = revision or int(resp.header.revision)
+            for kv in resp.kvs:
+                out[bytes(kv.key).decode()] = bytes(kv.value)
+            if not resp.more or not resp.kvs:
+                return out
+            start = bytes(resp.kvs[-1].key) + b"\0"
 
     async def put(self, key: str, value: bytes, lease_id: int = 0) -> None:
         c = await self._connected()
@@ -208,3 +228,20 @@ class EtcdStore:
         c = await self._connected()
         assert c.kv is not None
         await self._call(c.kv.delete(key, timeout=self.timeout_s))
+
+
+def _batches(ops: list[tuple[object, int]]) -> list[list[object]]:
+    """Transaction operations in groups of at most TXN_OPS and TXN_BYTES (an operation
+    larger than TXN_BYTES alone: etcd says whether it fits its own limit)."""
+    out: list[list[object]] = []
+    batch: list[object] = []
+    size = 0
+    for op, n in ops:
+        if batch and (len(batch) >= TXN_OPS or size + n > TXN_BYTES):
+            out.append(batch)
+            batch, size = [], 0
+        batch.append(op)
+        size += n
+    if batch:
+        out.append(batch)
+    return out

@@ -94,8 +94,14 @@ class IdentityCache:
         self.path = path
         self.entries: dict[str, dict[str, Any]] = {}
         self.dirty = False
+        #: counts the changes to ``entries`` (a leader shares them again only after one)
+        self.version = 0
         self.hits = 0
         self.load()
+
+    def _changed(self) -> None:
+        self.dirty = True
+        self.version += 1
 
     def load(self) -> None:
         try:
@@ -141,13 +147,13 @@ class IdentityCache:
         entry = self.entries.get(ip)
         if entry is None or entry.get("class") != name:
             self.entries[ip] = {"class": name}
-            self.dirty = True
+            self._changed()
 
     def note(self, ip: str, mac: str | None, serial: str | None) -> None:
         entry = self.entries.get(ip)
         if entry is not None and (entry.get("mac"), entry.get("serial")) != (mac, serial):
             entry["mac"], entry["serial"] = mac, serial
-            self.dirty = True
+            self._changed()
 
     def cached_ids(self, ip: str) -> tuple[str | None, str | None]:
         entry = self.entries.get(ip) or {}
@@ -164,12 +170,12 @@ class IdentityCache:
                 self.entries[ip] = {"class": entry["class"]}
                 added += 1
         if added:
-            self.dirty = True
+            self._changed()
         return added
 
     def forget(self, ip: str) -> None:
         if self.entries.pop(ip, None) is not None:
-            self.dirty = True
+            self._changed()
 
     def save(self) -> None:
         """Atomically, 0600; never fatal (the cache only saves time)."""

@@ -55,10 +55,23 @@ def test_defaults_and_scope() -> None:
      "cluster.tls: ca_file or ca_credential is required"),
     ({"endpoints": ["https://127.190.0.1:2379"], "tls": {"ca_file": "/a", "key_file": "/k"}},
      "cluster.tls: a client certificate needs its key"),
+    ({"standby": False}, "cluster: standby = false needs site_power_cap_w"),
+    ({"standby": "no", "site_power_cap_w": 1e6, "safe_budget_w": 5e5},
+     "cluster.standby: Input should be a valid boolean"),
+    ({"standby": 0, "site_power_cap_w": 1e6, "safe_budget_w": 5e5},
+     "cluster.standby: Input should be a valid boolean"),
 ])
 def test_bad_values_are_named(change: dict, expected: str) -> None:
     problems = _problems({**OK, **change})
     assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_a_shard_without_standby() -> None:
+    c = parse_config({**BASE, "cluster": {**OK, "shard": "A", "standby": False,
+                                          "site_power_cap_w": 1e6,
+                                          "safe_budget_w": 5e5}}).cluster
+    assert c is not None and c.standby is False
+    assert parse_config({**BASE, "cluster": OK}).cluster.standby is True  # type: ignore[union-attr]
 
 
 def test_secrets_are_read_when_the_client_is_built(tmp_path: Path) -> None:
