@@ -77,7 +77,8 @@ IDENTITY_PAGE_KEYS = 32
 #: Recent changes, under ``<prefix>changes/``: what the guards and the hard power-down tier
 #: count from the journal's history (``events``, ``outlet_events``), which is not mirrored.
 #: ``miner/<key>``: the last command that went through, within the guards' memory window
-#: (minimum dwell, limit dwell); ``outlet/<pdu>/<n>``: the switch-offs of the last 24 h
+#: (minimum dwell, limit dwell); ``limit/<key>``: its power-limit changes of the last 24 h
+#: (``max_limit_changes_per_day``); ``outlet/<pdu>/<n>``: the switch-offs of the last 24 h
 #: (``max_cycles_per_day``); ``pdu/<pdu>``: the last switch-on (``on_interval_s``).
 CHANGES = "changes/"
 
@@ -135,6 +136,9 @@ class StateMirror:
         if self.dwell_s > 0:
             for miner, at in self.journal.recent_changes(now - self.dwell_s).items():
                 out[f"{base}miner/{quote(miner, safe='')}"] = json.dumps({"at": at}).encode()
+        for miner, times in self.journal.limit_changes_since(now - DAY_S).items():
+            out[f"{base}limit/{quote(miner, safe='')}"] = json.dumps(
+                {"at": list(times)}).encode()
         outlets = OutletJournal(self.journal)
         for (pdu, n), times in outlets.off_times(now - DAY_S).items():
             out[f"{base}outlet/{quote(pdu, safe='')}/{n}"] = json.dumps(
@@ -158,6 +162,9 @@ class StateMirror:
                 data = json.loads(value)
                 if kind == "miner":
                     stmts.append((insert, ("miner", unquote(name), float(data["at"]))))
+                elif kind == "limit":
+                    for at in data["at"]:
+                        stmts.append((insert, ("limit", unquote(name), float(at))))
                 elif kind == "outlet":
                     pdu, _, n = name.rpartition("/")
                     for at in data["off_at"]:

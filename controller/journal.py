@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS sightings (  -- machines seen reachable during a revi
     first_seen REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS shared_changes (  -- [cluster]: a predecessor's recent changes
-    kind TEXT NOT NULL,          -- miner | outlet_off | pdu_on (controller/cluster.py)
+    kind TEXT NOT NULL,          -- miner | limit | outlet_off | pdu_on (cluster.py)
     key TEXT NOT NULL,           -- miner key | "<pdu>/<outlet>" | PDU key
     at REAL NOT NULL,
     PRIMARY KEY (kind, key, at)
@@ -522,7 +522,10 @@ class Journal:
         at most ``max_limit_changes_per_day`` a day)."""
         out: dict[str, list[float]] = {}
         for miner, ts in self.db.execute(
-                "SELECT miner, ts FROM limit_changes WHERE ts >= ? ORDER BY ts", (since,)):
+                "SELECT miner, ts FROM limit_changes WHERE ts >= ?"
+            # [cluster]: the changes a predecessor made, as the successor resumed them
+                " UNION SELECT key, at FROM shared_changes WHERE kind='limit' AND at >= ?"
+                " ORDER BY 2", (since, since)):
             out.setdefault(miner, []).append(ts)
         return {k: tuple(v) for k, v in out.items()}
 

@@ -35,6 +35,19 @@ TXN_BYTES = 1024 * 1024
 PAGE_KEYS = 1000
 
 
+#: Failures after which the channel is dropped and the next call dials afresh.
+_REDIAL = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def _status(exc: BaseException) -> grpc.StatusCode | None:
+    """A gRPC error's status code (None for anything else, or an error without one)."""
+    code = getattr(exc, "code", None)
+    try:
+        got = code() if callable(code) else None
+    except Exception:  # a status we cannot read is no status
+        return None
+    return got if isinstance(got, grpc.StatusCode) else None
+
 class EtcdUnavailable(Exception):
     """etcd did not answer in time, refused, or no member could be reached."""
 
@@ -107,8 +120,14 @@ class EtcdStore:
         try:
             return await asyncio.wait_for(aw, timeout=self.timeout_s + 0.5)
         except TimeoutError:
+            await self.close()  # the next call dials afresh (see below)
             raise EtcdUnavailable(f"no answer within {self.timeout_s:.1f}s") from None
         except (EtcdError, grpc.RpcError) as exc:
+            if _status(exc) in _REDIAL:
+                # gRPC backs off its reconnects exponentially (up to 120 s): a channel that
+                # failed through an outage would keep failing after etcd is back. A fresh one
+                # dials at once, so an instance is back within a step of etcd.
+                await self.close()
             text = " ".join(str(exc).split())[:200]
             raise EtcdUnavailable(f"{type(exc).__name__}: {text}") from None
 

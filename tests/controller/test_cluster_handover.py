@@ -106,6 +106,8 @@ async def test_successor_keeps_minimum_dwell_of_a_machine_woken_just_before(
     assert mem["m1"].last_change_at == pytest.approx(now - 30, abs=1e-3)
     assert mem["m2"].last_change_at == pytest.approx(now - 600, abs=1e-3)
     assert not mem["m1"].curtailed_by_us
+    # and m2's power-limit change counts against max_limit_changes_per_day (rule 6c)
+    assert b.journal.limit_changes_since(now - 86400.0) == {"m2": (pytest.approx(now - 601),)}
     loses = Desired(action="sleep", reason="policy", margin_usd_per_day=-2.0,
                     run_margin_usd_per_day=-2.0)
     limited = Desired(action="limit", reason="policy", power_limit_w=2000.0,
@@ -121,8 +123,10 @@ async def test_successor_keeps_minimum_dwell_of_a_machine_woken_just_before(
     # Past the window the successor does not carry them on.
     b.mirror.dwell_s = 60.0
     assert await b.push()
-    kept = etcd.get_prefix(b.config.scope + "state/changes/")
+    kept = etcd.get_prefix(b.config.scope + "state/changes/miner/")
     assert [k.rsplit("/", 1)[-1] for k in kept] == ["m1"]
+    kept = etcd.get_prefix(b.config.scope + "state/changes/limit/")
+    assert [k.rsplit("/", 1)[-1] for k in kept] == ["m2"]  # a day's window, not dwell's
     for m in (a, b):
         await m.stop()
 
