@@ -33,9 +33,12 @@ Rules, in the order they are checked for each machine:
    over that horizon exceeds what the restart forgoes. Wishes without the policy's
    ``hold_margin_usd_per_day`` (layers' curtailments, overrides) and fail-safe releases skip it.
 6c. At most ``max_limit_changes_per_day`` power-limit changes for margin per machine in any
-   24 h (0: no cap): past it, a hashing machine keeps its limit until the oldest change leaves
-   the window. Wakes and a return to full power are never held by it (curtaild does not keep a
-   machine curtailed to save a change), and neither are the wishes 6b does not judge.
+   24 h (0: no cap). From half of it on, each new limit must beat its restart twice, four
+   times, ... over (the day's last changes go to the largest gains); at the cap a hashing
+   machine keeps its limit until the oldest change leaves the window, and a sleeping one wakes
+   at the power curtaild restores, not at a new limit. A return to full power is never held
+   by it (curtaild does not keep a machine curtailed to save a change), nor is a wake, nor
+   are the wishes 6b does not judge.
 7. Ramp: a token bucket of |delta W|, shedding worst-first then restoring most-efficient-first,
    in strict order (a command that does not fit blocks the ones behind it, so a big machine is
    never starved by small ones). One bucket for both directions, unless
@@ -245,8 +248,10 @@ class GuardConfig(BaseModel):
     max_limit_changes_per_day: Annotated[int, at_most(
         1440, "one a minute is no cap", unit="")] = Field(0, ge=0)
     """Power-limit changes for margin per machine in any 24 h, at most (rule 6c); 0: no cap.
-    Each costs hashing and cycles the hash boards; the policy prices the first, this bounds
-    how many a day of prices hovering at a machine's breakeven can buy."""
+    Each costs hashing and cycles the hash boards; the policy prices each one, this bounds
+    how many a day of prices hovering at a machine's breakeven can buy. From half of it on,
+    each further change must beat its restart twice, then four times, ... over; at it, a
+    machine keeps its limit (a return to full power and a wake excepted)."""
 
     limit_restart_s: dict[str, float] = Field(default_factory=lambda: dict(LIMIT_RESTART_S))
     """Hashing lost, s, each time a firmware family applies a new power limit, by family
@@ -601,6 +606,43 @@ def _command(r: MinerReading, target: Desired, mem: MinerMemory | None) -> Comma
     return cmd("run", None, 0.0)
 
 
+def _day_cap_factor(n: int, cfg: GuardConfig) -> float:
+    """What a new limit's restart is multiplied by after ``n`` changes in the last 24 h
+    (rule 6c): 1 for the first half of max_limit_changes_per_day, then doubling with each
+    change, so the last changes of a day go to the largest gains and not to the first small
+    one of a morning (no cap: 1)."""
+    cap = cfg.max_limit_changes_per_day
+    free = cap // 2
+    return 1.0 if cap <= 0 or n < free else 2.0 ** (n - free + 1)
+
+
+def _limit_changes_today(mem: MinerMemory | None, now: float) -> list[float]:
+    if mem is None:
+        return []
+    return [t for t in mem.limit_changes_at if t > now - LIMIT_CHANGE_WINDOW_S]
+
+
+def _wake_within_day_cap(r: MinerReading, target: Desired, mem: MinerMemory | None,
+                         cfg: GuardConfig, now: float) -> Desired:
+    """Rule 6c for a sleeping machine: a wake is never held, but once the day's power-limit
+    changes are spent, it wakes at the power curtaild restores (its limit from before
+    curtaild, else nameplate) rather than at a new limit the policy priced for a price that
+    is passing."""
+    cap = cfg.max_limit_changes_per_day
+    if (cap <= 0 or r.state != "sleeping" or target.action != "limit"
+            or target.hold_margin_usd_per_day is None or target.power_limit_w is None):
+        return target
+    if r.power_limit_w is not None and abs(r.power_limit_w - target.power_limit_w) \
+            <= limit_tolerance_w(target.power_limit_w):
+        return target  # it wakes at that limit anyway: no change
+    n = len(_limit_changes_today(mem, now))
+    if n < cap:
+        return target
+    return replace(target, action="run", power_limit_w=None,
+                   reason=f"{target.reason}; woken at full power instead: {n} limit changes in "
+                          f"the last 24 h (max_limit_changes_per_day = {cap})")
+
+
 def _is_change(r: MinerReading, c: Command) -> bool:
     """False for a pure ownership release of a machine already running unlimited."""
     return not (c.action == "run" and c.power_limit_w is None and r.state == "mining")
@@ -649,8 +691,8 @@ def _limit_change(r: MinerReading, c: Command, target: Desired, mem: MinerMemory
             return (f"limit dwell: changed {since:.0f} s ago (< {cfg.limit_dwell_s:.0f} s "
                     f"between power-limit changes)")
     cap = cfg.max_limit_changes_per_day
-    if cap > 0 and mem is not None and c.action == "limit":
-        recent = [t for t in mem.limit_changes_at if t > now - LIMIT_CHANGE_WINDOW_S]
+    if cap > 0 and c.action == "limit":
+        recent = _limit_changes_today(mem, now)
         if len(recent) >= cap:
             free_in = recent[-cap] + LIMIT_CHANGE_WINDOW_S - now
             return (f"limit changes: {len(recent)} in the last 24 h (max_limit_changes_per_day "
@@ -661,10 +703,14 @@ def _limit_change(r: MinerReading, c: Command, target: Desired, mem: MinerMemory
     gain = new_m - hold
     gain_usd = gain * horizon_s / 86400.0
     cost_usd = max(0.0, new_m - (target.sleep_margin_usd_per_day or 0.0)) * restart_s / 86400.0
+    scarce = _day_cap_factor(len(_limit_changes_today(mem, now)), cfg) \
+        if c.action == "limit" else 1.0
+    cost_usd *= scarce
     if gain_usd <= cost_usd:
+        times = f" x {scarce:.0f} (the day's limit changes run short)" if scarce > 1 else ""
         return (f"limit change does not pay for its restart: {gain:+.3f} USD/day over "
                 f"{horizon_s:.0f} s = {gain_usd:.4f} USD <= {restart_s:.0f} s of "
-                f"{r.firmware} restart = {cost_usd:.4f} USD; kept at {present_w:.0f} W")
+                f"{r.firmware} restart{times} = {cost_usd:.4f} USD; kept at {present_w:.0f} W")
     return None
 
 
@@ -705,6 +751,8 @@ def _plan(r: MinerReading, want: Desired | None, mem: MinerMemory | None,
         None if release or urgent else _hysteresis(r, target, cfg))
     if why is not None:
         return _Hold(why, _observed(r, mem, why))
+    if not (release or urgent):
+        target = _wake_within_day_cap(r, target, mem, cfg, now)
     c = _command(r, target, mem)
     if c is None:
         kept = _observed(r, mem, "")

@@ -157,3 +157,30 @@ def test_cli_forecast_flag_and_limit_changes_per_day(tmp_path: Path) -> None:
     assert "no forecast" in text and "limit chg/day max" in text
     bad = _curtaild(*base, "--forecast-ahead-s", "-1", cwd=tmp_path)
     assert bad.returncode == 2 and "--forecast-ahead-s: must be 0 or more seconds" in bad.stderr
+
+
+def test_a_day_of_prices_at_breakeven_buys_at_most_the_cap_plus_a_return() -> None:
+    """An M50 under prices that swing for a day (2 h at 0.03: full power, 3 h at 0.07: its
+    lowest limit, seen an hour late): every swing is worth a new limit on its own, so with no
+    cap the machine re-limits at each swing; with max_limit_changes_per_day = 4 it makes at most 5
+    changes in the day (4 limits and the return to full power), and never stays limited into
+    the cheap day that follows (rule 6c never holds a machine curtailed)."""
+    tariffs = [0.03, 0.03, 0.07, 0.07, 0.07] * 5 + [0.03] * 12  # 37 h
+    series = parse_prices_text(hourly(*tariffs), "t.csv")
+    policy = MarginPolicy(MarginConfig(pool_fee=FEE, decision_horizon_s=7200.0))
+
+    def changes(cap: int) -> tuple[int, str | None]:
+        cfg = GuardConfig(min_dwell_s=60.0, ramp_w_per_min=1e9, limit_dwell_s=900.0,
+                          max_limit_changes_per_day=cap)
+        r = simulate(policy, build_machines(fleet_plan("M50=1")), series,
+                     SimSettings(guards=cfg, pool_fee=FEE, step_s=300.0))
+        m = r.machines[0]
+        day_one = [t for t in m.limit_change_at if t < T0 + 86400]
+        last = m.reading(series.end, 40.0)
+        return len(day_one), f"{last.state} {last.power_limit_w}"
+
+    free, _ = changes(0)
+    capped, end = changes(4)
+    assert free >= 8, free
+    assert capped <= 5, capped
+    assert end == "mining 3306.0"

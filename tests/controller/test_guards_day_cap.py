@@ -50,7 +50,9 @@ def test_config_key_is_checked() -> None:
 
 
 def test_a_fifth_change_within_a_day_is_held_until_the_oldest_leaves_the_window() -> None:
-    c = limit_cfg(max_limit_changes_per_day=4, limit_dwell_s=600.0)
+    # a cheap restart, so that only the cap can hold the change (not rule 6c's escalation)
+    c = limit_cfg(max_limit_changes_per_day=4, limit_dwell_s=600.0,
+                  limit_restart_s={"whatsminer": 5.0})
     times = (NOW - 80_000, NOW - 50_000, NOW - 20_000, NOW - 3_000)
     m = replace(mem(changed=NOW - 3_000), limit_changes_at=times)
     r = guard(m30s(limit_w=2000.0), economic(limit=2600.0), m, config=c)
@@ -168,3 +170,44 @@ def test_shed_bucket_refills_at_its_rate_and_is_saved() -> None:
     assert RampBucket.from_meta(saved, NOW + 99) == r.bucket
     assert RampBucket.from_meta(None, NOW) == RampBucket(0.0, NOW)
     assert "shed_budget_w" not in RampBucket(5.0, NOW).to_meta()
+
+
+def test_from_half_the_cap_on_a_new_limit_must_beat_its_restart_twice_then_four_times() -> None:
+    from curtaild.controller.guards import _day_cap_factor
+
+    c = GuardConfig(max_limit_changes_per_day=4)
+    assert [_day_cap_factor(n, c) for n in range(5)] == [1.0, 1.0, 2.0, 4.0, 8.0]
+    assert _day_cap_factor(10, GuardConfig()) == 1.0  # no cap, no escalation
+    # A gain that pays for one restart (0.40 USD/day over 600 s = 0.0028 USD against 120 s
+    # of restart = 0.0019 USD) but not for two: sent after one change today, held after two.
+    c = limit_cfg(max_limit_changes_per_day=4, limit_dwell_s=600.0)
+    d = economic(limit=2600.0, new=1.40, hold=1.00, sleep=0.0)
+    one_change = replace(mem(changed=NOW - 3_000), limit_changes_at=(NOW - 3_000,))
+    assert sent(guard(m30s(limit_w=2000.0), d, one_change, config=c)) is not None
+    two = replace(one_change, limit_changes_at=(NOW - 9_000, NOW - 3_000))
+    r = guard(m30s(limit_w=2000.0), d, two, config=c)
+    assert sent(r) is None
+    assert "restart x 2 (the day's limit changes run short)" in r.held["W"]
+    # a return to full power is not escalated
+    r = guard(m30s(limit_w=2000.0), economic("run", None, new=1.40, sleep=0.0),
+              replace(two, restore_power_limit_w=3344.0), config=c)
+    assert sent(r) is not None and sent(r).action == "run"
+
+
+def test_at_the_cap_a_sleeping_machine_wakes_at_full_power_not_at_a_new_limit() -> None:
+    c = limit_cfg(max_limit_changes_per_day=2, limit_dwell_s=600.0)
+    asleep = m30s(limit_w=2000.0, state="sleeping")
+    d = economic(limit=2500.0, hold=-0.07)
+    spent = replace(mem(action="sleep", changed=NOW - 3_000),
+                    limit_changes_at=(NOW - 9_000, NOW - 3_000))
+    cmd = sent(guard(asleep, d, spent, config=c))
+    assert cmd is not None and cmd.action == "run" and cmd.power_limit_w == 3344.0
+    assert "woken at full power instead: 2 limit changes in the last 24 h" in cmd.reason
+    # under the cap it wakes at the limit the policy chose
+    fresh = replace(spent, limit_changes_at=(NOW - 3_000,))
+    cmd = sent(guard(asleep, d, fresh, config=c))
+    assert cmd is not None and cmd.action == "limit" and cmd.power_limit_w == 2500.0
+    # at the cap, a wake at the limit the firmware already holds is no change: kept
+    same = economic(limit=2000.0, hold=-0.07)
+    cmd = sent(guard(asleep, same, spent, config=c))
+    assert cmd is not None and cmd.power_limit_w == 2000.0
