@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import DaemonProcess, journal_rows, wait_for, write_config
+from tests.support.daemon import (
+    SHARD_A_FLEET,
+    SHARD_B_FLEET,
+    DaemonProcess,
+    cluster_role,
+    journal_rows,
+    read_status,
+    wait_for,
+    write_config,
+)
 from tests.support.emulator import SITE_WHATSMINER_PASSWORD, EmulatorProcess
 from tests.support.etcd import EtcdCluster
 
@@ -58,15 +67,6 @@ def _config(path: Path, state: Path, etcd: EtcdCluster, instance: str, *,
                         guards={"ramp_w_per_min": 60000.0}, extra=extra)
 
 
-def _status(state: Path) -> dict:
-    try:
-        return json.loads((state / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _role(state: Path) -> str | None:
-    return (_status(state).get("cluster") or {}).get("role")
 
 
 def _states(emu: EmulatorProcess) -> dict[str, str]:
@@ -92,42 +92,42 @@ def test_standby_never_commands_and_takes_over_after_kill9(tmp_path: Path) -> No
         ca = _config(tmp_path / "a.toml", sa, etcd, "a", hashprice=0.045)
         cb = _config(tmp_path / "b.toml", sb, etcd, "b", hashprice=0.045)
         with DaemonProcess(ca, tmp_path / "a.log") as a:
-            wait_for(lambda: _role(sa) == "leader", 30, what="a leads")
+            wait_for(lambda: cluster_role(sa) == "leader", 30, what="a leads")
             with DaemonProcess(cb, tmp_path / "b.log") as b:
-                wait_for(lambda: _role(sb) == "standby", 30, what="b is a standby")
+                wait_for(lambda: cluster_role(sb) == "standby", 30, what="b is a standby")
                 wait_for(lambda: all((s == "sleeping") == (ip in LOSERS)
                                      for ip, s in _states(emu).items()), 90,
                          what="the leader slept the losers")
                 # The review of a's new journal is over once it saw every machine: from then
                 # on, a machine asleep that curtaild did not sleep is an operator's.
-                wait_for(lambda: _status(sa).get("journal_review") is None, 30,
+                wait_for(lambda: read_status(sa).get("journal_review") is None, 30,
                          what="a's journal review done")
                 emu.action(OPERATOR_SLEPT, "sleep")
                 operator_at = time.time()
                 emu.wait_state(OPERATOR_SLEPT, "sleeping")
                 # One etcd member stops: nothing changes (same leader, same term).
-                term = _status(sa)["cluster"]["term"]
+                term = read_status(sa)["cluster"]["term"]
                 etcd.stop_member(2)
                 ticks_b = b.log().count("tick ")
                 wait_for(lambda: b.log().count("tick ") >= ticks_b + 3, 30,
                          what="b keeps polling")
-                assert _status(sa)["cluster"] == {"role": "leader", "term": term,
+                assert read_status(sa)["cluster"] == {"role": "leader", "term": term,
                                                   "leader": "a", "shard": None}
-                st_b = _status(sb)["cluster"]
+                st_b = read_status(sb)["cluster"]
                 assert st_b["role"] == "standby" and st_b["leader"] == "a"
                 assert st_b["term"] == term
                 # The standby polled and decided, and never commanded.
                 assert not journal_rows(sb, "SELECT * FROM events WHERE kind='intent'")
-                assert _status(sb)["dry_run"] is True
+                assert read_status(sb)["dry_run"] is True
                 assert _states(emu)[OPERATOR_SLEPT] == "sleeping"
 
                 a.kill9()
                 killed_at = time.time()
-                wait_for(lambda: _role(sb) == "leader", TTL_S + 3 * POLL_S + 5,
+                wait_for(lambda: cluster_role(sb) == "leader", TTL_S + 3 * POLL_S + 5,
                          interval=0.1, what="b takes over")
                 took_over_s = time.time() - killed_at
                 assert took_over_s <= TTL_S + POLL_S + 3.0, took_over_s
-                assert _status(sb)["cluster"]["term"] > term
+                assert read_status(sb)["cluster"]["term"] > term
                 # The margin returns: b wakes what a slept (curtaild's), not the operator's.
                 _config(cb, sb, etcd, "b", hashprice=0.09)
                 b.proc.send_signal(1)
@@ -184,13 +184,13 @@ def test_leader_cut_off_from_etcd_stops_commanding_and_the_standby_takes_over(
         ca = _config_endpoints(tmp_path / "a.toml", sa, via_proxy, "a", hashprice=0.045)
         cb = _config_endpoints(tmp_path / "b.toml", sb, etcd.endpoints, "b", hashprice=0.045)
         with DaemonProcess(ca, tmp_path / "a.log") as a:
-            wait_for(lambda: _role(sa) == "leader", 30, what="a leads")
+            wait_for(lambda: cluster_role(sa) == "leader", 30, what="a leads")
             with DaemonProcess(cb, tmp_path / "b.log") as b:
-                wait_for(lambda: _role(sb) == "standby", 30, what="b is a standby")
+                wait_for(lambda: cluster_role(sb) == "standby", 30, what="b is a standby")
                 wait_for(lambda: all((s == "sleeping") == (ip in LOSERS)
                                      for ip, s in _states(emu).items()), 90,
                          what="the leader slept the losers")
-                term = _status(sa)["cluster"]["term"]
+                term = read_status(sa)["cluster"]["term"]
                 proxy.cut()
                 cut_at = time.time()
                 # The margin returns for both at once: a (cut off) must not act on it.
@@ -202,10 +202,10 @@ def test_leader_cut_off_from_etcd_stops_commanding_and_the_standby_takes_over(
                 wait_for(lambda: "no longer leads" in a.log(), TTL_S + 3,
                          interval=0.1, what="a stops leading within the TTL")
                 lost_s = time.time() - cut_at
-                wait_for(lambda: _role(sb) == "leader", TTL_S + 3 * POLL_S + 5,
+                wait_for(lambda: cluster_role(sb) == "leader", TTL_S + 3 * POLL_S + 5,
                          interval=0.1, what="b takes over")
                 took_over_at = time.time()
-                assert _status(sb)["cluster"]["term"] > term
+                assert read_status(sb)["cluster"]["term"] > term
                 wait_for(lambda: all(_states(emu)[ip] == "mining" for ip in LOSERS), 90,
                          what="b woke the machines a had slept")
                 assert a.alive() and b.alive()
@@ -271,9 +271,9 @@ def test_leader_killed_during_a_demand_response_event(tmp_path: Path) -> None:
                                        poll_interval_s=POLL_S,
                                        guards={"ramp_w_per_min": 60000.0}, extra=extra)
         with DaemonProcess(paths["a"], tmp_path / "a.log") as a:
-            wait_for(lambda: _role(sa) == "leader", 30, what="a leads")
+            wait_for(lambda: cluster_role(sa) == "leader", 30, what="a leads")
             with DaemonProcess(paths["b"], tmp_path / "b.log") as b:
-                wait_for(lambda: _role(sb) == "standby", 30, what="b is a standby")
+                wait_for(lambda: cluster_role(sb) == "standby", 30, what="b is a standby")
                 wait_for(lambda: all(m["state"] == "mining" for m in emu.miners()), 60,
                          what="fleet mining")
                 target = round(power_w() * 0.45)
@@ -284,7 +284,7 @@ def test_leader_killed_during_a_demand_response_event(tmp_path: Path) -> None:
                 time.sleep(2 * POLL_S)  # the event and the sheds shared
                 a.kill9()
                 killed_at = time.time()
-                wait_for(lambda: _role(sb) == "leader", TTL_S + 3 * POLL_S + 5,
+                wait_for(lambda: cluster_role(sb) == "leader", TTL_S + 3 * POLL_S + 5,
                          interval=0.1, what="b takes over")
                 ems.clear()
                 got = wait_for(lambda: ems.last(f"{PREFIX}/state"), 15,
@@ -304,23 +304,7 @@ def test_leader_killed_during_a_demand_response_event(tmp_path: Path) -> None:
         assert restored, "the successor restored nothing after the event"
 
 
-SHARD_A = """
-[[miner]]
-model = "S21"
-count = 2
-[[miner]]
-model = "S19j Pro"
-count = 2
-"""
-SHARD_B = """
-[[miner]]
-model = "S21"
-[[miner]]
-model = "S19j Pro"
-[[miner]]
-model = "S19"
-count = 2
-"""
+SHARD_A, SHARD_B = SHARD_A_FLEET, SHARD_B_FLEET
 # Stock Antminers (they sleep, never limit: the allocator's full-or-idle blocks are exact).
 # Margin per watt at 0.09 / 0.03: S21 (17.5 J/TH) best, S19j Pro (29.5), S19 (34.2) worst.
 WORST = {"S19j Pro", "S19"}
@@ -362,7 +346,7 @@ def test_two_shards_under_a_site_cap_shed_the_sites_worst_machines(tmp_path: Pat
             def settled():  # type: ignore[no-untyped-def]
                 total, now = site()
                 return total <= cap and all(
-                    _status(tmp_path / n).get("cluster", {}).get("budget_source")
+                    read_status(tmp_path / n).get("cluster", {}).get("budget_source")
                     == "site budget" for n in ("A", "B")) and (total, now)
 
             total, now = wait_for(settled, 60, what="site power under the cap, both shards "
@@ -375,7 +359,7 @@ def test_two_shards_under_a_site_cap_shed_the_sites_worst_machines(tmp_path: Pat
             assert curtailed and curtailed <= set(worst), curtailed
             assert {ip for ip in worst if views[ip]["model"] == "S19"} <= curtailed
             assert len(curtailed) == 3, curtailed
-            budgets = {n: _status(tmp_path / n)["cluster"]["budget_w"] for n in ("A", "B")}
+            budgets = {n: read_status(tmp_path / n)["cluster"]["budget_w"] for n in ("A", "B")}
             assert sum(budgets.values()) <= cap + 1.0
             # Each shard's metrics name its role and its budget.
             import urllib.request

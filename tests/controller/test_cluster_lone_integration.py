@@ -11,13 +11,12 @@ Addresses: 127.197.1.0/24 (etcd), 127.197.2.0/24 (miners).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import DaemonProcess, journal_rows, wait_for, write_config
+from tests.support.daemon import DaemonProcess, journal_rows, read_status, wait_for, write_config
 from tests.support.emulator import EmulatorProcess
 from tests.support.etcd import EtcdCluster
 
@@ -36,15 +35,9 @@ RANGE = "127.197.2.1-127.197.2.4"
 HOLD_S = 6.0
 
 
-def _status(state: Path) -> dict:
-    try:
-        return json.loads((state / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
 
 def _cluster(state: Path) -> dict:
-    return _status(state).get("cluster") or {}
+    return read_status(state).get("cluster") or {}
 
 
 def test_a_shard_without_standby_obeys_its_safe_budget_without_etcd(tmp_path: Path) -> None:

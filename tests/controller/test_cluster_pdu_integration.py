@@ -15,48 +15,30 @@ Addresses: 127.197.3.0/24 (etcd, PDU), 127.197.4.0/24 (miners).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import DaemonProcess, journal_rows, wait_for, write_config
+from tests.support.daemon import (
+    DaemonProcess,
+    cluster_role,
+    journal_rows,
+    read_status,
+    wait_for,
+    write_config,
+)
 from tests.support.emulator import EmulatorProcess
 from tests.support.etcd import EtcdCluster
+from tests.support.pdu_fleet import Plugged, pdu_fleet, site_map
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PDU = "127.197.3.50"
 AXE1, AXE2, S19 = "127.197.4.1", "127.197.4.2", "127.197.4.3"
-FLEET = f"""
-[[pdu]]
-address = "{PDU}"
-mib = "apc"
-outlets = 4
-phase = "L1"
-
-[[miner]]
-model = "BitAxe Gamma"
-ip = "{AXE1}"
-pdu = "{PDU}"
-outlet = 1
-[[miner]]
-model = "BitAxe Gamma"
-ip = "{AXE2}"
-pdu = "{PDU}"
-outlet = 2
-[[miner]]
-model = "S19j Pro"
-ip = "{S19}"
-pdu = "{PDU}"
-outlet = 3
-"""
-SITE_MAP = f"""id,container,rack,pdu,outlet,phase
-{AXE1},C1,R-axe,pdu-a,1,L1
-{AXE2},C1,R-axe,pdu-a,2,L1
-{S19},C1,R-s19,pdu-a,3,L1
-"""
+FLEET = pdu_fleet(PDU, 4, [Plugged("BitAxe Gamma", AXE1, 1), Plugged("BitAxe Gamma", AXE2, 2),
+                    Plugged("S19j Pro", S19, 3)])
+SITE_MAP = site_map([(AXE1, "R-axe", 1), (AXE2, "R-axe", 2), (S19, "R-s19", 3)])
 TTL_S = 3
 POLL_S = 1.0
 
@@ -102,15 +84,6 @@ def _outlets(emu: EmulatorProcess) -> dict[int, str]:
     return {o["number"]: o["state"] for o in emu._call("GET", "/pdus")[0]["outlets"]}
 
 
-def _status(state: Path) -> dict:
-    try:
-        return json.loads((state / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _role(state: Path) -> str | None:
-    return (_status(state).get("cluster") or {}).get("role")
 
 
 def _switches(state: Path) -> list[tuple]:
@@ -133,7 +106,7 @@ def test_successor_owns_the_leaders_outlet_and_never_the_operators(tmp_path: Pat
         ca = _config(tmp_path, "a", etcd, hashprice=0.05)
         cb = _config(tmp_path, "b", etcd, hashprice=0.05)
         with DaemonProcess(ca, tmp_path / "a.log") as a:
-            wait_for(lambda: _role(sa) == "leader", 30, what="a leads")
+            wait_for(lambda: cluster_role(sa) == "leader", 30, what="a leads")
             wait_for(lambda: _outlets(emu)[1] == "off" or None, 60,
                      what="a switched the Bitaxe's outlet off")
             wait_for(lambda: emu.miner(S19)["state"] == "sleeping" or None, 60,
@@ -141,15 +114,16 @@ def test_successor_owns_the_leaders_outlet_and_never_the_operators(tmp_path: Pat
             assert _switches(sa) == [(1, "off")]
             # b starts now: it never sees the Bitaxe answer before it has to decide on it
             with DaemonProcess(cb, tmp_path / "b.log") as b:
-                wait_for(lambda: _role(sb) == "standby" and _status(sb).get("miners"), 30,
+                wait_for(lambda: cluster_role(sb) == "standby"
+                         and read_status(sb).get("miners"), 30,
                          what="b is a standby and has polled")
                 a.kill9()
                 killed_at = time.time()
-                wait_for(lambda: _role(sb) == "leader", TTL_S + 3 * POLL_S + 5, interval=0.1,
+                wait_for(lambda: cluster_role(sb) == "leader", TTL_S + 3 * POLL_S + 5, interval=0.1,
                          what="b takes over")
                 # b owns outlet 1 and keeps it off while its machine loses money; outlet 2
                 # is the operator's, outlet 3 feeds a machine asleep by its firmware
-                wait_for(lambda: (_status(sb).get("site") or {}).get("owned_outlets")
+                wait_for(lambda: (read_status(sb).get("site") or {}).get("owned_outlets")
                          == [["pdu-a", 1]], 15, what="b owns outlet 1")
                 b_ticks = b.log().count("tick ")
                 wait_for(lambda: b.log().count("tick ") >= b_ticks + 3, 30,
@@ -166,7 +140,7 @@ def test_successor_owns_the_leaders_outlet_and_never_the_operators(tmp_path: Pat
                          and emu.miner(S19)["state"] == "mining") or None, 60,
                          what="the Bitaxe booted, the S19j Pro woken")
                 assert _switches(sb) == [(1, "on")]
-                assert not (_status(sb).get("site") or {}).get("owned_outlets")
+                assert not (read_status(sb).get("site") or {}).get("owned_outlets")
 
                 # the margin goes again: the leader's switch-off today was outlet 1's one
                 # cycle (max_cycles_per_day = 1), so b does not cut it a second time
@@ -176,7 +150,7 @@ def test_successor_owns_the_leaders_outlet_and_never_the_operators(tmp_path: Pat
                          what="b slept the S19j Pro again")
 
                 def held_axe1() -> str:
-                    rows = {m["ip"]: m for m in _status(sb).get("miners", [])}
+                    rows = {m["ip"]: m for m in read_status(sb).get("miners", [])}
                     return (rows.get(AXE1) or {}).get("held") or ""
 
                 wait_for(lambda: "switched off 1 times in 24 h" in held_axe1() or None, 30,

@@ -20,48 +20,17 @@ import pytest
 
 from tests.support.daemon import DaemonProcess, journal_rows, wait_for, write_config
 from tests.support.emulator import EmulatorProcess
+from tests.support.pdu_fleet import Plugged, pdu_fleet, site_map
 
 pytestmark = pytest.mark.integration
 
 PDU = "127.183.0.50"
 AXE1, AXE2, AXE3, AXE4, S19 = (f"127.183.1.{i}" for i in range(1, 6))
-FLEET = f"""
-[[pdu]]
-address = "{PDU}"
-mib = "apc"
-outlets = 8
-phase = "L1"
-
-[[miner]]
-model = "BitAxe Gamma"
-ip = "{AXE1}"
-pdu = "{PDU}"
-outlet = 1
-[[miner]]
-model = "BitAxe Gamma"
-ip = "{AXE2}"
-count = 2
-pdu = "{PDU}"
-outlet = 2
-per_outlet = 2
-[[miner]]
-model = "BitAxe Gamma"
-ip = "{AXE4}"
-pdu = "{PDU}"
-outlet = 3
-[[miner]]
-model = "S19j Pro"
-ip = "{S19}"
-pdu = "{PDU}"
-outlet = 4
-"""
-SITE_MAP = f"""id,container,rack,pdu,outlet,phase
-{AXE1},C1,R-axe,pdu-a,1,L1
-{AXE2},C1,R-axe,pdu-a,2,L1
-{AXE3},C1,R-axe,pdu-a,2,L1
-{AXE4},C1,R-axe,pdu-a,3,L1
-{S19},C1,R-s19,pdu-a,4,L1
-"""
+FLEET = pdu_fleet(PDU, 8, [Plugged("BitAxe Gamma", AXE1, 1),
+                    Plugged("BitAxe Gamma", AXE2, 2, count=2, per_outlet=2),
+                    Plugged("BitAxe Gamma", AXE4, 3), Plugged("S19j Pro", S19, 4)])
+SITE_MAP = site_map([(AXE1, "R-axe", 1), (AXE2, "R-axe", 2), (AXE3, "R-axe", 2), (AXE4, "R-axe", 3),
+                     (S19, "R-s19", 4)])
 
 
 def site_config(tmp: Path, *, hashprice: float, hard_power: str) -> Path:

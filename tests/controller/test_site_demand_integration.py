@@ -23,7 +23,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.daemon import DaemonProcess, wait_for, write_config
+from tests.support.daemon import (
+    SHARD_A_FLEET,
+    SHARD_B_FLEET,
+    DaemonProcess,
+    read_status,
+    wait_for,
+    write_config,
+)
 from tests.support.emulator import EmulatorProcess
 from tests.support.etcd import EtcdCluster
 from tests.support.mosquitto import Client, MosquittoProcess
@@ -38,23 +45,7 @@ SITE = "big"
 # Stock Antminers (they sleep, never limit: the allocator's full-or-idle blocks are exact).
 # At 0.09 USD/TH/day and 0.03 USD/kWh every machine earns: only the event sheds. Margin per
 # watt: S21 (17.5 J/TH) best, S19j Pro (29.5), S19 (34.2) worst.
-SHARD_A = """
-[[miner]]
-model = "S21"
-count = 2
-[[miner]]
-model = "S19j Pro"
-count = 2
-"""
-SHARD_B = """
-[[miner]]
-model = "S21"
-[[miner]]
-model = "S19j Pro"
-[[miner]]
-model = "S19"
-count = 2
-"""
+SHARD_A, SHARD_B = SHARD_A_FLEET, SHARD_B_FLEET
 SHARDS = {"A": ("127.191.8.1", "127.191.8.1-127.191.8.4"),
           "B": ("127.191.9.1", "127.191.9.1-127.191.9.4")}
 PREFIXES = {"A": "curtaild/site1/hall-a", "B": "curtaild/site1/hall-b"}
@@ -66,12 +57,6 @@ METRICS = {"A": "127.191.10.1:9464", "B": "127.191.10.2:9464"}
 #: loaded box.
 UNDER_TARGET_BOUND_S = 2 * TTL_S / 3 + 3 * POLL_S + 5.0
 
-
-def _status(state: Path) -> dict:
-    try:
-        return json.loads((state / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _metrics(name: str) -> str:
@@ -123,7 +108,7 @@ def test_a_site_target_sent_to_one_shard_is_split_across_both(tmp_path: Path) ->
                     or (m.get("power_limit_w") or full_w[ip]) < full_w[ip] - 50}
 
         try:
-            wait_for(lambda: all((_status(states[n]).get("cluster") or {}).get("budget_source")
+            wait_for(lambda: all((read_status(states[n]).get("cluster") or {}).get("budget_source")
                                  == "site budget" for n in SHARDS), 60,
                      what="both shards lead and hold a site budget")
             wait_for(all_mining, 60, what="every machine mining")
@@ -175,7 +160,7 @@ def test_a_site_target_sent_to_one_shard_is_split_across_both(tmp_path: Path) ->
                                   for ip in kept), default=0.0)
                 assert all(full_w[ip] / views[ip]["nameplate_hashrate_ths"] >= worst_kept
                            for ip in mine), (n, mine, kept)
-            budgets = {n: _status(states[n])["cluster"]["budget_w"] for n in SHARDS}
+            budgets = {n: read_status(states[n])["cluster"]["budget_w"] for n in SHARDS}
             assert sum(budgets.values()) <= target + 1.0, (budgets, target)
             # both shards publish the site record on their own prefix
             for root in (site_a, site_b):

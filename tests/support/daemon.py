@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -141,3 +142,37 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def read_status(state_dir: Path) -> dict:
+    """The daemon's status.json ({} while it is missing or half-written)."""
+    try:
+        return json.loads((state_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def cluster_role(state_dir: Path) -> str | None:
+    """"leader" or "standby" as the daemon's status says, None before its first status."""
+    return (read_status(state_dir).get("cluster") or {}).get("role")
+
+
+#: Two shards of stock Antminers (they sleep, never limit: the allocator's full-or-idle blocks
+#: are exact). Margin per watt: S21 (17.5 J/TH) best, S19j Pro (29.5), S19 (34.2) worst.
+SHARD_A_FLEET = """
+[[miner]]
+model = "S21"
+count = 2
+[[miner]]
+model = "S19j Pro"
+count = 2
+"""
+SHARD_B_FLEET = """
+[[miner]]
+model = "S21"
+[[miner]]
+model = "S19j Pro"
+[[miner]]
+model = "S19"
+count = 2
+"""
