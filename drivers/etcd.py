@@ -29,8 +29,17 @@ log = logging.getLogger("curtaild.etcd")
 TXN_OPS = 100
 
 
+#: Keys per range request of :meth:`EtcdStore.get_prefix`. gRPC refuses a reply over 4 MiB
+#: (the client's default max receive size); mirrored journal rows are under 1 kB each.
+PAGE_KEYS = 1000
+
+
 class EtcdUnavailable(Exception):
     """etcd did not answer in time, refused, or no member could be reached."""
+
+
+class EtcdReplyTooLarge(EtcdUnavailable):
+    """A reply over gRPC's per-message limit (RESOURCE_EXHAUSTED): ask for less at a time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +113,9 @@ class EtcdStore:
             raise EtcdUnavailable(f"no answer within {self.timeout_s:.1f}s") from None
         except (EtcdError, grpc.RpcError) as exc:
             text = " ".join(str(exc).split())[:200]
+            code = getattr(exc, "code", None)
+            if callable(code) and code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise EtcdReplyTooLarge(f"{type(exc).__name__}: {text}") from None
             raise EtcdUnavailable(f"{type(exc).__name__}: {text}") from None
 
     async def close(self) -> None:
@@ -193,11 +205,31 @@ class EtcdStore:
         return True
 
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        """Every key under ``prefix``, read in pages of :data:`PAGE_KEYS` keys at one revision
+        (one consistent snapshot). One reply may not exceed gRPC's 4 MiB: a leader's state at
+        10,000 miners after a demand-response shed is ~5 MB, which one range request could not
+        return (a successor then never resumed). A page that is still too large (large values)
+        is asked again with half as many keys."""
         c = await self._connected()
         assert c.kv is not None
-        resp = await self._call(c.kv.get(prefix, range_end=prefix_range_end(prefix),
-                                         timeout=self.timeout_s))
-        return {bytes(kv.key).decode(): bytes(kv.value) for kv in resp.kvs}
+        out: dict[str, bytes] = {}
+        start, end = prefix.encode(), prefix_range_end(prefix)
+        revision, limit = 0, PAGE_KEYS
+        while True:
+            try:
+                resp = await self._call(c.kv.get(start, range_end=end, revision=revision,
+                                                 limit=limit, timeout=self.timeout_s))
+            except EtcdReplyTooLarge:
+                if limit == 1:
+                    raise
+                limit = max(1, limit // 2)
+                continue
+            revision = revision or int(resp.header.revision)
+            for kv in resp.kvs:
+                out[bytes(kv.key).decode()] = bytes(kv.value)
+            if not resp.more or not resp.kvs:
+                return out
+            start = bytes(resp.kvs[-1].key) + b"\0"  # keys come in ascending order
 
     async def put(self, key: str, value: bytes, lease_id: int = 0) -> None:
         c = await self._connected()
