@@ -381,7 +381,8 @@ class ClusterMember(Fence):
             else:
                 value = json.dumps({"instance_id": self.config.instance_id}).encode()
                 created, held = await self.store.create(self.leader_key, value, self.lease_id)
-                if created and held is not None:
+                # held on our own lease: an earlier create reached etcd after its deadline
+                if held is not None and (created or held.lease_id == self.lease_id):
                     self._win(held.create_revision)
                 elif held is not None:
                     self.term = held.create_revision
@@ -517,7 +518,7 @@ class ClusterMember(Fence):
             return
         value = json.dumps({"instance_id": self.config.instance_id}).encode()
         created, held = await self.store.create(key, value, self.lease_id)
-        if created and held is not None:
+        if held is not None and (created or held.lease_id == self.lease_id):  # as in step()
             self.allocator, self.allocator_term = True, held.create_revision
             log.warning("cluster: %s allocates the site's power cap (%.0f W) across shards",
                         self.config.instance_id, self.config.site_power_cap_w or 0.0)

@@ -761,6 +761,16 @@ def _plan(r: MinerReading, want: Desired | None, mem: MinerMemory | None,
                    f"({kept.power_limit_w:.0f} W): left as is")
             return _Hold(why, replace(kept, reason=why))
         return target
+    if not _is_change(r, c) and r.command_state == "pending" and r.commanded_action == "sleep":
+        # Ours, observed running, and our sleep acknowledged but not in effect yet:
+        # a stock Antminer writes it for ~20 s and then reboots into it. Releasing ownership
+        # now sends nothing, the release verifies at once, and when the sleep lands the machine
+        # is asleep and nobody's: "asleep by operator", never woken (a failover as the margin
+        # returned stranded 26 of 100, bench/failover.py). Held until the verify step sees it
+        # in effect (then woken like any machine of ours) or its grace ends (then a mismatch).
+        why = ("awaiting verification: commanded to sleep, acknowledged, not in effect yet "
+               "(released once it is)")
+        return _Hold(why, _observed(r, mem, why))
     if _is_change(r, c):
         if _awaiting(c, mem):
             why = f"awaiting verification: already commanded to {c.action}"

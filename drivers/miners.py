@@ -542,8 +542,12 @@ class MinerDriver:
         if miner is None:
             return False
         # MAC and serial are read again by the first poll (not taken from the file): an
-        # address may now hold another machine of the same model
-        await self._adopt(t, miner)
+        # address may now hold another machine of the same model. Taking it reads a few things
+        # (credentials, profiles, LuxOS ATM): bounded like discovery, whose pool spaces them
+        # out on a cold start. A warm start of 10,000 began them all at once, outside every
+        # pool: thousands of connections, and a loop too busy for etcd's request deadline.
+        async with self._discover_sem:
+            await self._adopt(t, miner)
         return True
 
     async def _adopt(self, t: _Tracked, miner: Any) -> None:

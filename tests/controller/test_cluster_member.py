@@ -67,6 +67,35 @@ async def test_one_leader_and_its_term(etcd: EtcdCluster, tmp_path: Path) -> Non
         await m.stop()
 
 
+async def test_a_create_applied_after_its_deadline_still_wins(etcd: EtcdCluster,
+                                                              tmp_path: Path) -> None:
+    """The campaign's create reached etcd but its answer came after the request deadline (a
+    10,000-miner first sweep starves the loop: bench/failover.py): the key is on this
+    instance's own lease. The next step must take it as a win; it followed itself as the
+    "leader" for good, and with its key alive on its kept lease nobody ever led."""
+    a, b = _members(etcd, tmp_path)
+    await a._keepalive()  # a's lease
+    created, _held = await a.store.create(a.leader_key, json.dumps(
+        {"instance_id": "i0"}).encode(), a.lease_id)  # the answer a never saw
+    assert created and a.role == "standby"
+    await a.step()
+    await b.step()
+    assert (a.role, b.role) == ("leader", "standby") and a.term == b.term > 0
+    assert a.leader == b.leader == "i0" and a.resume_needed
+    for m in (a, b):
+        await m.stop()
+    # the same for the site allocator's key
+    cfg = ClusterConfig(endpoints=etcd.endpoints, site_id=f"s{next(_sites)}", instance_id="i0",
+                        lease_ttl_s=2, shard="h1", site_power_cap_w=10_000.0,
+                        safe_budget_w=5_000.0)
+    c = ClusterMember(cfg, Journal(tmp_path / "c"))
+    await c._keepalive()
+    await c.store.create(cfg.site_scope + "allocator", b"{}", c.lease_id)
+    await c.step()
+    assert c.role == "leader" and c.allocator and c.allocator_term > 0
+    await c.stop()
+
+
 async def test_deposed_leader_is_fenced_and_successor_resumes(etcd: EtcdCluster,
                                                              tmp_path: Path) -> None:
     a, b = _members(etcd, tmp_path)

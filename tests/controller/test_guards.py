@@ -288,6 +288,21 @@ def test_ours_found_running_is_released_without_dwell_or_ramp() -> None:
     assert (c.action, c.power_limit_w, c.delta_power_w) == ("run", None, 0.0)
 
 
+
+def test_ours_running_with_its_sleep_pending_is_not_released() -> None:
+    """Acknowledged, not in effect yet (a stock Antminer writes a sleep for ~20 s, then
+    reboots into it): a release now would send nothing and leave the machine, once asleep,
+    to the operator for good. Held while pending; released as before once it is not."""
+    mem = {"A": ours(expected="sleep")}
+    pending = miner(command_state="pending", commanded_action="sleep")
+    r = run([pending], {"A": want("run", 1.0)}, mem)
+    assert r.commands == [], r.commands
+    assert r.held["A"].startswith("awaiting verification: commanded to sleep")
+    for later in ("confirmed", "failed", None):  # seen in effect, or its grace is over
+        c = one(run([replace(pending, command_state=later)], {"A": want("run", 1.0)}, mem))
+        assert (c.action, c.power_limit_w) == ("run", None)
+
+
 # --------------------------------------------------------------------- ordering
 def _shed_fleet() -> tuple[list[MinerReading], dict[str, Desired]]:
     """Three running losers; margins consistent with their efficiency at one market."""

@@ -110,3 +110,39 @@ async def test_stale_identity_is_rediscovered(emu, tmp_path: Path,
     assert IPS[0] in calls  # re-discovered in the background after failing its polls
     saved = json.loads(path.read_text())["miners"]
     assert saved[IPS[0]]["class"] != saved[IPS[1]]["class"]  # corrected in the cache
+
+
+async def test_warm_start_bounds_the_first_reads_like_discovery(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taking a cached miner reads a few things first (LuxOS: its profiles and ATM). A warm
+    start of 10,000 began all of them at once, outside every pool: thousands of connections
+    and a loop too busy for etcd's deadline (bench/failover.py). They are bounded by
+    discovery_concurrency, as discovery is."""
+    from curtaild.drivers import luxos
+
+    ips = [f"127.192.1.{i}" for i in range(1, 25)]
+    fleet = '[[miner]]\nmodel = "S19j Pro LuxOS"\ncount = 24\n'
+    cfg = FleetConfig(hosts=ips, poll_timeout_s=5.0, discovery_timeout_s=8.0,
+                      discovery_concurrency=3)
+    path = tmp_path / CACHE_FILE
+    with EmulatorProcess(fleet_toml=fleet, first_ip=ips[0], time_scale=0.01):
+        cold = MinerDriver(cfg, poll_interval_s=5.0, identities=IdentityCache(path))
+        assert {r.state for r in (await cold.observe()).miners} == {"mining"}
+        in_flight, peak = 0, 0
+        real = luxos.atm_enabled
+
+        async def counted(rpc):  # type: ignore[no-untyped-def]
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                return await real(rpc)
+            finally:
+                in_flight -= 1
+
+        monkeypatch.setattr(luxos, "atm_enabled", counted)
+        warm = MinerDriver(cfg, poll_interval_s=5.0, identities=IdentityCache(path))
+        snap = await warm.observe()
+    assert warm.identities is not None and warm.identities.hits == len(ips)
+    assert {r.state for r in snap.miners} == {"mining"} and len(snap.miners) == len(ips)
+    assert 1 <= peak <= 3, peak
