@@ -61,6 +61,9 @@ TABLES: dict[str, tuple[str, ...]] = {
 META_KEYS = ("ramp_bucket", "review", "luxos_atm_operator")
 #: Written with every push: its presence says etcd holds a leader's state.
 EPOCH_KEY = "epoch"
+#: Miner identities per etcd key (``<scope>identities/NNNN``): ~60 bytes each, class only, so
+#: a key stays far under etcd's 1.5 MiB request limit whatever the shard's size.
+IDENTITY_CHUNK = 5000
 
 
 def build_store(config: ClusterConfig) -> EtcdStore:
@@ -190,7 +193,7 @@ class ClusterMember(Fence):
         self.budget_w: float | None = None  # this shard's budget as last read
         self.budget_at = 0.0  # unix time the allocator wrote it
         self.budgets: dict[str, float] = {}  # the allocator's last division (for status)
-        self._identities_shared: bytes | None = None
+        self._identities_shared: dict[str, bytes] | None = None  # key -> what etcd holds
         #: called on a change of role (the daemon then ticks at once, not at the next interval)
         self.on_change: Callable[[], None] = lambda: None
 
@@ -318,33 +321,46 @@ class ClusterMember(Fence):
     async def share_identities(self, entries: dict[str, dict]) -> None:
         """A leader shares its miner identity cache (drivers/identity_cache.py) so that a
         standby that starts later polls at once instead of discovering every address.
-        One key, written when it changed; never raises for etcd."""
+        Only the class (all a standby takes: MAC and serial are read by its first poll), in
+        keys of IDENTITY_CHUNK addresses: one value for 20,000 miners with MAC and serial was
+        2.4 MB, refused by etcd (1.5 MiB per request). Written when they change; never raises
+        for etcd."""
         if not self.may_command():
             return
-        blob = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
-        if blob == self._identities_shared:
-            return
+        prefix = self.config.scope + "identities/"
+        items = sorted((ip, e["class"]) for ip, e in entries.items()
+                       if isinstance(e, dict) and isinstance(e.get("class"), str))
+        blobs = {f"{prefix}{n // IDENTITY_CHUNK:04d}": json.dumps(
+            dict(items[n:n + IDENTITY_CHUNK]), separators=(",", ":")).encode()
+            for n in range(0, len(items), IDENTITY_CHUNK)}
         try:
-            if await self.store.fenced(self.leader_key, self.term,
-                                       {self.config.scope + "identities": blob}):
-                self._identities_shared = blob
+            if self._identities_shared is None:  # what an earlier leader left
+                self._identities_shared = await self.store.get_prefix(prefix)
+            held = self._identities_shared
+            puts = {k: v for k, v in blobs.items() if held.get(k) != v}
+            stale = [k for k in held if k not in blobs]
+            if (puts or stale) and await self.store.fenced(self.leader_key, self.term, puts,
+                                                           stale):
+                self._identities_shared = blobs
         except EtcdUnavailable as exc:
             self._etcd_down(exc)
 
     async def fetch_identities(self) -> dict[str, dict]:
         """The identities the leader shared ({} if none, or etcd is unreachable)."""
         try:
-            held = await self.store.get(self.config.scope + "identities")
+            held = await self.store.get_prefix(self.config.scope + "identities/")
         except EtcdUnavailable as exc:
             self._etcd_down(exc)
             return {}
-        if held is None:
-            return {}
-        try:
-            data = json.loads(held.value)
-        except ValueError:
-            return {}
-        return data if isinstance(data, dict) else {}
+        out: dict[str, dict] = {}
+        for value in held.values():
+            try:
+                data = json.loads(value)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                out.update({ip: {"class": c} for ip, c in data.items() if isinstance(c, str)})
+        return out
 
     # ------------------------------------------------------------ site allocation
     async def _campaign_allocator(self) -> None:

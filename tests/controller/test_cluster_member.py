@@ -213,3 +213,30 @@ async def test_identities_shared_by_the_leader(etcd: EtcdCluster, tmp_path: Path
     assert cache.build("127.190.9.1") is not None
     for m in (a, b):
         await m.stop()
+
+
+async def test_identities_of_a_large_shard_are_shared(etcd: EtcdCluster, tmp_path: Path) -> None:
+    """20,000 identities with their MAC and serial were one 2.4 MB etcd value, past etcd's
+    1.5 MiB request limit: refused at every tick, and a standby started later discovered every
+    address (bench/shards.py). Shared in keys of at most IDENTITY_CHUNK entries, class only
+    (what a standby takes); a shrunken fleet leaves no stale key behind."""
+    from curtaild.controller.cluster import IDENTITY_CHUNK
+
+    a, b = _members(etcd, tmp_path)
+    await a.step()
+    await a.resume()
+    entries = {f"127.{190 + i // 60000}.{i // 250 % 240}.{i % 250 + 1}": {
+        "class": "ANTMINER/ANTMINER S19J PRO", "mac": f"02:EC:7F:C4:{i // 256 % 256:02X}:"
+        f"{i % 256:02X}", "serial": f"JYZZB{i:010d}"} for i in range(30_000)}
+    await a.share_identities(entries)
+    got = await b.fetch_identities()
+    assert got == {ip: {"class": e["class"]} for ip, e in entries.items()}
+    keys = etcd.etcdctl("get", "--prefix", "--keys-only", a.config.scope + "identities")
+    assert len([k for k in keys.stdout.split() if k]) == -(-30_000 // IDENTITY_CHUNK)
+    few = dict(list(entries.items())[:10])
+    await a.share_identities(few)
+    assert await b.fetch_identities() == {ip: {"class": e["class"]} for ip, e in few.items()}
+    keys = etcd.etcdctl("get", "--prefix", "--keys-only", a.config.scope + "identities")
+    assert len([k for k in keys.stdout.split() if k]) == 1
+    for m in (a, b):
+        await m.stop()
