@@ -213,3 +213,32 @@ async def test_identities_shared_by_the_leader(etcd: EtcdCluster, tmp_path: Path
     assert cache.build("127.190.9.1") is not None
     for m in (a, b):
         await m.stop()
+
+
+async def test_identities_of_a_large_shard_are_shared(etcd: EtcdCluster, tmp_path: Path) -> None:
+    """20,000 identities with their MAC and serial were one 2.4 MB etcd value, past etcd's
+    1.5 MiB request limit: refused at every tick, and a standby started later discovered every
+    address (bench/shards.py). Shared in one key per /24 (controller/cluster.py
+    identity_blocks); a shrunken fleet leaves no stale key behind."""
+    from curtaild.controller.cluster import identity_blocks
+
+    a, b = _members(etcd, tmp_path)
+    await a.step()
+    await a.resume()
+    entries = {f"127.{190 + i // 60000}.{i // 250 % 240}.{i % 250 + 1}": {
+        "class": "ANTMINER/ANTMINER S19J PRO", "mac": f"02:EC:7F:C4:{i // 256 % 256:02X}:"
+        f"{i % 256:02X}", "serial": f"JYZZB{i:010d}"} for i in range(30_000)}
+    await a.share_identities(entries)
+    got = await b.fetch_identities()
+    assert {ip: e["class"] for ip, e in got.items()} == \
+        {ip: e["class"] for ip, e in entries.items()}
+    keys = etcd.etcdctl("get", "--prefix", "--keys-only", a.config.scope + "identities")
+    assert len([k for k in keys.stdout.split() if k]) == len(identity_blocks(entries)) == 120
+    few = dict(list(entries.items())[:10])
+    await a.share_identities(few)
+    assert {ip: e["class"] for ip, e in (await b.fetch_identities()).items()} == \
+        {ip: e["class"] for ip, e in few.items()}
+    keys = etcd.etcdctl("get", "--prefix", "--keys-only", a.config.scope + "identities")
+    assert len([k for k in keys.stdout.split() if k]) == 1
+    for m in (a, b):
+        await m.stop()
