@@ -6,9 +6,11 @@ being measured; the controller's CPU is this process's (``time.process_time``, e
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import platform
+import re
 import resource
 import socket
 import subprocess
@@ -18,6 +20,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,19 +117,29 @@ class Emulator:
     """``curtaild emulate --count N`` in its own process (every model in turn, so the default
     family mix); started and stopped as a context manager."""
 
-    def __init__(self, count: int, first_ip: str, start_timeout_s: float = 600.0):
+    def __init__(self, count: int, first_ip: str, start_timeout_s: float = 600.0,
+                 pdus: bool = True):
         self.count = count
         self.first_ip = first_ip
+        #: --count fleets get PDUs and a site meter (GET /meter: the site's true power);
+        #: ``pdus=False`` (``--no-pdus``) saves ~1,250 UDP sockets per 10,000 miners
+        self.pdus = pdus
         self.control = f"127.0.0.1:{free_port()}"
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen | None = None
         self.startup_s = 0.0
         self.lines: list[str] = []
+        #: the last lines of its stderr: drained all along (a pipe nobody reads fills at 64 KiB
+        #: and then blocks the emulator in its next log write -- at 10,000 miners an accept()
+        #: that ran out of descriptors logs one line per listener and froze it for good)
+        self.err_lines: collections.deque[str] = collections.deque(maxlen=200)
 
     def __enter__(self) -> Emulator:
         cmd = [sys.executable, "-m", "curtaild.controller.cli", "emulate", "--count",
                str(self.count),
                "--first-ip", self.first_ip, "--control", self.control, "--time-scale", "1"]
+        if not self.pdus:
+            cmd.append("--no-pdus")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -141,12 +154,18 @@ class Emulator:
                     ready.set()
             ready.set()
 
+        def pump_err() -> None:
+            assert self.proc is not None and self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.err_lines.append(line.rstrip("\n"))
+
         threading.Thread(target=pump, daemon=True).start()
+        threading.Thread(target=pump_err, daemon=True).start()
         if not ready.wait(self.start_timeout_s) or not any(
                 x.startswith("control: ") for x in self.lines):
             self.__exit__()
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise RuntimeError(f"emulator did not start: {err.strip()}")
+            time.sleep(0.5)
+            raise RuntimeError("emulator did not start: " + "\n".join(self.err_lines))
         self.startup_s = time.monotonic() - t0
         return self
 
@@ -164,8 +183,26 @@ class Emulator:
         assert self.proc is not None
         return self.proc.pid
 
+    def fds(self) -> int:
+        """Descriptors the emulator holds now (listeners, PDUs' UDP sockets, connections)."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def ranges(self) -> list[str]:
+        ips = self.ips()
+        return [f"{ips[0]}-{ips[-1]}"]
+
     def ips(self) -> list[str]:
         return addresses(self.first_ip, self.count)
+
+    def get(self, path: str, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
+        with urllib.request.urlopen(f"http://{self.control}{path}", timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+
+    def site_power_w(self) -> float:
+        """The site meter's reading (``GET /meter``): every machine's true draw now, what a
+        utility's meter sees; ~0.2 s of emulator CPU at 10,000 miners (``GET /miners`` takes
+        0.5 s and 7 MB)."""
+        return float(self.get("/meter", 30.0)["power_w"])
 
     def _post(self, path: str, body: dict) -> dict:
         req = urllib.request.Request(f"http://{self.control}{path}",
@@ -178,3 +215,177 @@ class Emulator:
         """The same fault on many miners (a few threads: the control API is HTTP/1.0)."""
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda ip: self._post(f"/miners/{ip}/fault", {"kind": kind}), ips))
+
+
+LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def log_times(log: Path, needle: str | re.Pattern[str], after: float = 0.0) -> list[float]:
+    """Unix times of the daemon log lines (``curtaild run``'s format) that contain ``needle``
+    (a string, or a compiled pattern searched for), at or after ``after``."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        m = LOG_TS.match(line)
+        if not m:
+            continue
+        hit = needle.search(line) if isinstance(needle, re.Pattern) else needle in line
+        if hit:
+            ts = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if ts >= after:
+                out.append(ts)
+    return out
+
+
+def log_first(log: Path, needle: str | re.Pattern[str], after: float = 0.0) -> float | None:
+    got = log_times(log, needle, after)
+    return got[0] if got else None
+
+
+def wait(what: str, pred, timeout_s: float, interval_s: float = 0.2):  # type: ignore[no-untyped-def]
+    """Poll ``pred`` until it returns something true; RuntimeError naming ``what`` after
+    ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(interval_s)
+    raise RuntimeError(f"timed out after {timeout_s:g}s waiting for {what}")
+
+
+def seed_identities(emus: Sequence[Emulator], state_dirs: Sequence[Path],
+                    samples: int = 2) -> dict[str, int]:
+    """Write ``identities.json`` (drivers/identity_cache.py) into each state directory for
+    every emulated miner, as an instance that has run a day has it, without the minutes a
+    discovery of 10,000 addresses takes: ``samples`` miners of every emulated kind (model,
+    firmware, API, firmware version, from the control API) are discovered with
+    ``pyasic.get_miner`` and their class named with the product's own ``class_name``; every
+    miner of that kind gets it. Samples of one kind that disagree are an error (the kind
+    would not determine the class). Returns {class: miners}."""
+    import asyncio
+
+    import pyasic
+
+    from curtaild.drivers.identity_cache import CACHE_FILE, VERSION, class_name
+
+    kinds: dict[tuple, list[str]] = {}
+    for emu in emus:
+        for m in emu.get("/miners", 120.0):
+            key = (m.get("make"), m.get("model"), m.get("firmware"), m.get("api"),
+                   m.get("firmware_version"))
+            kinds.setdefault(key, []).append(m["ip"])
+
+    async def name_of(ip: str) -> str | None:
+        for _ in range(3):
+            try:
+                miner = await asyncio.wait_for(pyasic.get_miner(ip), 30)
+            except Exception:
+                miner = None
+            if miner is not None:
+                return class_name(miner)
+        return None
+
+    async def discover() -> dict[tuple, str | None]:
+        out = {}
+        for key, ips in kinds.items():
+            names = {await name_of(ip) for ip in ips[:samples]}
+            if len(names) != 1:
+                raise RuntimeError(f"emulated kind {key}: samples discovered as {names}")
+            out[key] = names.pop()
+        return out
+
+    classes = asyncio.run(discover())
+    entries = {ip: {"class": classes[key]} for key, ips in kinds.items() for ip in ips
+               if classes[key] is not None}
+    for state in state_dirs:
+        state.mkdir(parents=True, exist_ok=True)
+        (state / CACHE_FILE).write_text(json.dumps({"version": VERSION, "miners": entries}))
+    counts: dict[str, int] = {}
+    for e in entries.values():
+        counts[e["class"]] = counts.get(e["class"], 0) + 1
+    return counts
+
+
+class EmulatorFleet:
+    """One fleet of ``count`` miners in several ``curtaild emulate`` processes of at most
+    ``per_process`` each, numbered on from ``first_ip`` as one emulator would number them.
+
+    Why: the emulator holds ~1.9 descriptors per miner idle (1.75 listening sockets, plus the
+    --count fleet's PDUs: one UDP socket per 8 miners), 18,758 at 10,000, and RLIMIT_NOFILE's
+    hard limit on this box is 20,000 (not raisable: ``ulimit -Hn``). The 1,242 left cannot hold
+    the connections of one daemon polling at the default poll_concurrency (400 polls, ~8
+    connections each on the emulator's side): accept() failed with EMFILE and every poll
+    timed out. 5,000 per process leaves 10,600 each, and spreads the emulator's CPU over the
+    box's two cores. Each process has its own site meter: the site's power is their sum."""
+
+    def __init__(self, count: int, first_ip: str, per_process: int = 5000,
+                 pdus: bool = True) -> None:
+        ips = addresses(first_ip, count)
+        self.parts = [Emulator(len(ips[i:i + per_process]), ips[i], pdus=pdus)
+                      for i in range(0, count, per_process)]
+        self.count = count
+
+    def __enter__(self) -> EmulatorFleet:
+        try:
+            for e in self.parts:
+                e.__enter__()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for e in self.parts:
+            e.__exit__()
+
+    @property
+    def startup_s(self) -> float:
+        return sum(e.startup_s for e in self.parts)
+
+    def ips(self) -> list[str]:
+        return [ip for e in self.parts for ip in e.ips()]
+
+    def ranges(self) -> list[str]:
+        return [r for e in self.parts for r in e.ranges()]
+
+    def get(self, path: str, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
+        """``GET /miners`` of every part as one list (other paths: the first part's)."""
+        if path == "/miners":
+            return [m for e in self.parts for m in e.get(path, timeout_s)]
+        return self.parts[0].get(path, timeout_s)
+
+    def site_power_w(self) -> float:
+        return sum(e.site_power_w() for e in self.parts)
+
+    def fds(self) -> int:
+        """The most descriptors one part holds now (each part has its own limit)."""
+        return max(e.fds() for e in self.parts)
+
+    def cpu_s(self) -> float:
+        return sum(cpu_s(e.pid) for e in self.parts)
+
+
+class FdWatch:
+    """Samples the emulators' descriptor count every ``interval_s`` (a thread); ``peak`` is the
+    highest seen, reported beside the figures so a run near RLIMIT_NOFILE is visible."""
+
+    def __init__(self, emu: Emulator | EmulatorFleet, interval_s: float = 1.0) -> None:
+        self.emu = emu
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                self.peak = max(self.peak, self.emu.fds())
+            except OSError:
+                return
+
+    def __enter__(self) -> FdWatch:
+        self.peak = self.emu.fds()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()

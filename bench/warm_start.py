@@ -1,27 +1,33 @@
-"""Restart to first command, with and without the identity cache (issue 19, warm start).
+"""Restart to first decision and first command, with and without the identity cache (issue 19,
+warm start).
 
     python bench/warm_start.py                    # 1,000 emulated miners
-    python bench/warm_start.py --miners 2000
+    python bench/warm_start.py --miners 10000     # ~10 min on 2 cores
 
 A real ``curtaild run`` against ``curtaild emulate --count N`` (every model in turn), a fixed
 hash price and tariff at which part of the fleet loses money, so the first tick sleeps some
-machines. Two starts, each on a freshly started emulator (every machine mining):
+machines. Two starts, each on a freshly started emulator (common.EmulatorFleet: processes of
+5,000 miners; every machine mining):
 
 * cold: an empty state directory: every address is discovered (``pyasic.get_miner``) first;
 * warm: the state directory holds only ``identities.json`` from the cold start: every miner
   object is built from it and the first sweep is an ordinary poll.
 
-Reported: seconds from exec to the first command acknowledged by a miner (its log line is
-written on the acknowledgement, so this includes the first sweep, the decision and one command
-round trip), and the daemon's CPU seconds at that moment. Uses 127.195.0.1 upwards
-(loopback; ports 80 and 4028 need root).
+Reported, in seconds from exec: the first decision (the first command's intent in the journal:
+written once the first sweep is done, the policy and the guards have decided, just before the
+command leaves), the first command acknowledged by a miner (its log line is written on the
+acknowledgement) and the end of the first tick (every command of it answered); and the
+daemon's CPU seconds at the first acknowledgement. Uses 127.195.0.1 upwards (loopback; ports
+80 and 4028 need root).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -32,12 +38,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import Emulator, cpu_s, print_machine, raise_nofile, table
+from common import EmulatorFleet, cpu_s, print_machine, raise_nofile, table
 
 from tests.support.daemon import write_config
 
 REPO = Path(__file__).resolve().parents[1]
 FIRST = "127.195.0.1"
+#: a command's log line, written when the miner acknowledged it
+ACK = re.compile(r" curtaild\.loop: (sleep|limit) ")
 LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
@@ -48,11 +56,23 @@ def _ts(line: str) -> float | None:
     return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def one_start(n: int, state: Path, log_path: Path, timeout_s: float) -> tuple[float, float]:
-    """(s to the first command, daemon CPU s by then) on a fresh fleet."""
-    with Emulator(n, FIRST) as emu:
-        ips = emu.ips()
-        cfg = write_config(state.parent / "config.toml", ranges=[f"{ips[0]}-{ips[-1]}"],
+def _first_intent(state: Path) -> float | None:
+    db = state / "journal.sqlite"
+    if not db.exists():
+        return None
+    con = sqlite3.connect(db, timeout=10)
+    try:
+        return con.execute("SELECT MIN(ts) FROM events WHERE kind='intent'").fetchone()[0]
+    finally:
+        con.close()
+
+
+def one_start(n: int, state: Path, log_path: Path, timeout_s: float,
+              per_process: int) -> tuple[float, float, float, float]:
+    """(s to the first decision, to the first command acknowledged, to the end of the first
+    tick, daemon CPU s at the first acknowledgement) on a fresh fleet."""
+    with EmulatorFleet(n, FIRST, per_process) as emu:
+        cfg = write_config(state.parent / "config.toml", ranges=emu.ranges(),
                            hashprice=0.045, tariff=0.07, state_dir=state,
                            poll_interval_s=60.0, guards={"ramp_w_per_min": 1e9},
                            controller={"verify_grace_s": 120.0, "command_timeout_s": 10.0})
@@ -63,45 +83,58 @@ def one_start(n: int, state: Path, log_path: Path, timeout_s: float) -> tuple[fl
             proc = subprocess.Popen([sys.executable, "-m", "curtaild.controller.cli",
                                      "--config", str(cfg), "run"], cwd=REPO, stdout=out,
                                     stderr=subprocess.STDOUT)
-            commanded = None
+            commanded = ticked = None
             cpu = float("nan")
             deadline = time.monotonic() + timeout_s
             try:
-                while time.monotonic() < deadline and commanded is None:
+                while time.monotonic() < deadline and ticked is None:
                     time.sleep(0.2)
                     for line in log_path.read_text(errors="replace").splitlines():
-                        if commanded is None and " curtaild.loop: sleep " in line:
+                        if commanded is None and ACK.search(line):
                             commanded = _ts(line)
                             cpu = cpu_s(proc.pid)
+                        if commanded is not None and " curtaild: tick " in line:
+                            ticked = _ts(line)
                             break
+                decided = _first_intent(state)
             finally:
                 proc.terminate()
                 proc.wait(60)
-        if commanded is None:
+        if commanded is None or ticked is None or decided is None:
             raise RuntimeError(f"no command within {timeout_s}s; see {log_path}")
-        return commanded - started, cpu
+        return decided - started, commanded - started, ticked - started, cpu
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--miners", type=int, default=1000)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--per-emulator", type=int, default=5000,
+                    help="miners per emulator process (common.EmulatorFleet: descriptors)")
     args = ap.parse_args()
     raise_nofile()
     print_machine()
+    load = os.getloadavg()
+    print(f"load before   {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="curtaild-warm-") as tmp:
         cold_state = Path(tmp) / "cold" / "state"
         warm_state = Path(tmp) / "warm" / "state"
         cold_state.parent.mkdir()
         warm_state.mkdir(parents=True)
-        c, cpu = one_start(args.miners, cold_state, Path(tmp) / "cold.log", args.timeout)
-        rows.append(("cold (discovery)", f"{c:.1f}", f"{cpu:.1f}"))
-        shutil.copy(cold_state / "identities.json", warm_state / "identities.json")
-        c, cpu = one_start(args.miners, warm_state, Path(tmp) / "warm.log", args.timeout)
-        rows.append(("warm (identities.json)", f"{c:.1f}", f"{cpu:.1f}"))
-    print(f"\n{args.miners} emulated miners, `curtaild run` from exec:")
-    table(("start", "first command s", "daemon CPU s by then"), rows)
+        for name, state in (("cold (discovery)", cold_state),
+                            ("warm (identities.json)", warm_state)):
+            if state is warm_state:
+                shutil.copy(cold_state / "identities.json", warm_state / "identities.json")
+            d, c, t, cpu = one_start(args.miners, state, state.parent / "run.log", args.timeout,
+                                     args.per_emulator)
+            rows.append((name, f"{d:.1f}", f"{c:.1f}", f"{t:.1f}", f"{cpu:.1f}"))
+            print(f"{name}: first decision {d:.1f} s", flush=True)
+    load = os.getloadavg()
+    print(f"\n{args.miners} emulated miners, `curtaild run` from exec (load after: "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}):")
+    table(("start", "first decision s", "first command acked s", "first tick done s",
+           "daemon CPU s at the first ack"), rows)
 
 
 if __name__ == "__main__":
