@@ -578,7 +578,21 @@ async def _within_lease(sending, fence: Fence) -> str:  # type: ignore[no-untype
     if left <= 0:
         sending.close()
         raise CommandFailed("not sent: the leadership lease is not confirmed")
+    # The lease is renewed meanwhile (controller/cluster.py, every third of the TTL): the
+    # deadline is read again each time the last one is reached, not fixed at the start. A
+    # stock Antminer's write (~21 s) outlasts a TTL: at 10,000 miners, 368 commands of a
+    # leader that never lost its lease were cancelled that way (bench/failover.py).
+    task = asyncio.ensure_future(sending)
     try:
-        return await asyncio.wait_for(sending, timeout=left)
-    except TimeoutError:
-        raise CommandFailed("abandoned: the leadership lease ran out while sending") from None
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=left)
+            if done:
+                return task.result()
+            left = fence.remaining_s()
+            if left <= 0:
+                task.cancel()
+                await asyncio.wait({task})
+                raise CommandFailed("abandoned: the leadership lease ran out while sending")
+    except asyncio.CancelledError:
+        task.cancel()
+        raise

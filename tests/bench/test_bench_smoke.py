@@ -58,3 +58,21 @@ def test_gc_ab_alternates_default_and_daemon_thresholds() -> None:
     assert re.search(r"^\(700, 10, 10\)\s+16\s", out, re.M), out
     assert re.search(rf"^{re.escape(str(GC_THRESHOLDS))}\s+16\s", out, re.M), out
     assert re.search(r"^daemon\s+mean ctl CPU [\d.]+ s, gc [\d.]+ s per sweep", out, re.M), out
+
+
+def test_warm_start_times_both_starts() -> None:
+    out = run("warm_start.py", "--miners", "16", "--per-emulator", "8", timeout=240)
+    for start in ("cold", "warm"):
+        row = re.search(rf"^{start} \(.*?\)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out,
+                        re.M)
+        assert row, out
+        decided, acked, ticked = (float(row.group(i)) for i in (1, 2, 3))
+        assert 0 < decided <= acked <= ticked, out
+
+
+def test_shards_counts_the_polls_of_each_layout() -> None:
+    out = run("shards.py", "--miners", "16", "--per-emulator", "8", "--window", "4",
+              "--warmup", "1", timeout=240)
+    rates = re.search(r"^site polls/s: one shard (\d+), two shards (\d+)", out, re.M)
+    assert rates and int(rates.group(1)) > 0 and int(rates.group(2)) > 0, out
+    assert re.search(r"^s2\s+s2\s+\d+\s", out, re.M), out

@@ -48,3 +48,42 @@ def test_a_fast_tick_sees_its_own_last_commands_applied() -> None:
     # A dry run changed nothing.
     dry = _tick(last.fleet.miners, last.commands, dict.fromkeys("ABC", "dry-run"), dry_run=True)
     assert predicted(dry) == dry.fleet
+
+
+class _Lease:
+    """A leader's fence whose lease the cluster task renews (or not) meanwhile: what
+    ``_within_lease`` reads while a command waits on a miner."""
+
+    def __init__(self, ttl_s: float, renewed: bool) -> None:
+        import time
+
+        self.ttl_s, self.renewed = ttl_s, renewed
+        self.deadline = time.monotonic() + ttl_s
+
+    def remaining_s(self) -> float:
+        import time
+
+        if self.renewed:  # a keep-alive every third of the TTL
+            self.deadline = max(self.deadline, time.monotonic() + self.ttl_s * 2 / 3)
+        return self.deadline - time.monotonic()
+
+
+async def test_a_slow_command_of_a_leader_whose_lease_is_renewed_completes() -> None:
+    """A stock Antminer's write takes ~21 s, more than a lease's TTL: the command was cancelled
+    at the deadline read when it started although the lease had been renewed since (368 of a
+    10,000-miner leader's commands abandoned at TTL 10, machines left asleep until the verify
+    grace: bench/failover.py). Cancelled only when the lease has really run out."""
+    import asyncio
+
+    import pytest
+
+    from curtaild.controller.loop import _within_lease
+    from curtaild.drivers.miners import CommandFailed
+
+    async def command(s: float) -> str:
+        await asyncio.sleep(s)
+        return "done"
+
+    assert await _within_lease(command(0.5), _Lease(0.15, renewed=True)) == "done"  # type: ignore[arg-type]
+    with pytest.raises(CommandFailed, match="lease ran out"):
+        await _within_lease(command(0.5), _Lease(0.15, renewed=False))  # type: ignore[arg-type]
