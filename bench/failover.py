@@ -1,9 +1,9 @@
 """Failover time of a hot-standby pair (issue 19): leader kill -9 -> the successor commands,
 and -> the site under a demand-response target.
 
-    python bench/failover.py                                    # 1,000 miners, TTL 5 s, poll 5 s
-    python bench/failover.py --miners 10000 --ttl 5 --poll 30 --command-concurrency 1000
-    python bench/failover.py --scenarios dr                     # only the second scenario
+    python bench/failover.py                       # 1,000 miners, TTL 10 s, poll 30 s: ~7 min
+    python bench/failover.py --miners 10000 --command-concurrency 1000              # ~12 min
+    python bench/failover.py --miners 10000 --command-concurrency 1000 --scenarios dr
 
 Two real ``curtaild run`` (a, b) with ``[cluster]`` and ``[mqtt]`` on one ``curtaild emulate
 --count N`` fleet, a real single-member etcd and a real mosquitto (the shipped config and
@@ -237,8 +237,9 @@ def scenario_dr(pair: Pair, emu: EmulatorFleet, leader: str, standby: str,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--miners", type=int, default=1000)
-    ap.add_argument("--ttl", type=int, default=5)
-    ap.add_argument("--poll", type=float, default=5.0)
+    ap.add_argument("--ttl", type=int, default=10, help="lease_ttl_s (default: as shipped)")
+    ap.add_argument("--poll", type=float, default=30.0,
+                    help="poll_interval_s (default: as shipped)")
     ap.add_argument("--scenarios", default="wake,dr", help="wake, dr or both (in that order)")
     ap.add_argument("--lead", type=float, default=0.0,
                     help="the demand-response event starts this long after its publish "
