@@ -61,7 +61,11 @@ def build_policy(config: Config):
 
 
 def build_reconciler(config: Config, journal: Journal,
-                     directives: Callable[[float], Directives] | None = None) -> Reconciler:
+                     directives: Callable[[float], Directives] | None = None, *,
+                     defer_reads: bool = False) -> Reconciler:
+    """``defer_reads``: a long-running daemon's warm start polls first and reads the rest
+    over the next sweeps (drivers/miners.py SETTLE_SWEEPS); a one-shot tick (``plan``) has no
+    next sweep, so its miners built from the identity cache are read in full at once."""
     policy = build_policy(config)
     market = MarketInputs(build_hashprice_source(config.hashprice),
                           build_tariff_source(config.tariff),
@@ -71,7 +75,7 @@ def build_reconciler(config: Config, journal: Journal,
     identities = (IdentityCache(Path(config.controller.state_dir) / CACHE_FILE)
                   if journal.marker is not None else None)  # warm start (issue 19)
     driver = MinerDriver(config.fleet, poll_interval_s=config.controller.poll_interval_s,
-                         identities=identities)
+                         identities=identities, defer_reads=defer_reads)
     return Reconciler(config, journal, driver, market, policy, directives=directives,
                       site=build_site(config, journal))
 
@@ -107,7 +111,8 @@ class Daemon:
         self.stop = asyncio.Event()
         self.wake = asyncio.Event()
         with config_errors(config_path):  # a source or policy that cannot be built: exit 2
-            self.reconciler = build_reconciler(config, self.journal, directives=self._directives)
+            self.reconciler = build_reconciler(config, self.journal, directives=self._directives,
+                                               defer_reads=True)
             # [cluster] (controller/cluster.py): a standby until it wins the leader lease
             self.cluster = None
             if config.cluster is not None:

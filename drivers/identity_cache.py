@@ -4,11 +4,17 @@ Discovery (``pyasic.get_miner``) asks every address what it is -- several reques
 client CPU per miner -- before the first poll: at 10,000 miners a restart spent minutes
 before it could command anything (issue 19). What discovery learns is which pyasic class
 speaks to the address (make, model, firmware family and API generation are that class), and
-the machine's MAC and serial. Kept in ``identities.json`` beside the journal, a restart builds
-each miner object from its class at once, with no request, and the first sweep is an ordinary
-poll. A cached identity that no longer answers (a machine swapped, new firmware) fails its
-polls and is re-discovered in the background like any miner that stops answering
-(``rediscover_after_failures``).
+the machine's MAC and serial. Kept in ``identities.json`` beside the journal (with a LuxOS
+machine's profile watts), a restart builds each miner object from its class at once, with no
+request, and the first sweep is the ordinary poll of a known machine.
+
+What discovery would have read besides -- the MAC and serial again, whether the firmware takes
+our password, LuxOS profiles and ATM -- is read in the sweeps after the first, a share of the
+fleet each (``drivers/miners.py``, SETTLE_SWEEPS), and before any command to a machine not yet
+read. At 10,000 miners these reads made the first sweep cost four steady ones. A cached
+identity that no longer answers (new firmware) fails its polls and is re-discovered in the
+background like any miner that stops answering (``rediscover_after_failures``); another
+machine of the same class at the address is found by the MAC read.
 
 Only classes of pyasic's own table (``MINER_CLASSES``, what ``get_miner`` picks from) are built
 from the file, by type and model: the file never names code to run.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -88,7 +95,7 @@ def _resolve(name: str) -> type | None:
 
 
 class IdentityCache:
-    """``identities.json``: address -> pyasic class, MAC, serial."""
+    """``identities.json``: address -> pyasic class, MAC, serial, LuxOS profile watts."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -149,15 +156,44 @@ class IdentityCache:
             self.entries[ip] = {"class": name}
             self._changed()
 
-    def note(self, ip: str, mac: str | None, serial: str | None) -> None:
+    def note(self, ip: str, mac: str | None, serial: str | None,
+             presets_w: tuple[float, ...] = ()) -> None:
+        """What the polls learned of ``ip``'s machine: MAC, serial and (LuxOS) the watts of
+        its power profiles."""
         entry = self.entries.get(ip)
-        if entry is not None and (entry.get("mac"), entry.get("serial")) != (mac, serial):
-            entry["mac"], entry["serial"] = mac, serial
+        if entry is None:
+            return
+        now = {"mac": mac, "serial": serial, "presets_w": list(presets_w) or None}
+        if any(entry.get(k) != v for k, v in now.items()):
+            entry.update(now)
+            if not presets_w:
+                entry.pop("presets_w")
             self._changed()
 
     def cached_ids(self, ip: str) -> tuple[str | None, str | None]:
+        """The MAC and serial last read at ``ip`` (None where unknown or not a string)."""
         entry = self.entries.get(ip) or {}
-        return entry.get("mac"), entry.get("serial")
+        mac, serial = entry.get("mac"), entry.get("serial")
+        return (mac if isinstance(mac, str) and mac else None,
+                serial if isinstance(serial, str) and serial else None)
+
+    def noted(self, ip: str) -> bool:
+        """Whether polls have noted what ``ip``'s machine tells of itself (even nothing)."""
+        return "mac" in (self.entries.get(ip) or {})
+
+    def cached_presets(self, ip: str) -> tuple[float, ...]:
+        """The profile watts last read at ``ip``, ascending; () if none or malformed (the
+        file is ours, but a hand edit must not put a NaN under the guards)."""
+        raw = (self.entries.get(ip) or {}).get("presets_w")
+        if not isinstance(raw, list) or not raw:
+            return ()
+        out = []
+        for w in raw:
+            if isinstance(w, bool) or not isinstance(w, int | float) \
+                    or not math.isfinite(w) or w <= 0:
+                return ()
+            out.append(float(w))
+        return tuple(sorted(set(out)))
 
     def merge(self, shared: dict) -> int:
         """Entries shared by another instance (the cluster's leader) for addresses this

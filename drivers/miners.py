@@ -84,6 +84,11 @@ PRESET_FAMILIES = {"luxos"}
 LAGGING_TAIL_POWER_FRACTION = 0.15
 #: Families pyasic cannot stop (hobby miners with no sleep command).
 NO_SLEEP_FAMILIES = {"bitaxe"}
+#: A warm start's deferred reads (MAC/serial again, credentials, LuxOS profiles and ATM: what
+#: discovery would have read) are spread over this many sweeps after the first, a share of the
+#: fleet in each. Together they cost about three steady sweeps of client CPU at 10,000 miners
+#: (bench/warm_start.py); an eighth at a time keeps each sweep well inside its interval.
+SETTLE_SWEEPS = 8
 
 
 def _bound(table_w: float | None, firmware_w: float | None, pick) -> float | None:
@@ -292,6 +297,19 @@ class _Tracked:
     auth_refused: str | None = None
     #: the config key of the password applied (never the password), for reports
     credential_source: str | None = None
+    #: built from the identity cache; discovery's reads (credentials, profiles, ATM) are
+    #: owed: done in a later sweep (SETTLE_SWEEPS) or before the first command, whichever first
+    settle_due: bool = False
+    #: the next poll reads the MAC and serial again (after a warm start or a re-discovery:
+    #: the address may now hold another machine) and replaces what was known
+    identity_check: bool = False
+    #: a poll asked for the MAC and serial and got neither (pyasic 0.79's LuxOS backend never
+    #: returns a MAC; a refused web login hides a stock Antminer's): not asked again on every
+    #: poll, only after a re-discovery, a warm start's owed reads or a reload
+    identity_unread: bool = False
+    #: was a miner here once (discovered or cached): if it stops answering it is reported
+    #: unreachable, never dropped from the snapshot
+    known: bool = False
     #: our last command may be restarting the miner until this time (monotonic): a failed
     #: poll before then is "transitioning" (TRANSITION_GRACE_S), neither a fault nor a reason
     #: to re-discover; cleared once telemetry shows the commanded state
@@ -342,11 +360,14 @@ class MinerDriver:
     """Owns the pyasic miner objects of one fleet."""
 
     def __init__(self, cfg: FleetConfig, *, poll_interval_s: float = 30.0,
-                 identities: IdentityCache | None = None):
+                 identities: IdentityCache | None = None, defer_reads: bool = False):
         self.reconfigure(cfg)
         #: warm start (drivers/identity_cache.py): miner objects built from the state
         #: directory's cache instead of discovered; None: every miner is discovered
         self.identities = identities
+        #: a miner built from the cache owes discovery's other reads to a later sweep (the
+        #: daemon); False: they are made at once (a one-shot tick has no later sweep)
+        self.defer_reads = defer_reads
         self.poll_interval_s = poll_interval_s
         self._tracked: dict[str, _Tracked] = {}
         #: poll errors by kind since start (timeout, refused, garbage, discovery)
@@ -396,6 +417,7 @@ class MinerDriver:
                  else creds.CredentialStore.load(cfg.credentials))
         self.credentials = store
         for t in getattr(self, "_tracked", {}).values():
+            t.identity_unread = False  # a new password may open the web UI that has the MAC
             self._apply_credentials(t)
         self.cfg = cfg
         self._discover_sem = asyncio.Semaphore(cfg.discovery_concurrency)
@@ -432,7 +454,10 @@ class MinerDriver:
         tracked = self._tracked
         order = sorted(range(len(addresses)),
                        key=lambda i: not (t := tracked.get(addresses[i])) or t.failures == 0)
-        tasks = {i: asyncio.ensure_future(self._observe_one(addresses[i])) for i in order}
+        settle = self._settle_share(addresses)
+        tasks = {i: asyncio.ensure_future(self._observe_one(addresses[i],
+                                                            settle=addresses[i] in settle))
+                 for i in order}
         sweep = self._sweep = asyncio.gather(*(tasks[i] for i in range(len(addresses))))
         try:
             # wait(), not await: stop() cancels the sweep, not the tick that awaits it
@@ -450,9 +475,33 @@ class MinerDriver:
         if self.identities is not None:
             for ip, t in tracked.items():
                 if t.miner is not None:
-                    self.identities.note(ip, t.mac, t.serial)
+                    self.identities.note(ip, t.mac, t.serial, t.preset_steps_w)
             self.identities.save()
         return FleetSnapshot(tuple(r for r in readings if r is not None), time.time())
+
+    def _settle_share(self, addresses: list[str]) -> set[str]:
+        """The addresses whose warm-start reads are done in this sweep: a SETTLE_SWEEPS-th of
+        the fleet (those built in this very sweep wait for the next)."""
+        share = max(1, math.ceil(len(addresses) / SETTLE_SWEEPS))
+        out: set[str] = set()
+        for ip in addresses:
+            t = self._tracked.get(ip)
+            if t is not None and t.settle_due and t.miner is not None:
+                out.add(ip)
+                if len(out) >= share:
+                    break
+        return out
+
+    async def _settle(self, t: _Tracked) -> None:
+        """Discovery's reads, owed by a miner built from the identity cache; its next poll
+        reads the MAC and serial again."""
+        miner = t.miner
+        if not t.settle_due or miner is None:
+            return
+        t.settle_due = False
+        t.identity_check = True
+        async with self._discover_sem:  # spaced out like discovery's
+            await self._adoption_reads(t, miner)
 
     def _rediscover_later(self, t: _Tracked) -> None:
         """Re-discover a known address in the background: get_miner on a dead or hung address
@@ -531,6 +580,7 @@ class MinerDriver:
             return False
         if self.identities is not None:
             self.identities.record(t.ip, miner)
+        t.identity_check = t.known  # a re-discovery: perhaps another machine now
         await self._adopt(t, miner)
         return True
 
@@ -541,18 +591,23 @@ class MinerDriver:
         miner = self.identities.build(t.ip)
         if miner is None:
             return False
-        # MAC and serial are read again by the first poll (not taken from the file): an
-        # address may now hold another machine of the same model. Taking it reads a few things
-        # (credentials, profiles, LuxOS ATM): bounded like discovery, whose pool spaces them
-        # out on a cold start. A warm start of 10,000 began them all at once, outside every
-        # pool: thousands of connections, and a loop too busy for etcd's request deadline.
-        async with self._discover_sem:
-            await self._adopt(t, miner)
+        # MAC, serial and profiles are taken from the file for the first sweep, which is then
+        # a known machine's poll; they are read again with the rest of discovery's reads in a
+        # later sweep (_settle): the address may now hold another machine of the same model.
+        t.mac, t.serial = self.identities.cached_ids(t.ip)
+        t.identity_unread = not (t.mac or t.serial) and self.identities.noted(t.ip)
+        await self._adopt(t, miner, reads=False)
+        if not self.defer_reads:
+            await self._settle(t)
+        if t.family in PRESET_FAMILIES:
+            self._take_presets(t, self.identities.cached_presets(t.ip))
         return True
 
-    async def _adopt(self, t: _Tracked, miner: Any) -> None:
-        """Take a miner object (discovered, or built from the identity cache)."""
+    async def _adopt(self, t: _Tracked, miner: Any, *, reads: bool = True) -> None:
+        """Take a miner object (discovered, or built from the identity cache); ``reads``:
+        read at once what else the firmware must tell (or owe it: ``settle_due``)."""
         t.miner = miner
+        t.known = True
         t.family = family_of(miner)
         t.plate = lookup(str(getattr(miner, "raw_model", None) or miner.model or ""))
         t.rpc_only = is_stock_antminer(miner)
@@ -567,6 +622,15 @@ class MinerDriver:
             t.preset_ceiling_w = t.plate.power_w  # API v2 refuses a limit above nameplate too
         self._apply_credentials(t)
         _v2_token_reuse(t, miner)
+        if not reads:
+            t.auth_recheck = False  # the owed reads probe them, as does every command
+            t.settle_due = True
+            return
+        t.settle_due = False
+        await self._adoption_reads(t, miner)
+
+    async def _adoption_reads(self, t: _Tracked, miner: Any) -> None:
+        """Whether the firmware takes our credentials, its profiles (LuxOS) and ATM."""
         await self._check_credentials(t)
         if t.family in PRESET_FAMILIES:
             await self._read_presets(t, miner)
@@ -675,11 +739,15 @@ class MinerDriver:
         except Exception as exc:  # a firmware without profiles keeps the nameplate range
             log.debug("%s: reading power presets failed: %s", t.ip, _cut(repr(exc)))
             return
+        self._take_presets(t, watts)
+
+    @staticmethod
+    def _take_presets(t: _Tracked, watts: list[float] | tuple[float, ...]) -> None:
         if watts:
             t.preset_floor_w, t.preset_ceiling_w = min(watts), max(watts)
             t.preset_steps_w = tuple(sorted(set(watts)))
 
-    async def _observe_one(self, ip: str) -> MinerReading | None:
+    async def _observe_one(self, ip: str, *, settle: bool = False) -> MinerReading | None:
         t = self._tracked.get(ip)
         if t is None:  # first sight of this address: discover inline, once
             t = self._tracked[ip] = _Tracked(ip)
@@ -687,8 +755,13 @@ class MinerDriver:
                 return None
         elif t.miner is None:
             self._rediscover_later(t)
-            return self._unreachable(t, "not discovered") if t.last else None
+            # a machine that was here (cached, or answered once) is unreachable, not gone
+            return self._unreachable(t, "not discovered") if t.last or t.known else None
+        if settle:
+            await self._settle(t)
         miner = t.miner
+        if miner is None:
+            return self._unreachable(t, "not discovered")
         # A miner that failed its last poll is likely to hang for the whole deadline again:
         # it costs a socket, not CPU, so it waits in a pool of its own. Sharing one pool, 500
         # hung miners of 10,000 took all 400 slots for a deadline before any healthy miner
@@ -710,6 +783,9 @@ class MinerDriver:
             reading = self._reading(t, miner, data)
         except Exception as exc:
             return self._failed(t, "garbage", f"{type(exc).__name__}: {exc}")
+        if not (t.mac or t.serial):
+            t.identity_unread = True  # asked and not told: not asked on every poll
+        t.identity_check = False  # read once (a firmware that withholds it is not re-asked)
         if reading.error:
             return self._failed(t, "garbage", reading.error)
         t.failures = 0
@@ -729,12 +805,13 @@ class MinerDriver:
         """What _reading needs, at the least client CPU (see the module docstring)."""
         if t.auth_refused is not None or t.auth_recheck:
             await self._check_credentials(t)  # refused: a fixed password recovers by itself
+        identity = t.identity_check or not (t.mac or t.serial or t.identity_unread)
         if isinstance(miner, BTMinerV3):
-            return await poll_whatsminer_v3(miner, identity=not (t.mac or t.serial))
-        if t.rpc_only and (t.mac or t.serial):
+            return await poll_whatsminer_v3(miner, identity=identity)
+        if t.rpc_only and not identity:
             data = await poll_stock_antminer(miner)
         else:
-            fields = POLL_FIELDS if t.mac or t.serial else POLL_FIELDS + IDENTITY_FIELDS
+            fields = POLL_FIELDS + IDENTITY_FIELDS if identity else POLL_FIELDS
             data = PollData.of(await miner.get_data(include=fields))
         if data.hashrate is None and t.family == "whatsminer":
             # Legacy Whatsminer firmware stops btminer on power_off: its reads fail and only
@@ -845,11 +922,7 @@ class MinerDriver:
         return (t.mac or t.serial or t.ip).upper() if (t.mac or t.serial) else t.ip
 
     def _reading(self, t: _Tracked, miner: Any, data: Any) -> MinerReading:
-        learned = (data.mac and not t.mac) or (data.serial_number and not t.serial)
-        if data.mac and not t.mac:
-            t.mac = str(data.mac).upper()
-        if data.serial_number and not t.serial:
-            t.serial = str(data.serial_number)
+        learned = self._take_identity(t, data)
         if learned and self.credentials.overrides:
             self._apply_credentials(t)  # a MAC/serial override may apply now
         hashrate = data.hashrate
@@ -929,6 +1002,26 @@ class MinerDriver:
             mac=t.mac,
             serial=t.serial,
         )
+
+    @staticmethod
+    def _take_identity(t: _Tracked, data: Any) -> bool:
+        """Take the MAC and serial a poll read; True if they are new to ``t``. After a warm
+        start or a re-discovery (``identity_check``) what the machine says replaces what was
+        known: another machine at the address is another key, with its own credentials."""
+        mac = str(data.mac).upper() if data.mac else None
+        serial = str(data.serial_number) if data.serial_number else None
+        if t.identity_check and ((mac and t.mac and mac != t.mac)
+                                 or (serial and t.serial and serial != t.serial)):
+            log.warning("%s: another machine answers at this address (MAC %s, serial %s; "
+                        "was %s, %s)", t.ip, mac, serial, t.mac, t.serial)
+            t.mac, t.serial = mac, serial
+            return True
+        learned = bool((mac and not t.mac) or (serial and not t.serial))
+        if mac and not t.mac:
+            t.mac = mac
+        if serial and not t.serial:
+            t.serial = serial
+        return learned
 
     def _nameplate_power(self, t: _Tracked, model: str, plate: Any) -> float | None:
         power = self.cfg.power
@@ -1019,8 +1112,13 @@ class MinerDriver:
             raise CommandFailed("miner not discovered")
         miner = t.miner
         # pyasic believes a stock Antminer's sleep sent with a wrong password (True after a
-        # 401): ask the firmware whether it takes our credentials before sending anything.
-        refused = await self._check_credentials(t)
+        # 401): ask the firmware whether it takes our credentials before sending anything
+        # (among the reads a miner built from the identity cache still owes, if it does).
+        if t.settle_due:
+            await self._settle(t)
+            refused = t.auth_refused
+        else:
+            refused = await self._check_credentials(t)
         if refused is not None:
             raise CommandFailed(f"auth: {refused}")
         per_try = max(1.0, timeout_s / attempts)

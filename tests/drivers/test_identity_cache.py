@@ -3,21 +3,28 @@
 Against the real emulator, one machine per firmware family: the first driver discovers and
 writes identities.json; a second driver (a restart) builds every miner object from it, makes
 no discovery request, and reads the same machines; a stale identity (the address now holds
-another firmware) fails its polls and is re-discovered in the background.
+another firmware) fails its polls and is re-discovered in the background; what discovery reads
+besides is owed, read in later sweeps or before a command.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from pathlib import Path
 
 import pyasic
 import pytest
+from pyasic.miners.base import MinerProtocol
+from pyasic.miners.data import DataOptions
 
 from curtaild.controller.config import FleetConfig
 from curtaild.drivers import miners as miners_module
+from curtaild.drivers.credentials_config import CredentialsConfig
 from curtaild.drivers.identity_cache import CACHE_FILE, IdentityCache
-from curtaild.drivers.miners import MinerDriver
+from curtaild.drivers.miners import SETTLE_SWEEPS, CommandFailed, MinerDriver
+from tests.support.driving import cmd
 from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration
@@ -78,7 +85,8 @@ async def test_restart_reads_every_miner_without_discovery(
     assert saved["miners"][IPS[1]]["class"] == "WHATSMINER/M30SV10"
     assert path.stat().st_mode & 0o777 == 0o600
     calls.clear()
-    warm = MinerDriver(_cfg(), poll_interval_s=5.0, identities=IdentityCache(path))
+    warm = MinerDriver(_cfg(), poll_interval_s=5.0, identities=IdentityCache(path),
+                       defer_reads=True)
     assert _view(await warm.observe()) == first
     assert calls == [] and warm.identities is not None and warm.identities.hits == len(IPS)
 
@@ -103,8 +111,6 @@ async def test_stale_identity_is_rediscovered(emu, tmp_path: Path,
         snap = _view(await d2.observe())
         if snap.get(IPS[0]) == truth[IPS[0]]:
             break
-        import asyncio
-
         await asyncio.sleep(0.5)
     assert snap[IPS[0]] == truth[IPS[0]]
     assert IPS[0] in calls  # re-discovered in the background after failing its polls
@@ -112,37 +118,173 @@ async def test_stale_identity_is_rediscovered(emu, tmp_path: Path,
     assert saved[IPS[0]]["class"] != saved[IPS[1]]["class"]  # corrected in the cache
 
 
-async def test_warm_start_bounds_the_first_reads_like_discovery(
+async def test_the_owed_reads_follow_the_first_sweep_bounded_like_discovery(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Taking a cached miner reads a few things first (LuxOS: its profiles and ATM). A warm
-    start of 10,000 began all of them at once, outside every pool: thousands of connections
-    and a loop too busy for etcd's deadline (bench/failover.py). They are bounded by
-    discovery_concurrency, as discovery is."""
+    """Taking a cached miner owes a few reads (LuxOS: its profiles and ATM). A warm start of
+    10,000 began all of them at once, outside every pool: thousands of connections and a loop
+    too busy for etcd's deadline (bench/failover.py); done in the first sweep, they made it
+    cost four steady ones (bench/warm_start.py). None is made in the first sweep; they follow,
+    a SETTLE_SWEEPS-th of the fleet a sweep, bounded by discovery_concurrency."""
     from curtaild.drivers import luxos
 
     ips = [f"127.192.1.{i}" for i in range(1, 25)]
     fleet = '[[miner]]\nmodel = "S19j Pro LuxOS"\ncount = 24\n'
     cfg = FleetConfig(hosts=ips, poll_timeout_s=5.0, discovery_timeout_s=8.0,
-                      discovery_concurrency=3)
+                      discovery_concurrency=2)
     path = tmp_path / CACHE_FILE
     with EmulatorProcess(fleet_toml=fleet, first_ip=ips[0], time_scale=0.01):
         cold = MinerDriver(cfg, poll_interval_s=5.0, identities=IdentityCache(path))
         assert {r.state for r in (await cold.observe()).miners} == {"mining"}
-        in_flight, peak = 0, 0
+        in_flight, peak, reads = 0, 0, 0
         real = luxos.atm_enabled
 
         async def counted(rpc):  # type: ignore[no-untyped-def]
-            nonlocal in_flight, peak
+            nonlocal in_flight, peak, reads
             in_flight += 1
+            reads += 1
             peak = max(peak, in_flight)
             try:
+                await asyncio.sleep(0.05)  # long enough for the reads of a sweep to overlap
                 return await real(rpc)
             finally:
                 in_flight -= 1
 
         monkeypatch.setattr(luxos, "atm_enabled", counted)
-        warm = MinerDriver(cfg, poll_interval_s=5.0, identities=IdentityCache(path))
+        warm = MinerDriver(cfg, poll_interval_s=5.0, identities=IdentityCache(path),
+                           defer_reads=True)
         snap = await warm.observe()
-    assert warm.identities is not None and warm.identities.hits == len(ips)
-    assert {r.state for r in snap.miners} == {"mining"} and len(snap.miners) == len(ips)
-    assert 1 <= peak <= 3, peak
+        assert warm.identities is not None and warm.identities.hits == len(ips)
+        assert {r.state for r in snap.miners} == {"mining"} and len(snap.miners) == len(ips)
+        assert reads == 0
+        owed = [sum(t.settle_due for t in warm._tracked.values())]
+        while owed[-1]:
+            snap = await warm.observe()
+            assert {r.state for r in snap.miners} == {"mining"}
+            owed.append(sum(t.settle_due for t in warm._tracked.values()))
+    share = math.ceil(len(ips) / SETTLE_SWEEPS)
+    assert owed == list(range(len(ips), -1, -share)), owed
+    assert reads == len(ips)
+    assert peak == 2, peak
+
+
+async def test_the_first_warm_sweep_is_a_known_machines_poll(
+        emu, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAC, serial and LuxOS profiles come from the file: no credential probe, no profile or
+    ATM read, no identity read in the first sweep, and the same readings (keys, power-limit
+    range) as before the restart. Every owed read is made within SETTLE_SWEEPS sweeps."""
+    from curtaild.drivers import credentials as creds
+    from curtaild.drivers import luxos
+
+    path = tmp_path / CACHE_FILE
+    cold = MinerDriver(_cfg(), poll_interval_s=5.0, identities=IdentityCache(path))
+    await cold.observe()
+    before = {r.ip: r for r in (await cold.observe()).miners}
+    saved = json.loads(path.read_text())["miners"]
+    assert saved[IPS[3]]["presets_w"] and "presets_w" not in saved[IPS[0]]
+    calls: list[tuple[str, str]] = []
+    real_probe, real_atm = creds.probe, luxos.atm_enabled
+    real_presets, real_get_data = MinerDriver._read_presets, MinerProtocol.get_data
+
+    async def probe(miner, *a, **kw):  # type: ignore[no-untyped-def]
+        calls.append(("probe", str(miner.ip)))
+        return await real_probe(miner, *a, **kw)
+
+    async def atm(rpc):  # type: ignore[no-untyped-def]
+        calls.append(("atm", str(rpc.ip)))
+        return await real_atm(rpc)
+
+    async def presets(self, t, miner):  # type: ignore[no-untyped-def]
+        calls.append(("presets", t.ip))
+        return await real_presets(self, t, miner)
+
+    async def get_data(self, *a, include=None, **kw):  # type: ignore[no-untyped-def]
+        if include and DataOptions.MAC in include:
+            calls.append(("identity", str(self.ip)))
+        return await real_get_data(self, *a, include=include, **kw)
+
+    monkeypatch.setattr(creds, "probe", probe)
+    monkeypatch.setattr(luxos, "atm_enabled", atm)
+    monkeypatch.setattr(MinerDriver, "_read_presets", presets)
+    monkeypatch.setattr(MinerProtocol, "get_data", get_data)
+    warm = MinerDriver(_cfg(), poll_interval_s=5.0, identities=IdentityCache(path),
+                       defer_reads=True)
+    got = {r.ip: r for r in (await warm.observe()).miners}
+    assert calls == []
+    for ip, r in before.items():
+        assert (got[ip].key, got[ip].min_power_limit_w, got[ip].max_power_limit_w,
+                got[ip].state, got[ip].error) == (r.key, r.min_power_limit_w,
+                                                  r.max_power_limit_w, r.state, None), ip
+    for _ in range(math.ceil(len(IPS) / math.ceil(len(IPS) / SETTLE_SWEEPS))):
+        got = {r.ip: r for r in (await warm.observe()).miners}
+    assert not any(t.settle_due or t.identity_check for t in warm._tracked.values())
+    probed = {ip for ip, t in warm._tracked.items() if creds.has_probe(t.miner, t.family)}
+    assert {ip for kind, ip in calls if kind == "probe"} == probed and probed
+    luxos_ips = [IPS[2], IPS[3]]  # the S19 XP and S19j Pro run LuxOS
+    assert sorted(ip for ip, t in warm._tracked.items() if t.family == "luxos") == luxos_ips
+    for kind in ("presets", "atm"):
+        assert sorted(ip for k, ip in calls if k == kind) == luxos_ips
+    assert {r.key for r in got.values()} == {r.key for r in before.values()}
+
+
+async def test_another_machine_at_a_cached_address_is_found_by_its_mac(
+        emu, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The file's MAC is taken on trust for the first sweep only: the owed identity read finds
+    the machine that answers now, which is then another key."""
+    path = tmp_path / CACHE_FILE
+    cold = MinerDriver(_cfg(), poll_interval_s=5.0, identities=IdentityCache(path))
+    await cold.observe()
+    truth = _view(await cold.observe())
+    data = json.loads(path.read_text())
+    data["miners"][IPS[0]]["mac"] = "02:EC:00:00:00:99"  # the machine that was here
+    path.write_text(json.dumps(data))
+    warm = MinerDriver(_cfg(), poll_interval_s=5.0, identities=IdentityCache(path),
+                       defer_reads=True)
+    assert _view(await warm.observe())[IPS[0]][0] == "02:EC:00:00:00:99"
+    for _ in range(len(IPS)):
+        view = _view(await warm.observe())
+    assert view == truth
+    assert "another machine answers at this address (MAC 02:EC:7F:C0:00:01" in caplog.text
+    assert json.loads(path.read_text())["miners"][IPS[0]]["mac"] == "02:EC:7F:C0:00:01"
+
+
+async def test_a_command_before_the_owed_reads_probes_the_credentials_first(
+        emu, tmp_path: Path) -> None:
+    """pyasic believes a stock Antminer's sleep sent with a wrong password: a machine built
+    from the file whose credential probe is still owed is probed before anything is sent."""
+    path = tmp_path / CACHE_FILE
+    cold = MinerDriver(_cfg(), poll_interval_s=5.0, identities=IdentityCache(path))
+    await cold.observe()
+    (tmp_path / "ant").write_text("not-its-password\n")
+    cfg = _cfg().model_copy(update={"credentials": CredentialsConfig.model_validate(
+        {"antminer": {"password_file": str(tmp_path / "ant")}})})
+    warm = MinerDriver(cfg, poll_interval_s=5.0, identities=IdentityCache(path),
+                       defer_reads=True)
+    first = {r.ip: r for r in (await warm.observe()).miners}
+    assert first[IPS[0]].error is None and warm._tracked[IPS[0]].settle_due
+    changes = list(emu.miner(IPS[0])["changes"])
+    with pytest.raises(CommandFailed, match=r"^auth: .*HTTP 401"):
+        await warm.execute(cmd(IPS[0], "sleep"), observed_state="mining", timeout_s=10,
+                           attempts=2)
+    assert emu.miner(IPS[0])["state"] == "mining" and emu.miner(IPS[0])["changes"] == changes
+    r = {r.ip: r for r in (await warm.observe()).miners}[IPS[0]]
+    assert r.error is not None and r.error.startswith("auth: ")
+
+
+async def test_a_cached_miner_that_never_answers_stays_unreachable(
+        emu, tmp_path: Path) -> None:
+    """Past rediscover_after_failures its object is dropped for re-discovery; it was reported
+    gone from then on (its metrics vanished) instead of unreachable."""
+    path = tmp_path / CACHE_FILE
+    cold = MinerDriver(_cfg(), poll_interval_s=5.0, identities=IdentityCache(path))
+    await cold.observe()
+    silent = "127.192.0.9"  # nothing answers there
+    data = json.loads(path.read_text())
+    data["miners"][silent] = {"class": data["miners"][IPS[0]]["class"]}
+    path.write_text(json.dumps(data))
+    cfg = _cfg().model_copy(update={"hosts": [*IPS, silent]})
+    warm = MinerDriver(cfg, poll_interval_s=5.0, identities=IdentityCache(path),
+                       defer_reads=True)
+    for sweep in range(2 * cfg.rediscover_after_failures + 1):
+        got = {r.ip: r for r in (await warm.observe()).miners}
+        assert silent in got and got[silent].state == "unreachable", sweep
+    assert warm._tracked[silent].miner is None  # dropped for re-discovery all the same
