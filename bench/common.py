@@ -236,6 +236,23 @@ def log_times(log: Path, needle: str | re.Pattern[str], after: float = 0.0) -> l
     return out
 
 
+#: a regular tick's log line (controller/daemon.py _log_tick): its duration and the states
+TICK = re.compile(r"curtaild: tick (\d+\.\d+)s: (.*?) \| ")
+
+
+def ticks(log: Path) -> list[tuple[float, float, int]]:
+    """(end time, duration s, miners read) of every regular tick in a daemon log."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        m, t = LOG_TS.match(line), TICK.search(line)
+        if m and t:
+            states = dict(kv.split("=") for kv in t.group(2).split())
+            read = sum(int(v) for k, v in states.items() if k != "unreachable")
+            end = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            out.append((end, float(t.group(1)), read))
+    return out
+
+
 def log_first(log: Path, needle: str | re.Pattern[str], after: float = 0.0) -> float | None:
     got = log_times(log, needle, after)
     return got[0] if got else None

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import (
-    LOG_TS,
     EmulatorFleet,
     FdWatch,
     cpu_s,
@@ -44,6 +42,7 @@ from common import (
     raise_nofile,
     seed_identities,
     table,
+    ticks,
     wait,
 )
 
@@ -53,22 +52,6 @@ from tests.support.etcd import EtcdCluster
 REPO = Path(__file__).resolve().parents[1]
 FIRST = "127.197.0.1"
 ETCD = "127.197.255.1"
-TICK = re.compile(r"curtaild: tick (\d+\.\d+)s: (.*?) \| ")
-
-
-def ticks(log: Path) -> list[tuple[float, float, int]]:
-    """(end time, duration s, miners read) of every regular tick in a daemon log."""
-    from datetime import datetime
-
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        m, t = LOG_TS.match(line), TICK.search(line)
-        if m and t:
-            states = dict(kv.split("=") for kv in t.group(2).split())
-            read = sum(int(v) for k, v in states.items() if k != "unreachable")
-            end = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            out.append((end, float(t.group(1)), read))
-    return out
 
 
 class Instance:

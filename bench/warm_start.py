@@ -2,7 +2,8 @@
 warm start).
 
     python bench/warm_start.py                    # 1,000 emulated miners
-    python bench/warm_start.py --miners 10000     # ~10 min on 2 cores
+    python bench/warm_start.py --miners 10000     # ~4 min on 2 cores
+    python bench/warm_start.py --miners 10000 --then-ticks 9   # + the warm start's next ticks
 
 A real ``curtaild run`` against ``curtaild emulate --count N`` (every model in turn), a fixed
 hash price and tariff at which part of the fleet loses money, so the first tick sleeps some
@@ -17,8 +18,10 @@ Reported, in seconds from exec: the first decision (the first command's intent i
 written once the first sweep is done, the policy and the guards have decided, just before the
 command leaves), the first command acknowledged by a miner (its log line is written on the
 acknowledgement) and the end of the first tick (every command of it answered); and the
-daemon's CPU seconds at the first acknowledgement. Uses 127.195.0.1 upwards (loopback; ports
-80 and 4028 need root).
+daemon's CPU seconds at the first acknowledgement. With ``--then-ticks K`` the warm start runs
+K more ticks (every ``--poll-interval`` s), whose durations are listed: the reads a warm start
+owes (drivers/miners.py SETTLE_SWEEPS) are made in them. Uses 127.195.0.1 upwards (loopback;
+ports 80 and 4028 need root).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import EmulatorFleet, cpu_s, print_machine, raise_nofile, table
+from common import EmulatorFleet, cpu_s, print_machine, raise_nofile, table, ticks
 
 from tests.support.daemon import write_config
 
@@ -67,14 +70,16 @@ def _first_intent(state: Path) -> float | None:
         con.close()
 
 
-def one_start(n: int, state: Path, log_path: Path, timeout_s: float,
-              per_process: int) -> tuple[float, float, float, float]:
+def one_start(n: int, state: Path, log_path: Path, timeout_s: float, per_process: int,
+              then_ticks: int = 0, poll_s: float = 60.0
+              ) -> tuple[float, float, float, float, list[tuple[float, float]]]:
     """(s to the first decision, to the first command acknowledged, to the end of the first
-    tick, daemon CPU s at the first acknowledgement) on a fresh fleet."""
+    tick, daemon CPU s at the first acknowledgement, [(duration s, daemon CPU s) of each of the
+    ``then_ticks`` ticks after the first]) on a fresh fleet."""
     with EmulatorFleet(n, FIRST, per_process) as emu:
         cfg = write_config(state.parent / "config.toml", ranges=emu.ranges(),
                            hashprice=0.045, tariff=0.07, state_dir=state,
-                           poll_interval_s=60.0, guards={"ramp_w_per_min": 1e9},
+                           poll_interval_s=poll_s, guards={"ramp_w_per_min": 1e9},
                            controller={"verify_grace_s": 120.0, "command_timeout_s": 10.0})
         text = cfg.read_text().replace('poll_timeout_s = 5.0', 'poll_timeout_s = 10.0')
         cfg.write_text(text.replace('discovery_timeout_s = 8.0', 'discovery_timeout_s = 30.0'))
@@ -97,12 +102,22 @@ def one_start(n: int, state: Path, log_path: Path, timeout_s: float,
                             ticked = _ts(line)
                             break
                 decided = _first_intent(state)
+                later: list[tuple[float, float]] = []
+                cpu_before = cpu
+                while time.monotonic() < deadline + then_ticks * poll_s * 2 \
+                        and len(later) < then_ticks:
+                    time.sleep(0.5)
+                    done = ticks(log_path)[1:]
+                    if len(done) > len(later):
+                        now_cpu = cpu_s(proc.pid)
+                        later.append((done[len(later)][1], now_cpu - cpu_before))
+                        cpu_before = now_cpu
             finally:
                 proc.terminate()
                 proc.wait(60)
         if commanded is None or ticked is None or decided is None:
             raise RuntimeError(f"no command within {timeout_s}s; see {log_path}")
-        return decided - started, commanded - started, ticked - started, cpu
+        return decided - started, commanded - started, ticked - started, cpu, later
 
 
 def main() -> None:
@@ -111,12 +126,17 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--per-emulator", type=int, default=5000,
                     help="miners per emulator process (common.EmulatorFleet: descriptors)")
+    ap.add_argument("--then-ticks", type=int, default=0,
+                    help="after the warm start's first tick, time this many more")
+    ap.add_argument("--poll-interval", type=float, default=60.0,
+                    help="poll_interval_s of the daemon (the ticks after the first)")
     args = ap.parse_args()
     raise_nofile()
     print_machine()
     load = os.getloadavg()
     print(f"load before   {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     rows = []
+    later: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="curtaild-warm-") as tmp:
         cold_state = Path(tmp) / "cold" / "state"
         warm_state = Path(tmp) / "warm" / "state"
@@ -126,8 +146,12 @@ def main() -> None:
                             ("warm (identities.json)", warm_state)):
             if state is warm_state:
                 shutil.copy(cold_state / "identities.json", warm_state / "identities.json")
-            d, c, t, cpu = one_start(args.miners, state, state.parent / "run.log", args.timeout,
-                                     args.per_emulator)
+            warm = state is warm_state
+            d, c, t, cpu, after = one_start(args.miners, state, state.parent / "run.log",
+                                            args.timeout, args.per_emulator,
+                                            args.then_ticks if warm else 0, args.poll_interval)
+            if warm:
+                later = after
             rows.append((name, f"{d:.1f}", f"{c:.1f}", f"{t:.1f}", f"{cpu:.1f}"))
             print(f"{name}: first decision {d:.1f} s", flush=True)
     load = os.getloadavg()
@@ -135,6 +159,11 @@ def main() -> None:
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}):")
     table(("start", "first decision s", "first command acked s", "first tick done s",
            "daemon CPU s at the first ack"), rows)
+    if later:
+        print(f"\nthe warm start's next {len(later)} ticks (poll_interval_s = "
+              f"{args.poll_interval:g}; the owed reads are made in them, a share a sweep):")
+        table(("tick", "duration s", "daemon CPU s"),
+              [(i + 2, f"{d:.1f}", f"{c:.1f}") for i, (d, c) in enumerate(later)])
 
 
 if __name__ == "__main__":

@@ -61,13 +61,15 @@ def test_gc_ab_alternates_default_and_daemon_thresholds() -> None:
 
 
 def test_warm_start_times_both_starts() -> None:
-    out = run("warm_start.py", "--miners", "16", "--per-emulator", "8", timeout=240)
+    out = run("warm_start.py", "--miners", "16", "--per-emulator", "8", "--then-ticks", "2",
+              "--poll-interval", "5", timeout=240)
     for start in ("cold", "warm"):
         row = re.search(rf"^{start} \(.*?\)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out,
                         re.M)
         assert row, out
         decided, acked, ticked = (float(row.group(i)) for i in (1, 2, 3))
         assert 0 < decided <= acked <= ticked, out
+    assert re.findall(r"^([23])\s+[\d.]+\s+[\d.]+$", out, re.M) == ["2", "3"], out
 
 
 def test_shards_counts_the_polls_of_each_layout() -> None:
