@@ -511,6 +511,12 @@ class Journal:
         return {r[0]: Expectation(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8],
                                   r[9]) for r in rows}
 
+    def owned_keys(self) -> set[str]:
+        """The machines this journal holds rows for (ownership or a command being verified):
+        a warm start reads their identity in its first sweep (drivers/miners.py)."""
+        return {k for (k,) in self.db.execute(
+            "SELECT miner FROM curtailed UNION SELECT miner FROM expectations")}
+
     def _expected(self, key: str) -> tuple[str, float | None] | None:
         """The last command's (action, power limit) for ``key``, if it is still expected."""
         row = self.db.execute("SELECT action, power_limit_w FROM expectations WHERE miner=?",

@@ -33,6 +33,10 @@ log = logging.getLogger("curtaild.identities")
 
 CACHE_FILE = "identities.json"
 VERSION = 1
+#: Bounds of the profile watts taken from the file (any other value: none taken, the profiles
+#: are read from the machine): no miner draws 20 kW, no firmware has 64 profiles.
+MAX_PRESET_W = 20_000.0
+MAX_PRESETS = 64
 
 
 _by_class: dict[type, str] | None = None
@@ -177,20 +181,16 @@ class IdentityCache:
         return (mac if isinstance(mac, str) and mac else None,
                 serial if isinstance(serial, str) and serial else None)
 
-    def noted(self, ip: str) -> bool:
-        """Whether polls have noted what ``ip``'s machine tells of itself (even nothing)."""
-        return "mac" in (self.entries.get(ip) or {})
-
     def cached_presets(self, ip: str) -> tuple[float, ...]:
         """The profile watts last read at ``ip``, ascending; () if none or malformed (the
         file is ours, but a hand edit must not put a NaN under the guards)."""
         raw = (self.entries.get(ip) or {}).get("presets_w")
-        if not isinstance(raw, list) or not raw:
+        if not isinstance(raw, list) or not raw or len(raw) > MAX_PRESETS:
             return ()
         out = []
         for w in raw:
             if isinstance(w, bool) or not isinstance(w, int | float) \
-                    or not math.isfinite(w) or w <= 0:
+                    or not math.isfinite(w) or not 0 < w <= MAX_PRESET_W:
                 return ()
             out.append(float(w))
         return tuple(sorted(set(out)))

@@ -84,6 +84,10 @@ PRESET_FAMILIES = {"luxos"}
 LAGGING_TAIL_POWER_FRACTION = 0.15
 #: Families pyasic cannot stop (hobby miners with no sleep command).
 NO_SLEEP_FAMILIES = {"bitaxe"}
+#: Families whose pyasic backend never reports a MAC or serial (pyasic 0.79's LuxOS
+#: ``_get_mac`` returns None whatever the firmware says): not asked on every poll; their key is
+#: their address.
+NO_IDENTITY_FAMILIES = {"luxos"}
 #: A warm start's deferred reads (MAC/serial again, credentials, LuxOS profiles and ATM: what
 #: discovery would have read) are spread over this many sweeps after the first, a share of the
 #: fleet in each. Together they cost about three steady sweeps of client CPU at 10,000 miners
@@ -301,12 +305,11 @@ class _Tracked:
     #: owed: done in a later sweep (SETTLE_SWEEPS) or before the first command, whichever first
     settle_due: bool = False
     #: the next poll reads the MAC and serial again (after a warm start or a re-discovery:
-    #: the address may now hold another machine) and replaces what was known
+    #: the address may now hold another machine), until both are read as they were or a
+    #: conflicting one replaces them
     identity_check: bool = False
-    #: a poll asked for the MAC and serial and got neither (pyasic 0.79's LuxOS backend never
-    #: returns a MAC; a refused web login hides a stock Antminer's): not asked again on every
-    #: poll, only after a re-discovery, a warm start's owed reads or a reload
-    identity_unread: bool = False
+    #: MAC and serial are the identity cache's, not yet read from the machine since start
+    cached_identity: bool = False
     #: was a miner here once (discovered or cached): if it stops answering it is reported
     #: unreachable, never dropped from the snapshot
     known: bool = False
@@ -368,6 +371,10 @@ class MinerDriver:
         #: a miner built from the cache owes discovery's other reads to a later sweep (the
         #: daemon); False: they are made at once (a one-shot tick has no later sweep)
         self.defer_reads = defer_reads
+        #: the journal's machines (attach_journal), and their keys when the sweep that builds
+        #: miners from the cache began
+        self._owned_keys: Callable[[], set[str]] | None = None
+        self._owned_now: set[str] = set()
         self.poll_interval_s = poll_interval_s
         self._tracked: dict[str, _Tracked] = {}
         #: poll errors by kind since start (timeout, refused, garbage, discovery)
@@ -417,7 +424,6 @@ class MinerDriver:
                  else creds.CredentialStore.load(cfg.credentials))
         self.credentials = store
         for t in getattr(self, "_tracked", {}).values():
-            t.identity_unread = False  # a new password may open the web UI that has the MAC
             self._apply_credentials(t)
         self.cfg = cfg
         self._discover_sem = asyncio.Semaphore(cfg.discovery_concurrency)
@@ -455,6 +461,9 @@ class MinerDriver:
         order = sorted(range(len(addresses)),
                        key=lambda i: not (t := tracked.get(addresses[i])) or t.failures == 0)
         settle = self._settle_share(addresses)
+        if self.identities is not None and self._owned_keys is not None \
+                and any(ip not in tracked for ip in addresses):
+            self._owned_now = set(self._owned_keys())  # see _from_cache
         tasks = {i: asyncio.ensure_future(self._observe_one(addresses[i],
                                                             settle=addresses[i] in settle))
                  for i in order}
@@ -471,7 +480,7 @@ class MinerDriver:
             if not sweep.cancelled():
                 sweep.exception()  # retrieved: it is what stop() asked for
             raise ObservationAborted("stopping: the sweep in progress was abandoned")
-        readings = sweep.result()
+        readings = self._without_stale_duplicates(sweep.result())
         if self.identities is not None:
             for ip, t in tracked.items():
                 if t.miner is not None:
@@ -479,14 +488,40 @@ class MinerDriver:
             self.identities.save()
         return FleetSnapshot(tuple(r for r in readings if r is not None), time.time())
 
+    def _without_stale_duplicates(self, readings: list[MinerReading | None]
+                                  ) -> list[MinerReading | None]:
+        """A machine read at one address under its own MAC (or serial) while another address
+        still carries it from the identity cache: the machine moved. The other address's
+        cached identity is dropped (its key is its address until its MAC is read, next poll),
+        so no two readings share a key and the file forgets the stale entry."""
+        tracked = self._tracked
+        read_at: dict[str, str] = {}
+        for r in readings:
+            t = tracked.get(r.ip) if r is not None else None
+            if r is not None and t is not None and not t.cached_identity and r.key != r.ip:
+                read_at[r.key] = r.ip
+        out = list(readings)
+        for i, r in enumerate(readings):
+            t = tracked.get(r.ip) if r is not None else None
+            if r is None or t is None or not t.cached_identity \
+                    or read_at.get(r.key, r.ip) == r.ip:
+                continue
+            log.warning("%s: %s, its cached identity, answers at %s: read again", r.ip, r.key,
+                        read_at[r.key])
+            t.mac = t.serial = None
+            t.identity_check = True
+            out[i] = dataclasses.replace(r, key=r.ip, mac=None, serial=None)
+        return out
+
     def _settle_share(self, addresses: list[str]) -> set[str]:
         """The addresses whose warm-start reads are done in this sweep: a SETTLE_SWEEPS-th of
-        the fleet (those built in this very sweep wait for the next)."""
+        the fleet (those built in this very sweep wait for the next; a miner that failed its
+        last poll waits until it answers, or is re-discovered, which reads them)."""
         share = max(1, math.ceil(len(addresses) / SETTLE_SWEEPS))
         out: set[str] = set()
         for ip in addresses:
             t = self._tracked.get(ip)
-            if t is not None and t.settle_due and t.miner is not None:
+            if t is not None and t.settle_due and t.miner is not None and not t.failures:
                 out.add(ip)
                 if len(out) >= share:
                     break
@@ -498,10 +533,14 @@ class MinerDriver:
         miner = t.miner
         if not t.settle_due or miner is None:
             return
-        t.settle_due = False
-        t.identity_check = True
-        async with self._discover_sem:  # spaced out like discovery's
-            await self._adoption_reads(t, miner)
+        t.settle_due = False  # (at once: a command's settle and a sweep's never both run)
+        try:
+            async with self._discover_sem:  # spaced out like discovery's
+                await self._adoption_reads(t, miner)
+        except BaseException:
+            t.settle_due = True  # cancelled (a stop, a command's deadline): still owed
+            raise
+        t.identity_check = t.identity_check or bool(t.mac or t.serial)
 
     def _rediscover_later(self, t: _Tracked) -> None:
         """Re-discover a known address in the background: get_miner on a dead or hung address
@@ -595,12 +634,18 @@ class MinerDriver:
         # a known machine's poll; they are read again with the rest of discovery's reads in a
         # later sweep (_settle): the address may now hold another machine of the same model.
         t.mac, t.serial = self.identities.cached_ids(t.ip)
-        t.identity_unread = not (t.mac or t.serial) and self.identities.noted(t.ip)
+        t.cached_identity = bool(t.mac or t.serial)
         await self._adopt(t, miner, reads=False)
-        if not self.defer_reads:
-            await self._settle(t)
         if t.family in PRESET_FAMILIES:
             self._take_presets(t, self.identities.cached_presets(t.ip))
+        # A machine the journal holds rows for (curtaild slept or limited it, a command is
+        # being verified) is judged by this sweep: its identity is read at once, so a machine
+        # swapped in while curtaild was down is not taken for it (and released, or
+        # re-commanded) under its key. A few machines; the rest wait for their owed reads.
+        if t.cached_identity and (self.key_of(t) in self._owned_now or t.ip in self._owned_now):
+            t.identity_check = True
+        if not self.defer_reads:
+            await self._settle(t)
         return True
 
     async def _adopt(self, t: _Tracked, miner: Any, *, reads: bool = True) -> None:
@@ -638,8 +683,12 @@ class MinerDriver:
             await self._read_atm(t, miner)
 
     def attach_journal(self, journal: luxos.MetaStore) -> None:
-        """Keep the operator's LuxOS ATM settings in the journal (survives a restart)."""
+        """Keep the operator's LuxOS ATM settings in the journal (survives a restart); the
+        journal's ``owned_keys`` (machines it holds rows for) are confirmed first on a warm
+        start (``_from_cache``)."""
         self.luxos_atm.attach(journal)
+        owned = getattr(journal, "owned_keys", None)
+        self._owned_keys = owned if callable(owned) else None
 
     async def _read_atm(self, t: _Tracked, miner: Any) -> None:
         """LuxOS: re-read the ATM switch at every discovery. On while curtaild holds a limit it
@@ -783,9 +832,6 @@ class MinerDriver:
             reading = self._reading(t, miner, data)
         except Exception as exc:
             return self._failed(t, "garbage", f"{type(exc).__name__}: {exc}")
-        if not (t.mac or t.serial):
-            t.identity_unread = True  # asked and not told: not asked on every poll
-        t.identity_check = False  # read once (a firmware that withholds it is not re-asked)
         if reading.error:
             return self._failed(t, "garbage", reading.error)
         t.failures = 0
@@ -805,7 +851,8 @@ class MinerDriver:
         """What _reading needs, at the least client CPU (see the module docstring)."""
         if t.auth_refused is not None or t.auth_recheck:
             await self._check_credentials(t)  # refused: a fixed password recovers by itself
-        identity = t.identity_check or not (t.mac or t.serial or t.identity_unread)
+        identity = t.identity_check or not (t.mac or t.serial
+                                            or t.family in NO_IDENTITY_FAMILIES)
         if isinstance(miner, BTMinerV3):
             return await poll_whatsminer_v3(miner, identity=identity)
         if t.rpc_only and not identity:
@@ -895,8 +942,12 @@ class MinerDriver:
 
     def _unreachable(self, t: _Tracked, error: str) -> MinerReading:
         last = t.last
+        # Never answered since start with an identity from the cache: the machine may have
+        # moved to another address, where it answers under that MAC; keyed by its address
+        # here, as before the cache kept MACs, a dead entry never shadows the live machine.
+        ghost = t.cached_identity and last is None
         return MinerReading(
-            key=self.key_of(t),
+            key=t.ip if ghost else self.key_of(t),
             ip=t.ip,
             make=last.make if last else "",
             model=last.model if last else "",
@@ -913,8 +964,8 @@ class MinerDriver:
             supports_power_limit=last.supports_power_limit if last else False,
             observed_at=time.time(),
             error=error,
-            mac=t.mac,
-            serial=t.serial,
+            mac=None if ghost else t.mac,
+            serial=None if ghost else t.serial,
         )
 
     @staticmethod
@@ -923,7 +974,7 @@ class MinerDriver:
 
     def _reading(self, t: _Tracked, miner: Any, data: Any) -> MinerReading:
         learned = self._take_identity(t, data)
-        if learned and self.credentials.overrides:
+        if learned == "replaced" or (learned and self.credentials.overrides):
             self._apply_credentials(t)  # a MAC/serial override may apply now
         hashrate = data.hashrate
         if hashrate is None:
@@ -1004,24 +1055,55 @@ class MinerDriver:
         )
 
     @staticmethod
-    def _take_identity(t: _Tracked, data: Any) -> bool:
-        """Take the MAC and serial a poll read; True if they are new to ``t``. After a warm
-        start or a re-discovery (``identity_check``) what the machine says replaces what was
-        known: another machine at the address is another key, with its own credentials."""
+    def _take_identity(t: _Tracked, data: Any) -> str:
+        """Take the MAC and serial a poll read: "learned" (new to ``t``), "replaced" (another
+        machine: under ``identity_check``, one conflicts with what was known) or "".
+
+        Under ``identity_check`` (a warm start's cached identity, a re-discovery) nothing is
+        merged from half an answer: a MAC read without the serial known before (a web UI
+        still booting) is asked again next poll, never combined with the old serial."""
         mac = str(data.mac).upper() if data.mac else None
         serial = str(data.serial_number) if data.serial_number else None
-        if t.identity_check and ((mac and t.mac and mac != t.mac)
-                                 or (serial and t.serial and serial != t.serial)):
-            log.warning("%s: another machine answers at this address (MAC %s, serial %s; "
-                        "was %s, %s)", t.ip, mac, serial, t.mac, t.serial)
-            t.mac, t.serial = mac, serial
-            return True
+        if t.identity_check:
+            if (mac and t.mac and mac != t.mac) or (serial and t.serial and serial != t.serial):
+                log.warning("%s: another machine answers at this address (MAC %s, serial %s; "
+                            "was %s, %s)", t.ip, mac, serial, t.mac, t.serial)
+                t.mac, t.serial = mac, serial
+                t.identity_check = t.cached_identity = False
+                return "replaced"
+            whole = (mac or not t.mac) and (serial or not t.serial)
+            if not (whole or t.family in NO_IDENTITY_FAMILIES):
+                return ""
+            t.identity_check = False
+            t.cached_identity = t.cached_identity and not (mac or serial)
         learned = bool((mac and not t.mac) or (serial and not t.serial))
         if mac and not t.mac:
             t.mac = mac
         if serial and not t.serial:
             t.serial = serial
-        return learned
+        return "learned" if learned else ""
+
+    async def _confirm_identity(self, t: _Tracked, miner: Any) -> None:
+        """Before a command to a machine known only by its cached (or pre-re-discovery) MAC
+        and serial: read them; CommandFailed if another machine answers (nothing sent: the
+        next tick decides for it under its own key) or if they cannot be read."""
+        if not (t.mac or t.serial) or t.family in NO_IDENTITY_FAMILIES:
+            t.identity_check = False  # keyed by its address: nothing to mistake
+            return
+        t.identity_check = True  # compared, not merged (_take_identity)
+        try:
+            data = await bounded.run(lambda: miner.get_data(include=IDENTITY_FIELDS),
+                                     timeout_s=self.cfg.poll_timeout_s,
+                                     label=f"{t.ip} identity")
+        except Exception as exc:
+            raise CommandFailed(f"not sent: MAC and serial unread ({_cut(repr(exc))})") from None
+        key = self.key_of(t)
+        if self._take_identity(t, data) == "replaced":
+            self._apply_credentials(t)
+            raise CommandFailed(f"not sent: another machine answers at {t.ip} (not {key})",
+                                retryable=False)
+        if t.identity_check:
+            raise CommandFailed("not sent: MAC and serial not confirmed (half an answer)")
 
     def _nameplate_power(self, t: _Tracked, model: str, plate: Any) -> float | None:
         power = self.cfg.power
@@ -1114,11 +1196,13 @@ class MinerDriver:
         # pyasic believes a stock Antminer's sleep sent with a wrong password (True after a
         # 401): ask the firmware whether it takes our credentials before sending anything
         # (among the reads a miner built from the identity cache still owes, if it does).
-        if t.settle_due:
-            await self._settle(t)
-            refused = t.auth_refused
-        else:
-            refused = await self._check_credentials(t)
+        refused = await self._check_credentials(t)
+        if refused is None and (t.identity_check or t.cached_identity):
+            # built from the identity cache and not read since: is it still that machine?
+            # (Its profile and ATM reads stay with the sweeps: no wait behind discovery here.)
+            await self._confirm_identity(t, miner)
+            if self.stopping:
+                raise CommandFailed("not sent: curtaild is stopping")
         if refused is not None:
             raise CommandFailed(f"auth: {refused}")
         per_try = max(1.0, timeout_s / attempts)

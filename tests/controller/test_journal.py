@@ -38,6 +38,19 @@ def test_ownership_released_only_when_observed_running(tmp_path: Path) -> None:
     assert "AA:BB" not in j.memory()
 
 
+def test_owned_keys_are_the_machines_with_rows(tmp_path: Path) -> None:
+    """What a warm start reads the identity of first (drivers/miners.py _from_cache)."""
+    j = Journal(tmp_path)
+    assert j.owned_keys() == set()
+    j.record_intent(_cmd("sleep"), observed_limit_w=None, dry_run=False, now=100.0)
+    other = dataclasses.replace(_cmd("run"), key="CC:DD")
+    j.record_intent(other, observed_limit_w=None, dry_run=False, now=100.0)  # verified later
+    assert j.owned_keys() == {"AA:BB", "CC:DD"}
+    j.record_intent(_cmd("run"), observed_limit_w=None, dry_run=False, now=200.0)
+    j.mark_verified("AA:BB", "127.0.0.1", "run", now=210.0)
+    assert j.owned_keys() == {"CC:DD"}
+
+
 def test_limit_keeps_the_first_restore_value(tmp_path: Path) -> None:
     j = Journal(tmp_path)
     j.record_intent(_cmd("limit", 2500), observed_limit_w=3300, dry_run=False, now=1.0)

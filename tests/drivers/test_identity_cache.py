@@ -10,6 +10,7 @@ besides is owed, read in later sweeps or before a command.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -157,14 +158,14 @@ async def test_the_owed_reads_follow_the_first_sweep_bounded_like_discovery(
         assert {r.state for r in snap.miners} == {"mining"} and len(snap.miners) == len(ips)
         assert reads == 0
         owed = [sum(t.settle_due for t in warm._tracked.values())]
-        while owed[-1]:
+        while owed[-1] and len(owed) <= SETTLE_SWEEPS + 1:
             snap = await warm.observe()
             assert {r.state for r in snap.miners} == {"mining"}
             owed.append(sum(t.settle_due for t in warm._tracked.values()))
     share = math.ceil(len(ips) / SETTLE_SWEEPS)
     assert owed == list(range(len(ips), -1, -share)), owed
     assert reads == len(ips)
-    assert peak == 2, peak
+    assert 1 <= peak <= 2, peak
 
 
 async def test_the_first_warm_sweep_is_a_known_machines_poll(
@@ -279,7 +280,10 @@ async def test_a_cached_miner_that_never_answers_stays_unreachable(
     await cold.observe()
     silent = "127.192.0.9"  # nothing answers there
     data = json.loads(path.read_text())
-    data["miners"][silent] = {"class": data["miners"][IPS[0]]["class"]}
+    # ... and the MAC of a machine that answers elsewhere (it moved): no second reading under
+    # that key (a ghost that would shadow the live machine)
+    data["miners"][silent] = {"class": data["miners"][IPS[0]]["class"],
+                              "mac": data["miners"][IPS[0]]["mac"]}
     path.write_text(json.dumps(data))
     cfg = _cfg().model_copy(update={"hosts": [*IPS, silent]})
     warm = MinerDriver(cfg, poll_interval_s=5.0, identities=IdentityCache(path),
@@ -287,4 +291,103 @@ async def test_a_cached_miner_that_never_answers_stays_unreachable(
     for sweep in range(2 * cfg.rediscover_after_failures + 1):
         got = {r.ip: r for r in (await warm.observe()).miners}
         assert silent in got and got[silent].state == "unreachable", sweep
+        assert got[silent].key == silent and got[IPS[0]].key == "02:EC:7F:C0:00:01", sweep
     assert warm._tracked[silent].miner is None  # dropped for re-discovery all the same
+
+
+class _Journal:
+    """What the driver reads of the journal: ATM settings and the machines it holds rows for."""
+
+    def __init__(self, owned: set[str]) -> None:
+        self.owned, self.meta = owned, {}
+
+    def get_meta(self, key: str) -> object | None:
+        return self.meta.get(key)
+
+    def set_meta(self, key: str, value: object) -> None:
+        self.meta[key] = value
+
+    def owned_keys(self) -> set[str]:
+        return set(self.owned)
+
+
+async def _cold_cache(path: Path) -> None:
+    """identities.json as a first start writes it (MAC and serial from the second sweep)."""
+    cold = MinerDriver(_cfg(), poll_interval_s=5.0, identities=IdentityCache(path))
+    await cold.observe()
+    await cold.observe()
+
+
+def _edit(path: Path, ip: str, **entry: object) -> None:
+    data = json.loads(path.read_text())
+    data["miners"][ip].update(entry)
+    path.write_text(json.dumps(data))
+
+
+async def test_a_machine_the_journal_holds_is_read_in_the_first_sweep(
+        emu, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Review of the warm start: A (slept by curtaild) and B swapped addresses while curtaild
+    was down; taken on the file's word, B would be judged as A (A's sleep "not in effect":
+    re-commanded; or, the margin back, A released) and A, read under B's key, left asleep as
+    the operator's. The machines the journal holds rows for are read in the first sweep."""
+    path = tmp_path / CACHE_FILE
+    await _cold_cache(path)
+    _edit(path, IPS[0], mac="02:EC:00:00:00:99")  # A was here; another S19 answers now
+    warm = MinerDriver(_cfg(), poll_interval_s=5.0, identities=IdentityCache(path),
+                       defer_reads=True)
+    warm.attach_journal(_Journal({"02:EC:00:00:00:99"}))
+    got = _view(await warm.observe())
+    assert got[IPS[0]][0] == "02:EC:7F:C0:00:01"
+    assert "02:EC:00:00:00:99" not in {v[0] for v in got.values()}
+    assert "another machine answers at this address (MAC 02:EC:7F:C0:00:01" in caplog.text
+
+
+async def test_a_command_to_a_machine_that_is_not_the_cached_one_is_not_sent(
+        emu, tmp_path: Path) -> None:
+    """Decided under the cached MAC, a command is sent only once the machine at the address
+    has said it is that MAC: another machine there is not commanded in its place."""
+    path = tmp_path / CACHE_FILE
+    await _cold_cache(path)
+    _edit(path, IPS[0], mac="02:EC:00:00:00:99")
+    warm = MinerDriver(_cfg(), poll_interval_s=5.0, identities=IdentityCache(path),
+                       defer_reads=True)
+    first = {r.ip: r for r in (await warm.observe()).miners}
+    assert first[IPS[0]].key == "02:EC:00:00:00:99"  # not in the journal: taken on trust
+    changes = list(emu.miner(IPS[0])["changes"])
+    command = cmd(IPS[0], "sleep")
+    with pytest.raises(CommandFailed, match=r"another machine answers at 127\.192\.0\.1"):
+        await warm.execute(dataclasses.replace(command, key="02:EC:00:00:00:99"),
+                           observed_state="mining", timeout_s=10, attempts=2)
+    assert emu.miner(IPS[0])["changes"] == changes and emu.miner(IPS[0])["state"] == "mining"
+    assert _view(await warm.observe())[IPS[0]][0] == "02:EC:7F:C0:00:01"
+
+
+async def test_a_machine_that_moved_leaves_no_duplicate_key(
+        emu, tmp_path: Path) -> None:
+    """The file says the Whatsminer's MAC is at the S19's address (it moved): once the
+    Whatsminer is read under its MAC at its own address, the S19's address drops the stale
+    identity (keyed by its address until read) instead of a second reading under that key."""
+    path = tmp_path / CACHE_FILE
+    await _cold_cache(path)
+    wm_mac = json.loads(path.read_text())["miners"][IPS[1]]["mac"]
+    _edit(path, IPS[0], mac=wm_mac, serial=None)
+    _edit(path, IPS[1], mac=None, serial=None)  # read in the first sweep (nothing cached)
+    warm = MinerDriver(_cfg(), poll_interval_s=5.0, identities=IdentityCache(path),
+                       defer_reads=True)
+    got = _view(await warm.observe())
+    keys = [v[0] for v in got.values()]
+    assert len(keys) == len(set(keys)), got
+    assert got[IPS[1]][0] == wm_mac and got[IPS[0]][0] == IPS[0]
+    assert json.loads(path.read_text())["miners"][IPS[0]]["mac"] is None
+    assert _view(await warm.observe())[IPS[0]][0] == "02:EC:7F:C0:00:01"
+
+
+def test_profile_watts_from_the_file_are_bounded(tmp_path: Path) -> None:
+    """A hand-edited file must not put an absurd floor or ceiling under the guards."""
+    cache = IdentityCache(tmp_path / CACHE_FILE)
+    cache.entries["127.192.9.1"] = {"class": "x"}
+    for bad in ([1e300], [float("nan")], [0.0], [-5.0], [True], ["900"], [900.0] * 65, "x"):
+        cache.entries["127.192.9.1"]["presets_w"] = bad
+        assert cache.cached_presets("127.192.9.1") == (), bad
+    cache.entries["127.192.9.1"]["presets_w"] = [1200, 900.0, 1200.0]
+    assert cache.cached_presets("127.192.9.1") == (900.0, 1200.0)
