@@ -186,9 +186,10 @@ class HttpFeed:
         resp = await self._get(url, params=params, headers=headers)
         try:
             return json.loads(resp.content)
-        except ValueError as exc:
+        except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError (no .msg)
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             snippet = self.snippet(resp.text, 80).replace("\n", " ")
-            raise FeedError(f"{self.name}: malformed JSON from {_short(url)}: {exc.msg} "
+            raise FeedError(f"{self.name}: malformed JSON from {_short(url)}: {why} "
                             f"(body starts {snippet!r})") from None
 
     async def _get(self, url: str, *, params: dict[str, str] | None,
