@@ -196,9 +196,11 @@ class HttpFeed:
                    headers: dict[str, str] | None) -> httpx.Response:
         p = self.policy
         started = time.monotonic()
+        # tenacity annotates stop_base.__or__ as taking a stop_base only, while stop_any
+        # calls any StopBaseT (a callable of RetryCallState, as this method is).
         retrying = AsyncRetrying(
             stop=(stop_after_attempt(p.attempts) | stop_after_delay(p.deadline_s)
-                  | self._retry_after_too_long),
+                  | self._retry_after_too_long),  # type: ignore[operator]
             wait=self._wait,
             retry=retry_if_exception(lambda e: isinstance(e, RetryableFeedError)),
             before_sleep=self._before_sleep,
