@@ -170,7 +170,7 @@ async def test_body_that_is_not_utf8_is_malformed_json(fake_api: FakeApi) -> Non
     # JSONDecodeError: it must still end as this source's error, not an AttributeError.
     mempool_routes(fake_api)
     fake_api.routes["/api/v1/prices"] = Reply(200, b'{"USD": "\xff"}')
-    with pytest.raises(StaleSource, match="malformed JSON.*can't decode byte 0xff"):
+    with pytest.raises(StaleSource, match=r"malformed JSON.*can't decode byte 0xff"):
         await source(fake_api).fetch()
 
 
