@@ -140,9 +140,9 @@ class StateMirror:
             out[f"{base}limit/{quote(miner, safe='')}"] = json.dumps(
                 {"at": list(times)}).encode()
         outlets = OutletJournal(self.journal)
-        for (pdu, n), times in outlets.off_times(now - DAY_S).items():
+        for (pdu, n), off_at in outlets.off_times(now - DAY_S).items():
             out[f"{base}outlet/{quote(pdu, safe='')}/{n}"] = json.dumps(
-                {"off_at": times}).encode()
+                {"off_at": off_at}).encode()
         for pdu, at in outlets.last_on_at().items():
             if at >= now - DAY_S:
                 out[f"{base}pdu/{quote(pdu, safe='')}"] = json.dumps({"on_at": at}).encode()
@@ -207,12 +207,12 @@ class StateMirror:
                               tuple(data[n] for n in names)))
                 rows += 1
         for key in META_KEYS:
-            value = held.get(f"{self.prefix}meta/{key}")
-            if value is None:
+            meta = held.get(f"{self.prefix}meta/{key}")
+            if meta is None:
                 stmts.append(("DELETE FROM meta WHERE key=?", (key,)))
             else:
                 stmts.append(("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO "
-                              "UPDATE SET value=excluded.value", (key, value.decode())))
+                              "UPDATE SET value=excluded.value", (key, meta.decode())))
         stmts += self._restore_changes(held)
         self.journal._tx(stmts)
         return rows

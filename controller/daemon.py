@@ -42,7 +42,7 @@ from curtaild.policies.compose import build_policy_stack
 
 if TYPE_CHECKING:
     from curtaild.controller.directives import Response
-    from curtaild.controller.mqtt import SiteCommands
+    from curtaild.controller.mqtt import MqttBridge, SiteCommands
 
 log = logging.getLogger("curtaild")
 #: After SIGTERM a tick runs at most this long (commands already sent get command_timeout_s
@@ -107,7 +107,7 @@ class Daemon:
             Limits.from_config(config.mqtt) if config.mqtt else Limits(), time.time())
         for line in problems:
             log.warning("%s", line)
-        self.mqtt = None  # the MQTT bridge (controller/mqtt.py), started by run()
+        self.mqtt: MqttBridge | None = None  # the MQTT bridge (controller/mqtt.py), by run()
         self.stop = asyncio.Event()
         self.wake = asyncio.Event()
         with config_errors(config_path):  # a source or policy that cannot be built: exit 2
@@ -584,15 +584,15 @@ class Daemon:
         for m in r.fleet.miners:
             states[m.state] = states.get(m.state, 0) + 1
             power += m.power_w
-        m = r.market
+        market = r.market
         log.info(
             "%s %.2fs: %s | %.1f kW | hashprice %s tariff %s | %d commands%s",
             "fast tick (inbound command)" if r.fast else "tick",
             r.duration_s,
             " ".join(f"{k}={v}" for k, v in sorted(states.items())),
             power / 1000.0,
-            f"{m.hashprice_usd_per_th_day:.4f}" if m else "-",
-            f"{m.tariff_usd_per_kwh:.4f}" if m else "-",
+            f"{market.hashprice_usd_per_th_day:.4f}" if market else "-",
+            f"{market.tariff_usd_per_kwh:.4f}" if market else "-",
             len(r.commands),
             " (dry run)" if r.dry_run else "",
         )

@@ -101,7 +101,7 @@ def store_from_rows(rows: Iterable[tuple[str, str, str]], limits: Limits, now: f
     site's demand-response events are kept in etcd: controller/site_demand.py). Bad rows are
     skipped and reported, never fatal."""
     problems: list[str] = []
-    data = {"version": 1, "events": [], "overrides": [], "seen": []}
+    data: dict[str, Any] = {"version": 1, "events": [], "overrides": [], "seen": []}
     seen: list[list[Any]] = []
     for kind, key, value in rows:
         try:

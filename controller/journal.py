@@ -37,7 +37,7 @@ from curtaild.controller.guards import (
     attach_limit_changes,
     is_limit_change,
 )
-from curtaild.core.snapshot import Command
+from curtaild.core.snapshot import Action, Command
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -295,7 +295,7 @@ class UnknownOwner:
 @dataclass(frozen=True, slots=True)
 class Expectation:
     miner: str
-    action: str
+    action: Action  # as the Command that set it
     power_limit_w: float | None
     since: float
     last_change_at: float

@@ -41,6 +41,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiomqtt
@@ -214,14 +215,12 @@ class MqttBridge:
                 elif self._queue:
                     topic, body = self._queue.popleft()
                     await self._send(client, topic, body, retain=False,
-                                     requeue=lambda t=topic, b=body: self._queue.appendleft(
-                                         (t, b)))
+                                     requeue=partial(self._queue.appendleft, (topic, body)))
                 else:
                     topic = next(iter(self._retained))
                     body = self._retained.pop(topic)
                     await self._send(client, topic, body, retain=True,
-                                     requeue=lambda t=topic, b=body: self._retained.setdefault(
-                                         t, b))
+                                     requeue=partial(self._retained.setdefault, topic, body))
                     self._published_retained[topic] = body
 
     async def _send_responses(self, client: aiomqtt.Client) -> None:

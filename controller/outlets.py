@@ -205,9 +205,9 @@ def _placed(fleet: FleetSnapshot, inv: Inventory) -> tuple[
             placed[p.outlet_key] = placed.get(p.outlet_key, 0) + 1
             phase_of.setdefault(p.outlet_key, p.phase)
     for r in fleet.miners:
-        p = inv.of(r)
-        if p is not None and p.outlet_key is not None:
-            by_outlet.setdefault(p.outlet_key, []).append(r)
+        placement = inv.of(r)
+        if placement is not None and placement.outlet_key is not None:
+            by_outlet.setdefault(placement.outlet_key, []).append(r)
     return by_outlet, placed, phase_of
 
 

@@ -165,7 +165,9 @@ class BoundedHTTPServer:
                         self._accept()
                     elif key.fileobj is self._wake_r:
                         self._drain(self._wake_r)
-                    elif (conn := self._conns.get(key.fileobj)) is not None:  # type: ignore[arg-type]
+                    # typeshed: fileobj is any FileDescriptorLike, dict.get takes the key
+                    # type only; ours are the sockets we registered.
+                    elif (conn := self._conns.get(key.fileobj)) is not None:  # type: ignore[call-overload]
                         if mask & selectors.EVENT_READ:
                             self._read(conn)
                         elif mask & selectors.EVENT_WRITE:

@@ -106,12 +106,13 @@ class Site:
                 return PduReading(key, "", "", taken_at=time.time(),
                                   error=f"{type(exc).__name__}: {exc}")
 
-        tasks = [one(k) for k in keys]
+        pdu_reads = asyncio.gather(*(one(k) for k in keys))
+        meter: MeterReading | None = None
         if self.meter is not None:
-            tasks.append(self.meter.read())
-        results = await asyncio.gather(*tasks)
-        readings = dict(zip(keys, results[:len(keys)], strict=True))
-        meter = results[-1] if self.meter is not None else None
+            results, meter = await asyncio.gather(pdu_reads, self.meter.read())
+        else:
+            results = await pdu_reads
+        readings = dict(zip(keys, results, strict=True))
         for key, r in readings.items():
             if r.error is None and r.outlets:
                 self.last_good[key] = r

@@ -210,10 +210,10 @@ class HardPowerConfig(_Strict):
 def load_inventory(cfg: InventoryConfig, pdus: list[PduConfig]) -> tuple[Inventory, list[str]]:
     """The inventory and its problems (``inventory...: reason`` lines; empty: usable)."""
     refs: dict[str, int | None] = {}
-    for p in pdus:
-        refs[p.address] = p.outlets
-        if p.name:
-            refs[p.name] = p.outlets
+    for pdu in pdus:
+        refs[pdu.address] = pdu.outlets
+        if pdu.name:
+            refs[pdu.name] = pdu.outlets
     rows: list[tuple[str, dict]] = []
     problems: list[str] = []
     if cfg.file is not None:

@@ -90,7 +90,7 @@ class Scope:
         self.label = label
         self.max_reply_bytes = max_reply_bytes
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.transports: set[asyncio.BaseTransport] = set()
+        self.transports: set[asyncio.Transport] = set()
         self.closed = False
 
     def adopt(self, task: asyncio.Task[Any]) -> None:
@@ -139,7 +139,9 @@ class CappedStreamReader(asyncio.StreamReader):
         self._label = label
         self._received = 0
 
-    def feed_data(self, data: bytes) -> None:
+    # typeshed types data as Iterable[SupportsIndex] (what bytearray.extend takes); the
+    # protocol only ever feeds the bytes it received.
+    def feed_data(self, data: bytes) -> None:  # type: ignore[override]
         if self._exception is not None:  # type: ignore[attr-defined]
             return
         self._received += len(data)

@@ -114,12 +114,12 @@ class EtcdStore:
     async def _connected(self) -> Etcd3Client:
         if self._client is not None:
             return self._client
-        tls: dict[str, bytes | None] = {}
-        if self.tls is not None:
-            tls = {"ca_cert": self.tls.ca_cert, "cert_chain": self.tls.cert_chain,
-                   "cert_key": self.tls.cert_key}
+        tls = self.tls  # None: plain gRPC (etcd3aio's default for each TLS argument)
         client = Etcd3Client(self.targets, rpc_max_attempts=1,
-                             tls_server_name=self.tls.server_name if self.tls else None, **tls)
+                             tls_server_name=tls.server_name if tls else None,
+                             ca_cert=tls.ca_cert if tls else None,
+                             cert_chain=tls.cert_chain if tls else None,
+                             cert_key=tls.cert_key if tls else None)
         # etcd3aio takes no channel options; its connection manager holds the list it passes
         # to grpc.aio (checked by tests/drivers/test_etcd.py).
         client._manager.grpc_options.extend(_CHANNEL_OPTIONS)

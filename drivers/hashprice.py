@@ -312,10 +312,10 @@ class HashrateIndexHashpriceSource(_HttpHashpriceSource):
             if not isinstance(rows, list) or not rows:
                 raise FeedError(f"{src}: {where}: no data points")
             points = [(_parse_time(r.get("timestamp")), r) for r in rows if isinstance(r, dict)]
-            points = [(t, r) for t, r in points if t is not None]
-            if not points:
+            stamped = [(t, r) for t, r in points if t is not None]
+            if not stamped:
                 raise FeedError(f"{src}: {where}: no data point has a timestamp")
-            stamp, newest = max(points, key=lambda p: p[0])
+            stamp, newest = max(stamped, key=lambda p: p[0])
             usd = _number(newest, "price", where, src)
         if not 0 < usd < PLAUSIBLE_MAX:
             raise FeedError(f"{src}: {where}: implausible hash price {usd!r} USD/TH/day "

@@ -186,18 +186,21 @@ class HttpFeed:
         resp = await self._get(url, params=params, headers=headers)
         try:
             return json.loads(resp.content)
-        except ValueError as exc:
+        except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError (no .msg)
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             snippet = self.snippet(resp.text, 80).replace("\n", " ")
-            raise FeedError(f"{self.name}: malformed JSON from {_short(url)}: {exc.msg} "
+            raise FeedError(f"{self.name}: malformed JSON from {_short(url)}: {why} "
                             f"(body starts {snippet!r})") from None
 
     async def _get(self, url: str, *, params: dict[str, str] | None,
                    headers: dict[str, str] | None) -> httpx.Response:
         p = self.policy
         started = time.monotonic()
+        # tenacity annotates stop_base.__or__ as taking a stop_base only, while stop_any
+        # calls any StopBaseT (a callable of RetryCallState, as this method is).
         retrying = AsyncRetrying(
             stop=(stop_after_attempt(p.attempts) | stop_after_delay(p.deadline_s)
-                  | self._retry_after_too_long),
+                  | self._retry_after_too_long),  # type: ignore[operator]
             wait=self._wait,
             retry=retry_if_exception(lambda e: isinstance(e, RetryableFeedError)),
             before_sleep=self._before_sleep,

@@ -413,7 +413,8 @@ class MinerDriver:
         """Read the secrets of a config about to be swapped in (a reload), so that an
         unreadable one rejects the reload (ConfigError naming the key) before anything
         changes; ``reconfigure`` then uses what was read here."""
-        self._pending_credentials = (cfg, creds.CredentialStore.load(cfg.credentials))
+        self._pending_credentials: tuple[FleetConfig, creds.CredentialStore] | None = (
+            cfg, creds.CredentialStore.load(cfg.credentials))
 
     def reconfigure(self, cfg: FleetConfig) -> None:
         """Take a (re)loaded fleet config: its pools are sized from it, its passwords read
@@ -550,7 +551,8 @@ class MinerDriver:
             return
         task = asyncio.get_running_loop().create_task(self._discover(t))
         self._rediscovering[t.ip] = task
-        task.add_done_callback(lambda done, ip=t.ip: self._rediscovered(ip, done))
+        ip = t.ip
+        task.add_done_callback(lambda done: self._rediscovered(ip, done))
 
     def _rediscovered(self, ip: str, task: asyncio.Task[bool]) -> None:
         self._rediscovering.pop(ip, None)
@@ -657,8 +659,8 @@ class MinerDriver:
         t.plate = lookup(str(getattr(miner, "raw_model", None) or miner.model or ""))
         t.rpc_only = is_stock_antminer(miner)
         if t.rpc_only:  # no pyasic path on this object can post a config without a pool
-            amw.guard_miner(miner, sleep=lambda t=t, m=miner: self._antminer_mode(t, m, "sleep"),
-                            wake=lambda t=t, m=miner: self._antminer_mode(t, m, "run"))
+            amw.guard_miner(miner, sleep=lambda: self._antminer_mode(t, miner, "sleep"),
+                            wake=lambda: self._antminer_mode(t, miner, "run"))
         t.discovery_attempts = 0
         t.failures = 0
         if isinstance(miner, BTMinerV3):

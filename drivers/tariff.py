@@ -293,6 +293,7 @@ class _RealtimeEnergy:
 
     def _parse(self, payload: Any) -> list[tuple[float | None, float]]:
         cfg = self.cfg
+        get: Callable[[Any, str], Any]  # row, field -> value (a CSV dict or a JSON path)
         if cfg.format == "csv":
             reader = csv.DictReader(io.StringIO(payload))
             if reader.fieldnames is None or cfg.field not in reader.fieldnames:

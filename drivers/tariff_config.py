@@ -83,8 +83,9 @@ class TouSchedule(_Strict):
 
     @field_validator("timezone")
     @classmethod
-    def _tz(cls, v: str) -> str:
-        return check_timezone(v)
+    def _tz(cls, v: str | None) -> str | None:
+        # _Extras._tz's signature: TouTariff inherits both, and this one wins by name.
+        return None if v is None else check_timezone(v)
 
 
 ScheduleConfig = Annotated[FlatSchedule | TouSchedule, Field(discriminator="kind")]

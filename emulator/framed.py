@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from curtaild.emulator.families.base import FramedFamily
 from curtaild.emulator.server import (
     Streamer,
     StreamingProtocol,
@@ -45,7 +46,7 @@ def frame(body: bytes) -> bytes:
 class FramedProtocol(StreamingProtocol):
     """One client connection to a miner's length-framed JSON API."""
 
-    __slots__ = ("buf", "busy", "endpoint", "peer", "streamer", "transport")
+    __slots__ = ("buf", "busy", "endpoint", "peer")
 
     def __init__(self, endpoint: MinerEndpoint) -> None:
         self.endpoint = endpoint
@@ -92,10 +93,12 @@ class FramedProtocol(StreamingProtocol):
         endpoint = self.endpoint
         endpoint.miner.commands_received += 1
         peer = self.peer
+        # Only a family whose ports_for lists a "framed" port gets this protocol.
+        family = cast(FramedFamily, endpoint.family)
 
         def render() -> bytes:
             try:
-                reply = endpoint.family.handle_framed(endpoint.miner, body, peer)
+                reply = family.handle_framed(endpoint.miner, body, peer)
             except Exception:
                 log.exception("%s: framed handler failed for %r", endpoint.ip, body[:200])
                 return b""

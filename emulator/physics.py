@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from curtaild.core.models import ALPHA, ModelSpec
@@ -99,7 +100,7 @@ class EmulatedMiner:
     serial: str = ""
     mac: str = ""
     hostname: str = ""
-    clock: callable = time.monotonic  # type: ignore[valid-type]
+    clock: Callable[[], float] = time.monotonic
     state: str = "mining"
     mode: str = "normal"
     power_limit_w: float | None = None  # None: nameplate

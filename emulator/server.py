@@ -56,7 +56,7 @@ import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from curtaild.emulator.families.base import Family, HttpRequest, HttpResponse
+from curtaild.emulator.families.base import Family, HttpRequest, HttpResponse, takes_client_ip
 from curtaild.emulator.physics import FAULT_KINDS, EmulatedMiner, Fault
 
 log = logging.getLogger("emulator.server")
@@ -307,10 +307,10 @@ class _Streaming(Protocol):
 class StreamingProtocol(asyncio.Protocol):
     """What every miner port's protocol does alike: a reply streamed by a hostile fault
     (``Streamer``) follows the transport's flow control, and a lost connection drops its
-    transport so that nothing is written to it later. Subclasses hold ``transport`` and
-    ``streamer`` in their slots."""
+    transport so that nothing is written to it later. The slots for ``transport`` and
+    ``streamer`` are here; subclasses set them in ``__init__``."""
 
-    __slots__ = ()
+    __slots__ = ("streamer", "transport")
     transport: asyncio.Transport | None
     streamer: Streamer | None
 
@@ -350,7 +350,7 @@ def accept_hostile(fault: Fault | None, transport: asyncio.BaseTransport,
 
 
 def _deliver(loop: asyncio.AbstractEventLoop, fault: Fault | None,
-             transport: asyncio.BaseTransport, render: Callable[[], bytes],
+             transport: asyncio.Transport, render: Callable[[], bytes],
              send: Callable[[bytes], None], owner: _Streaming | None = None,
              http: bool = False) -> bool:
     """Apply the fault to one reply. Returns False if the reply will never be sent.
@@ -382,7 +382,7 @@ def _deliver(loop: asyncio.AbstractEventLoop, fault: Fault | None,
         transport.write(data[: max(1, min(len(data) // 2, GARBAGE_BYTES))])
         transport.close()
         return False
-    if kind == "slow":
+    if kind == "slow" and fault is not None:
         def later() -> None:
             if not transport.is_closing():
                 send(render())
@@ -395,7 +395,7 @@ def _deliver(loop: asyncio.AbstractEventLoop, fault: Fault | None,
 class RpcProtocol(StreamingProtocol):
     """cgminer-style API: one JSON request per connection; reply, then close (EOF ends it)."""
 
-    __slots__ = ("buf", "done", "endpoint", "peer", "streamer", "transport")
+    __slots__ = ("buf", "done", "endpoint", "peer")
 
     def __init__(self, endpoint: MinerEndpoint) -> None:
         self.endpoint = endpoint
@@ -438,10 +438,11 @@ class RpcProtocol(StreamingProtocol):
 
         def render() -> bytes:
             try:
-                if getattr(endpoint.family, "rpc_client_ip", False):
+                family = endpoint.family
+                if takes_client_ip(family):
                     # a firmware that counts per client (Whatsminer tokens per IP)
-                    return endpoint.family.handle_rpc(endpoint.miner, request, peer)
-                return endpoint.family.handle_rpc(endpoint.miner, request)
+                    return family.handle_rpc(endpoint.miner, request, peer)
+                return family.handle_rpc(endpoint.miner, request)
             except Exception:
                 log.exception("%s: RPC handler failed for %r", endpoint.ip, request[:200])
                 return b""
@@ -512,7 +513,7 @@ def render_http_response(resp: HttpResponse, keep_alive: bool, head_only: bool =
 class HttpProtocol(StreamingProtocol):
     """Minimal HTTP/1.1: Content-Length bodies, keep-alive, one request in flight at a time."""
 
-    __slots__ = ("buf", "busy", "site", "streamer", "taken", "transport")
+    __slots__ = ("buf", "busy", "site", "taken")
 
     def __init__(self, site: Site) -> None:
         self.site = site

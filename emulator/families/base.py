@@ -9,7 +9,7 @@ so the same fault semantics hold for every firmware.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from curtaild.emulator.physics import EmulatedMiner
 
@@ -59,4 +59,28 @@ class Family(Protocol):
 
     def handle_http(self, miner: EmulatedMiner, request: HttpRequest) -> HttpResponse:
         """One HTTP request on the family's web port."""
+        ...
+
+
+class ClientIpFamily(Family, Protocol):
+    """A family whose RPC replies depend on who asks (Whatsminer counts tokens per client
+    IP). It says so with ``rpc_client_ip = True``; the server then passes the address."""
+
+    rpc_client_ip: bool
+
+    def handle_rpc(self, miner: EmulatedMiner, request: bytes, client_ip: str = ...) -> bytes:
+        ...
+
+
+def takes_client_ip(family: Family) -> TypeGuard[ClientIpFamily]:
+    """The family wants the client's address with each RPC request."""
+    return bool(getattr(family, "rpc_client_ip", False))
+
+
+class FramedFamily(Family, Protocol):
+    """A family with a length-framed port (Whatsminer API v3; its ``ports_for`` lists it)."""
+
+    def handle_framed(self, miner: EmulatedMiner, request: bytes,
+                      client_ip: str) -> bytes | None:
+        """One request (the frame's body); the reply body, or None for no answer."""
         ...

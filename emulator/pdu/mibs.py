@@ -141,40 +141,45 @@ def apc_objects(pdu: EmulatedPdu, started: float) -> list[MibObject]:
                 pdu.switch(number, what == "on")
         return apply
 
-    for o in pdu.outlets:
+    def outlet_objects(o: Outlet) -> list[MibObject]:
+        # One call per outlet: the lambdas close over this call's o, i and name.
         i = o.number
         name = f"Outlet {i}"
-        out += [
-            MibObject((*APC_OUTLET_CTL_ENTRY, 1, i), lambda i=i: rfc1902.Integer32(i)),
+        objs = [
+            MibObject((*APC_OUTLET_CTL_ENTRY, 1, i), lambda: rfc1902.Integer32(i)),
             MibObject((*APC_OUTLET_CTL_ENTRY, 2, i), lambda: rfc1902.Integer32(2)),  # none
             MibObject((*APC_OUTLET_CTL_ENTRY, 3, i),
-                      lambda o=o: rfc1902.Integer32(1 if o.on else 2),
+                      lambda: rfc1902.Integer32(1 if o.on else 2),
                       ctl_set(i, {1: "on", 2: "off", 3: "reboot"})),
-            MibObject((*APC_OUTLET_CTL_ENTRY, 4, i), lambda name=name: rfc1902.OctetString(name)),
+            MibObject((*APC_OUTLET_CTL_ENTRY, 4, i), lambda: rfc1902.OctetString(name)),
         ]
         for base in (APC_SWITCHED_STATUS, APC_SWITCHED_CONTROL, APC_METERED_STATUS):
-            out += [MibObject((*base, 1, i), lambda i=i: rfc1902.Integer32(i)),
-                    MibObject((*base, 2, i), lambda: rfc1902.Integer32(1)),  # module 1
-                    MibObject((*base, 3, i), lambda name=name: rfc1902.OctetString(name)),
-                    MibObject((*base, 4, i), lambda i=i: rfc1902.Integer32(i))]
-        out += [
+            objs += [MibObject((*base, 1, i), lambda: rfc1902.Integer32(i)),
+                     MibObject((*base, 2, i), lambda: rfc1902.Integer32(1)),  # module 1
+                     MibObject((*base, 3, i), lambda: rfc1902.OctetString(name)),
+                     MibObject((*base, 4, i), lambda: rfc1902.Integer32(i))]
+        objs += [
             MibObject((*APC_SWITCHED_STATUS, 5, i),
-                      lambda o=o: rfc1902.Integer32(2 if o.on else 1)),
+                      lambda: rfc1902.Integer32(2 if o.on else 1)),
             MibObject((*APC_SWITCHED_STATUS, 6, i), lambda: rfc1902.Integer32(2)),
             MibObject((*APC_SWITCHED_CONTROL, 5, i),
-                      lambda o=o: rfc1902.Integer32(1 if o.on else 2),
+                      lambda: rfc1902.Integer32(1 if o.on else 2),
                       ctl_set(i, {1: "on", 2: "off", 3: "reboot"})),
             MibObject((*APC_METERED_STATUS, 5, i),
-                      lambda o=o: rfc1902.Integer32(2 if o.power_w() > 0 else 1)),
+                      lambda: rfc1902.Integer32(2 if o.power_w() > 0 else 1)),
             MibObject((*APC_METERED_STATUS, 6, i),
-                      lambda o=o: rfc1902.Integer32(round(o.current_a() * 10))),
+                      lambda: rfc1902.Integer32(round(o.current_a() * 10))),
             MibObject((*APC_METERED_STATUS, 7, i),
-                      lambda o=o: rfc1902.Integer32(round(o.power_w()))),
+                      lambda: rfc1902.Integer32(round(o.power_w()))),
             MibObject((*APC_METERED_STATUS, 8, i),
-                      lambda o=o: rfc1902.Integer32(round(o.power_w()))),
+                      lambda: rfc1902.Integer32(round(o.power_w()))),
             MibObject((*APC_METERED_STATUS, 11, i),
-                      lambda o=o: rfc1902.Integer32(round(o.energy_tick() / 100.0))),
+                      lambda: rfc1902.Integer32(round(o.energy_tick() / 100.0))),
         ]
+        return objs
+
+    for o in pdu.outlets:
+        out += outlet_objects(o)
     return out
 
 
@@ -209,27 +214,36 @@ def raritan_objects(pdu: EmulatedPdu, started: float) -> list[MibObject]:
                 raise SetError("wrongValue")
         return apply
 
-    for o in pdu.outlets:
+    def sensor_objects(o: Outlet, sensor: int, digits: int) -> list[MibObject]:
+        # One call per (outlet, sensor): the lambdas close over this call's arguments.
         i = o.number
-        out += [
+        return [
+            MibObject((*RARITAN_SENSOR_CONFIG, 7, 1, i, sensor),
+                      lambda: rfc1902.Unsigned32(digits)),
+            MibObject((*RARITAN_SENSOR_MEASUREMENTS, 2, 1, i, sensor),
+                      lambda: rfc1902.Integer32(1)),
+            MibObject((*RARITAN_SENSOR_MEASUREMENTS, 3, 1, i, sensor),
+                      lambda: rfc1902.Integer32(4)),
+            MibObject((*RARITAN_SENSOR_MEASUREMENTS, 4, 1, i, sensor),
+                      lambda: rfc1902.Unsigned32(_raritan_value(o, sensor))),
+        ]
+
+    def outlet_objects(o: Outlet) -> list[MibObject]:
+        i = o.number
+        objs = [
             MibObject((*RARITAN_SWITCH_CONTROL, 2, 1, i),
-                      lambda o=o: rfc1902.Integer32(1 if o.on else 0), operate(i)),
+                      lambda: rfc1902.Integer32(1 if o.on else 0), operate(i)),
             MibObject((*RARITAN_SWITCH_CONTROL, 3, 1, i),
-                      lambda o=o: rfc1902.Integer32(RARITAN_ON if o.on else RARITAN_OFF)),
+                      lambda: rfc1902.Integer32(RARITAN_ON if o.on else RARITAN_OFF)),
             MibObject((*RARITAN_SWITCH_CONTROL, 4, 1, i),
-                      lambda o=o: rfc1902.Unsigned32(int(o.switched_at))),
+                      lambda: rfc1902.Unsigned32(int(o.switched_at))),
         ]
         for sensor, digits in RARITAN_SENSORS.items():
-            out += [
-                MibObject((*RARITAN_SENSOR_CONFIG, 7, 1, i, sensor),
-                          lambda d=digits: rfc1902.Unsigned32(d)),
-                MibObject((*RARITAN_SENSOR_MEASUREMENTS, 2, 1, i, sensor),
-                          lambda: rfc1902.Integer32(1)),
-                MibObject((*RARITAN_SENSOR_MEASUREMENTS, 3, 1, i, sensor),
-                          lambda: rfc1902.Integer32(4)),
-                MibObject((*RARITAN_SENSOR_MEASUREMENTS, 4, 1, i, sensor),
-                          lambda o=o, s=sensor: rfc1902.Unsigned32(_raritan_value(o, s))),
-            ]
+            objs += sensor_objects(o, sensor, digits)
+        return objs
+
+    for o in pdu.outlets:
+        out += outlet_objects(o)
     return out
 
 

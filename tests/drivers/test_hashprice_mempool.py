@@ -165,6 +165,15 @@ async def test_malformed_json_is_an_error_not_a_number(fake_api: FakeApi) -> Non
     assert fake_api.hits["/api/v1/mining/reward-stats/144"] == 1
 
 
+async def test_body_that_is_not_utf8_is_malformed_json(fake_api: FakeApi) -> None:
+    # json.loads raises UnicodeDecodeError here, a ValueError without the .msg of a
+    # JSONDecodeError: it must still end as this source's error, not an AttributeError.
+    mempool_routes(fake_api)
+    fake_api.routes["/api/v1/prices"] = Reply(200, b'{"USD": "\xff"}')
+    with pytest.raises(StaleSource, match=r"malformed JSON.*can't decode byte 0xff"):
+        await source(fake_api).fetch()
+
+
 @pytest.mark.parametrize(("path", "reply", "match"), [
     ("/api/v1/prices", js({"EUR": 90000}), "'USD' missing"),
     ("/api/v1/prices", js({"USD": "lots"}), "not a number"),
