@@ -4,6 +4,7 @@ warm start).
     python bench/warm_start.py                    # 1,000 emulated miners
     python bench/warm_start.py --miners 10000     # ~4 min on 2 cores
     python bench/warm_start.py --miners 10000 --then-ticks 9   # + the warm start's next ticks
+    python bench/warm_start.py --miners 10000 --restart        # + a restart with its journal
 
 A real ``curtaild run`` against ``curtaild emulate --count N`` (every model in turn), a fixed
 hash price and tariff at which part of the fleet loses money, so the first tick sleeps some
@@ -70,6 +71,58 @@ def _first_intent(state: Path) -> float | None:
         con.close()
 
 
+def _config(emu: EmulatorFleet, state: Path, poll_s: float) -> Path:
+    cfg = write_config(state.parent / "config.toml", ranges=emu.ranges(),
+                       hashprice=0.045, tariff=0.07, state_dir=state,
+                       poll_interval_s=poll_s, guards={"ramp_w_per_min": 1e9},
+                       controller={"verify_grace_s": 120.0, "command_timeout_s": 10.0})
+    text = cfg.read_text().replace('poll_timeout_s = 5.0', 'poll_timeout_s = 10.0')
+    cfg.write_text(text.replace('discovery_timeout_s = 8.0', 'discovery_timeout_s = 30.0'))
+    return cfg
+
+
+def _run_until_tick(cfg: Path, log_path: Path, timeout_s: float) -> tuple[float, float]:
+    """Start ``curtaild run``; (s from exec to its first tick's end, daemon CPU s then)."""
+    with open(log_path, "wb") as out:
+        started = time.time()
+        proc = subprocess.Popen([sys.executable, "-m", "curtaild.controller.cli",
+                                 "--config", str(cfg), "run"], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                done = ticks(log_path)
+                if done:
+                    return done[0][0] - started, cpu_s(proc.pid)
+            raise RuntimeError(f"no tick within {timeout_s}s; see {log_path}")
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+
+def restart(n: int, tmp: Path, timeout_s: float, per_process: int) -> tuple[int, float, float]:
+    """A daemon restarted on the fleet it left, its whole state directory kept (journal and
+    identities.json): (machines the journal holds rows for, s from exec to the first tick's
+    end, daemon CPU s then). The machines curtaild slept or limited are read in full in the
+    first sweep (drivers/miners.py _from_cache); the rest is a known machine's poll."""
+    state = tmp / "restart" / "state"
+    state.mkdir(parents=True)
+    with EmulatorFleet(n, FIRST, per_process) as emu:
+        cfg = _config(emu, state, 60.0)
+        log_path = state.parent / "run.log"
+        _run_until_tick(cfg, log_path, timeout_s)  # discovers; its first tick commands
+        time.sleep(5.0)  # the first tick's commands are answered before the stop
+        con = sqlite3.connect(state / "journal.sqlite", timeout=10)
+        try:
+            owned = con.execute("SELECT COUNT(*) FROM (SELECT miner FROM curtailed UNION "
+                                "SELECT miner FROM expectations)").fetchone()[0]
+        finally:
+            con.close()
+        took, cpu = _run_until_tick(cfg, state.parent / "restart.log", timeout_s)
+    return owned, took, cpu
+
+
 def one_start(n: int, state: Path, log_path: Path, timeout_s: float, per_process: int,
               then_ticks: int = 0, poll_s: float = 60.0
               ) -> tuple[float, float, float, float, list[tuple[float, float]]]:
@@ -77,12 +130,7 @@ def one_start(n: int, state: Path, log_path: Path, timeout_s: float, per_process
     tick, daemon CPU s at the first acknowledgement, [(duration s, daemon CPU s) of each of the
     ``then_ticks`` ticks after the first]) on a fresh fleet."""
     with EmulatorFleet(n, FIRST, per_process) as emu:
-        cfg = write_config(state.parent / "config.toml", ranges=emu.ranges(),
-                           hashprice=0.045, tariff=0.07, state_dir=state,
-                           poll_interval_s=poll_s, guards={"ramp_w_per_min": 1e9},
-                           controller={"verify_grace_s": 120.0, "command_timeout_s": 10.0})
-        text = cfg.read_text().replace('poll_timeout_s = 5.0', 'poll_timeout_s = 10.0')
-        cfg.write_text(text.replace('discovery_timeout_s = 8.0', 'discovery_timeout_s = 30.0'))
+        cfg = _config(emu, state, poll_s)
         with open(log_path, "wb") as out:
             started = time.time()
             proc = subprocess.Popen([sys.executable, "-m", "curtaild.controller.cli",
@@ -130,6 +178,8 @@ def main() -> None:
                     help="after the warm start's first tick, time this many more")
     ap.add_argument("--poll-interval", type=float, default=60.0,
                     help="poll_interval_s of the daemon (the ticks after the first)")
+    ap.add_argument("--restart", action="store_true",
+                    help="also: a restart on the fleet it left, journal kept (to its first tick)")
     args = ap.parse_args()
     raise_nofile()
     print_machine()
@@ -159,6 +209,12 @@ def main() -> None:
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}):")
     table(("start", "first decision s", "first command acked s", "first tick done s",
            "daemon CPU s at the first ack"), rows)
+    if args.restart:
+        with tempfile.TemporaryDirectory(prefix="curtaild-restart-") as tmp:
+            owned, took, cpu = restart(args.miners, Path(tmp), args.timeout, args.per_emulator)
+        print(f"\nrestart on the fleet it left, journal and identities.json kept: first tick "
+              f"done {took:.1f} s after exec, daemon CPU {cpu:.1f} s; the journal held rows "
+              f"for {owned} machines (read in full in the first sweep)")
     if later:
         print(f"\nthe warm start's next {len(later)} ticks (poll_interval_s = "
               f"{args.poll_interval:g}; the owed reads are made in them, a share a sweep):")
