@@ -71,18 +71,23 @@ def _first_intent(state: Path) -> float | None:
         con.close()
 
 
-def _config(emu: EmulatorFleet, state: Path, poll_s: float) -> Path:
+def _config(emu: EmulatorFleet, state: Path, poll_s: float, commands_per_tick: int = 50
+            ) -> Path:
     cfg = write_config(state.parent / "config.toml", ranges=emu.ranges(),
                        hashprice=0.045, tariff=0.07, state_dir=state,
-                       poll_interval_s=poll_s, guards={"ramp_w_per_min": 1e9},
+                       poll_interval_s=poll_s,
+                       guards={"ramp_w_per_min": 1e9,
+                               "max_commands_per_tick": commands_per_tick},
                        controller={"verify_grace_s": 120.0, "command_timeout_s": 10.0})
     text = cfg.read_text().replace('poll_timeout_s = 5.0', 'poll_timeout_s = 10.0')
     cfg.write_text(text.replace('discovery_timeout_s = 8.0', 'discovery_timeout_s = 30.0'))
     return cfg
 
 
-def _run_until_tick(cfg: Path, log_path: Path, timeout_s: float) -> tuple[float, float]:
-    """Start ``curtaild run``; (s from exec to its first tick's end, daemon CPU s then)."""
+def _run_until_tick(cfg: Path, log_path: Path, timeout_s: float
+                    ) -> tuple[float, float, float]:
+    """Start ``curtaild run``; (s from exec to its first tick's end, daemon CPU s then, the
+    exec's unix time)."""
     with open(log_path, "wb") as out:
         started = time.time()
         proc = subprocess.Popen([sys.executable, "-m", "curtaild.controller.cli",
@@ -94,22 +99,27 @@ def _run_until_tick(cfg: Path, log_path: Path, timeout_s: float) -> tuple[float,
                 time.sleep(0.2)
                 done = ticks(log_path)
                 if done:
-                    return done[0][0] - started, cpu_s(proc.pid)
+                    return done[0][0] - started, cpu_s(proc.pid), started
             raise RuntimeError(f"no tick within {timeout_s}s; see {log_path}")
         finally:
             proc.terminate()
             proc.wait(60)
 
 
-def restart(n: int, tmp: Path, timeout_s: float, per_process: int) -> tuple[int, float, float]:
+def restart(n: int, tmp: Path, timeout_s: float, per_process: int
+            ) -> tuple[int, float | None, float, float]:
     """A daemon restarted on the fleet it left, its whole state directory kept (journal and
-    identities.json): (machines the journal holds rows for, s from exec to the first tick's
-    end, daemon CPU s then). The machines curtaild slept or limited are read in full in the
-    first sweep (drivers/miners.py _from_cache); the rest is a known machine's poll."""
+    identities.json): (machines the journal holds rows for, s from exec to its first decision
+    (its first command's intent; None if it sent none), to the first tick's end -- which
+    waits for that tick's commands --, daemon CPU s then). The machines curtaild slept or
+    limited are read in full in the first sweep (drivers/miners.py _from_cache); the rest is a
+    known machine's poll. The first
+    run may send 1,000 commands in its tick (not 50), so the journal holds what a site well into
+    a curtailment holds. (Unbounded, the first tick of 10,000 did not end within 600 s.)"""
     state = tmp / "restart" / "state"
     state.mkdir(parents=True)
     with EmulatorFleet(n, FIRST, per_process) as emu:
-        cfg = _config(emu, state, 60.0)
+        cfg = _config(emu, state, 60.0, commands_per_tick=1000)
         log_path = state.parent / "run.log"
         _run_until_tick(cfg, log_path, timeout_s)  # discovers; its first tick commands
         time.sleep(5.0)  # the first tick's commands are answered before the stop
@@ -119,8 +129,14 @@ def restart(n: int, tmp: Path, timeout_s: float, per_process: int) -> tuple[int,
                                 "SELECT miner FROM expectations)").fetchone()[0]
         finally:
             con.close()
-        took, cpu = _run_until_tick(cfg, state.parent / "restart.log", timeout_s)
-    return owned, took, cpu
+        took, cpu, started = _run_until_tick(cfg, state.parent / "restart.log", timeout_s)
+        con = sqlite3.connect(state / "journal.sqlite", timeout=10)
+        try:
+            first = con.execute("SELECT MIN(ts) FROM events WHERE kind='intent' AND ts >= ?",
+                                (started,)).fetchone()[0]
+        finally:
+            con.close()
+    return owned, None if first is None else first - started, took, cpu
 
 
 def one_start(n: int, state: Path, log_path: Path, timeout_s: float, per_process: int,
@@ -211,10 +227,13 @@ def main() -> None:
            "daemon CPU s at the first ack"), rows)
     if args.restart:
         with tempfile.TemporaryDirectory(prefix="curtaild-restart-") as tmp:
-            owned, took, cpu = restart(args.miners, Path(tmp), args.timeout, args.per_emulator)
-        print(f"\nrestart on the fleet it left, journal and identities.json kept: first tick "
-              f"done {took:.1f} s after exec, daemon CPU {cpu:.1f} s; the journal held rows "
-              f"for {owned} machines (read in full in the first sweep)")
+            owned, decided, took, cpu = restart(args.miners, Path(tmp), args.timeout,
+                                                args.per_emulator)
+        first = "none sent" if decided is None else f"{decided:.1f} s"
+        print(f"\nrestart on the fleet it left, journal and identities.json kept: first "
+              f"decision {first}, first tick done {took:.1f} s after exec, daemon CPU "
+              f"{cpu:.1f} s; the journal held rows for {owned} machines (read in full in the "
+              f"first sweep)")
     if later:
         print(f"\nthe warm start's next {len(later)} ticks (poll_interval_s = "
               f"{args.poll_interval:g}; the owed reads are made in them, a share a sweep):")

@@ -62,7 +62,7 @@ def test_gc_ab_alternates_default_and_daemon_thresholds() -> None:
 
 def test_warm_start_times_both_starts() -> None:
     out = run("warm_start.py", "--miners", "16", "--per-emulator", "8", "--then-ticks", "2",
-              "--poll-interval", "5", timeout=240)
+              "--poll-interval", "5", "--restart", timeout=300)
     for start in ("cold", "warm"):
         row = re.search(rf"^{start} \(.*?\)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out,
                         re.M)
@@ -70,6 +70,9 @@ def test_warm_start_times_both_starts() -> None:
         decided, acked, ticked = (float(row.group(i)) for i in (1, 2, 3))
         assert 0 < decided <= acked <= ticked, out
     assert re.findall(r"^([23])\s+[\d.]+\s+[\d.]+$", out, re.M) == ["2", "3"], out
+    restarted = re.search(r"first tick done ([\d.]+) s after exec, daemon CPU [\d.]+ s; the "
+                          r"journal held rows for (\d+) machines", out)
+    assert restarted and float(restarted.group(1)) > 0 and int(restarted.group(2)) > 0, out
 
 
 def test_shards_counts_the_polls_of_each_layout() -> None:
